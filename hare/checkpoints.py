@@ -1,0 +1,209 @@
+"""Checkpoints: official Tortoise state dicts -> Hare modules (strict), and Hare's own safetensors format.
+
+`convert(kind, state_dict, reference_kwargs=None)` is the only way official weights enter Hare. The key
+mapping for each kind lives in `hare.convert.<module>`; this file adds the strict check (every key used,
+none missing, shapes equal) and the error that names the offending keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from hare.convert import KIND_MODULES
+from hare.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+KINDS = tuple(KIND_MODULES)
+
+# The constructor arguments the reference uses for the official v2 files (TORTOISE.md).
+OFFICIAL_KWARGS: dict[str, dict[str, Any]] = {
+    "autoregressive": dict(
+        layers=30, model_dim=1024, heads=16, max_mel_tokens=604, max_text_tokens=402,
+        max_conditioning_inputs=2, number_text_tokens=255, start_text_token=255,
+        number_mel_codes=8194, start_mel_token=8192, stop_mel_token=8193, mel_length_compression=1024,
+    ),
+    "diffusion_decoder": dict(
+        model_channels=1024, num_layers=10, in_channels=100, out_channels=200, in_latent_channels=1024,
+        in_tokens=8193, dropout=0, use_fp16=False, num_heads=16, layer_drop=0, unconditioned_percentage=0,
+    ),
+    "clvp2": dict(
+        dim_text=768, dim_speech=768, dim_latent=768, num_text_tokens=256, text_enc_depth=20,
+        text_seq_len=350, text_heads=12, num_speech_tokens=8192, speech_enc_depth=20, speech_heads=12,
+        speech_seq_len=430,
+    ),
+    "cvvp": dict(
+        model_dim=512, transformer_heads=8, dropout=0, mel_codes=8192, conditioning_enc_depth=8,
+        cond_mask_percentage=0, speech_enc_depth=8, speech_mask_percentage=0, latent_multiplier=1,
+    ),
+    "vocoder": dict(
+        noise_dim=64, channel_size=32, dilations=[1, 3, 9, 27], strides=[8, 8, 4], lReLU_slope=0.2,
+        kpnet_conv_size=3, hop_length=256, n_mel_channels=100,
+    ),
+    "rlg_auto": dict(channels=1024),
+    "rlg_diffuser": dict(channels=2048),
+}
+
+# Official file name of each kind (Hugging Face repo `Manmay/tortoise-tts`).
+OFFICIAL_FILES: dict[str, str] = {
+    "autoregressive": "autoregressive.pth",
+    "diffusion_decoder": "diffusion_decoder.pth",
+    "clvp2": "clvp2.pth",
+    "cvvp": "cvvp.pth",
+    "vocoder": "vocoder.pth",
+    "rlg_auto": "rlg_auto.pth",
+    "rlg_diffuser": "rlg_diffuser.pth",
+}
+
+
+def _kind_module(kind: str):
+    if kind not in KIND_MODULES:
+        raise CheckpointError(f"unknown checkpoint kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return importlib.import_module(KIND_MODULES[kind])
+
+
+def config_for(kind: str, reference_kwargs: Mapping[str, Any] | None = None):
+    """Hare's config dataclass for `kind`, from reference constructor arguments (None = official sizes)."""
+    kwargs = dict(OFFICIAL_KWARGS.get(kind, {}) if reference_kwargs is None else reference_kwargs)
+    return _kind_module(kind).config_from_reference(kwargs)
+
+
+def build(kind: str, config) -> nn.Module:
+    """A freshly initialised Hare module of `kind` with `config`."""
+    return _kind_module(kind).build(config)
+
+
+def _describe(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Copy `state_dict` into `model`, refusing any missing, unexpected or mis-shaped key (all are listed)."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    bad_shape = sorted(
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_describe(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_describe(unexpected)}")
+    if bad_shape:
+        problems.append(f"wrong shapes: {_describe(bad_shape)}")
+    if problems:
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def _check_tensor_dict(state_dict: Any, kind: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"{kind} checkpoint is not a state dict (got {type(state_dict).__name__})")
+    if kind == "vocoder" and "model_g" in state_dict:
+        state_dict = state_dict["model_g"]
+        if not isinstance(state_dict, Mapping):
+            raise CheckpointError("vocoder checkpoint's 'model_g' entry is not a state dict")
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{kind} checkpoint holds non-tensor entries: {_describe(sorted(map(str, not_tensors)))}")
+    return dict(state_dict)
+
+
+def convert(kind: str, state_dict: Mapping[str, Any], reference_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build Hare's module for an official Tortoise checkpoint and load it strictly; returns it in eval mode.
+
+    `state_dict` is what `torch.load(path, weights_only=True)` returns for the official file (the vocoder's
+    may still be wrapped as {"model_g": ...} and carry weight-norm `weight_g`/`weight_v` pairs).
+    `reference_kwargs` are the reference constructor arguments; None means the official sizes.
+    """
+    module = _kind_module(kind)
+    config = config_for(kind, reference_kwargs)
+    model = module.build(config)
+    tensors = _check_tensor_dict(state_dict, kind)
+    mapped = module.map_state_dict(tensors, config)
+    load_strict(model, mapped, what=f"{kind} checkpoint")
+    return model.eval()
+
+
+def load_official_file(kind: str, path: str | os.PathLike, reference_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """`convert` applied to an official `.pth` file, with a clear error for an unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    return convert(kind, state_dict, reference_kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hare's own format: <name>.safetensors (weights, Hare key names) + <name>.json (kind and config)
+
+
+def _config_to_json(config) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _config_from_json(config_cls, values: Mapping[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise CheckpointError(f"config has unknown fields for {config_cls.__name__}: {', '.join(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return config_cls(**kwargs)
+
+
+def save(model: nn.Module, kind: str, config, path: str | os.PathLike) -> Path:
+    """Write `model` as `path` (.safetensors) plus a JSON config beside it; returns the weights path."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"kind": kind, "config_class": type(config).__name__, "config": _config_to_json(config)}
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp), metadata={"hare": json.dumps(meta)})
+    os.replace(tmp, path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, str, Any]:
+    """Load a Hare safetensors checkpoint written by `save`; returns (model in eval mode, kind, config)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path).with_suffix(".safetensors")
+    cfg_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if not cfg_path.is_file():
+        raise CheckpointError(f"config file not found beside the weights: {cfg_path}")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        kind = meta["kind"]
+        module = _kind_module(kind)
+        config = _config_from_json(module.CONFIG_CLASS, meta["config"])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"invalid config file {cfg_path}: {exc}") from exc
+    try:
+        tensors = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    model = module.build(config)
+    load_strict(model, tensors, what=str(path))
+    return model.eval(), kind, config

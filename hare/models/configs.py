@@ -1,0 +1,124 @@
+"""Hyperparameters of every network, one frozen dataclass each, with the official Tortoise v2 sizes.
+
+Each network's section is owned by its model file; the converter (`hare.convert`) builds these from the
+reference constructor arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The autoregressive text+speech decoder (Tortoise's UnifiedVoice)."""
+
+    layers: int = 30
+    dim: int = 1024
+    heads: int = 16
+    max_mel_tokens: int = 604
+    max_text_tokens: int = 402
+    max_conditioning_inputs: int = 2
+    text_vocab: int = 255  # BPE ids; the start-of-text token is `text_vocab` itself
+    start_text_token: int = 255
+    stop_text_token: int = 0
+    mel_vocab: int = 8194  # 8192 codes + start + stop
+    start_mel_token: int = 8192
+    stop_mel_token: int = 8193
+    mel_length_compression: int = 1024  # audio samples (22.05 kHz) per speech code
+    n_mels: int = 80
+    cond_attn_blocks: int = 6
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def text_positions(self) -> int:
+        return self.max_text_tokens + 2
+
+    @property
+    def mel_positions(self) -> int:
+        return self.max_mel_tokens + 2 + self.max_conditioning_inputs
+
+
+@dataclass(frozen=True)
+class CLVPConfig:
+    """Contrastive text/speech model (Tortoise's CLVP v2)."""
+
+    text_dim: int = 768
+    speech_dim: int = 768
+    latent_dim: int = 768
+    text_vocab: int = 256
+    speech_vocab: int = 8192
+    text_depth: int = 20
+    speech_depth: int = 20
+    text_heads: int = 12
+    speech_heads: int = 12
+    dim_head: int = 64
+    ff_mult: int = 2
+    text_seq_len: int = 350
+    speech_seq_len: int = 430
+
+
+@dataclass(frozen=True)
+class CVVPConfig:
+    """Contrastive voice/speech model (Tortoise's CVVP)."""
+
+    dim: int = 512
+    heads: int = 8
+    speech_vocab: int = 8192
+    cond_depth: int = 8
+    speech_depth: int = 8
+    n_mels: int = 80
+    ff_mult: int = 1
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion decoder (Tortoise's DiffusionTts)."""
+
+    channels: int = 1024
+    layers: int = 10
+    in_channels: int = 100
+    out_channels: int = 200
+    latent_channels: int = 1024
+    num_codes: int = 8193
+    heads: int = 16
+    dropout: float = 0.0
+    unconditioned_percentage: float = 0.0  # training-time conditioning dropout (for cond-free guidance)
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """The UniVNet generator (c32 configuration by default)."""
+
+    noise_dim: int = 64
+    channels: int = 32
+    dilations: tuple[int, ...] = (1, 3, 9, 27)
+    strides: tuple[int, ...] = (8, 8, 4)
+    lrelu_slope: float = 0.2
+    kpnet_conv_size: int = 3
+    kpnet_hidden: int = 64
+    hop_length: int = 256
+    n_mels: int = 100
+
+
+@dataclass(frozen=True)
+class RLGConfig:
+    """Random latent generator: Gaussian noise -> a conditioning latent."""
+
+    dim: int = 1024
+    layers: int = 5
+    lr_mul: float = 0.1
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Discrete VAE over 80-band mels (training only: turns mels into speech codes)."""
+
+    n_mels: int = 80
+    num_codes: int = 8192
+    hidden: int = 512
+    codebook_dim: int = 512
+    resblocks: int = 3
+    layers: int = 2  # each layer halves the time axis: 2 layers = 4x compression
+    commitment: float = 0.25
+    ema_decay: float = 0.99

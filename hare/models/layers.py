@@ -1,0 +1,96 @@
+"""Building blocks shared by several networks.
+
+- `group_norm(channels)`: GroupNorm computed in float32 with Tortoise's group-count rule.
+- `AttentionBlock`: channels-first self-attention over time with the "legacy" fused QKV layout
+  (the 3C qkv channels are grouped per head: [h0: q k v | h1: q k v | ...]) and an optional T5-style
+  relative position bias, computed with `scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm evaluated in float32 whatever the input dtype (stable under fp16/bf16 autocast)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+def group_norm(channels: int) -> GroupNorm32:
+    """GroupNorm with 32 groups (8 for <=16 channels, 16 for <=64), halved until it divides `channels`."""
+    groups = 32
+    if channels <= 16:
+        groups = 8
+    elif channels <= 64:
+        groups = 16
+    while channels % groups:
+        groups //= 2
+    return GroupNorm32(groups, channels)
+
+
+def relative_position_buckets(
+    length: int, num_buckets: int = 32, max_distance: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
+    """Bidirectional T5 buckets of (key - query) offsets, shape (length, length), values in [0, num_buckets)."""
+    pos = torch.arange(length, device=device)
+    offset = pos[None, :] - pos[:, None]  # key - query
+    n = -offset
+    half = num_buckets // 2
+    buckets = (n < 0).long() * half
+    n = n.abs()
+    exact = half // 2
+    n_clamped = n.clamp(min=1).float()  # log(0) guard: those entries take the exact branch anyway
+    large = exact + (
+        torch.log(n_clamped / exact) / math.log(max_distance / exact) * (half - exact)
+    ).long()
+    large = large.clamp(max=half - 1)
+    return buckets + torch.where(n < exact, n, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned bias per (bucketed offset, head), scaled by `scale` (sqrt of the head width in Tortoise)."""
+
+    def __init__(self, heads: int, scale: float, num_buckets: int = 32, max_distance: int = 64):
+        super().__init__()
+        self.scale = scale
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.embedding = nn.Embedding(num_buckets, heads)
+
+    def forward(self, length: int) -> torch.Tensor:
+        """Returns the additive attention bias, shape (1, heads, length, length)."""
+        buckets = relative_position_buckets(length, self.num_buckets, self.max_distance, self.embedding.weight.device)
+        bias = self.embedding(buckets)  # (length, length, heads)
+        return (bias * self.scale).permute(2, 0, 1).unsqueeze(0)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm residual self-attention over the time axis of a (batch, channels, time) tensor."""
+
+    def __init__(self, channels: int, heads: int, relative_position: bool = False):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj = nn.Conv1d(channels, channels, 1)
+        head_dim = channels // heads
+        self.rel_pos = RelativePositionBias(heads, scale=head_dim**0.5) if relative_position else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, channels, time)
+        b, c, t = x.shape
+        qkv = self.qkv(self.norm(x))  # (b, 3c, t), channels grouped per head as [q k v]
+        qkv = qkv.reshape(b, self.heads, 3, c // self.heads, t).permute(2, 0, 1, 4, 3)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (b, heads, t, head_dim)
+        bias = self.rel_pos(t).to(q.dtype) if self.rel_pos is not None else None
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (b, heads, t, head_dim)
+        h = h.permute(0, 1, 3, 2).reshape(b, c, t)
+        return x + self.proj(h)
