@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from hare.convert import KIND_MODULES
+from hare.paths import hare_home
 from hare.errors import CheckpointError
+from hare.errors import ModelNotFoundError as ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +209,142 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     model = module.build(config)
     load_strict(model, tensors, what=str(path))
     return model.eval(), kind, config
+
+
+# --------------------------------------------------------------------------------------------------
+# Model registry, hub download with cache and checksums, one-time conversion to safetensors
+
+INFERENCE_KINDS = ("autoregressive", "clvp2", "diffusion_decoder", "vocoder")  # always needed
+OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser")  # loaded when asked for (cvvp rerank, random voice)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A named model: where its files come from."""
+
+    name: str
+    description: str
+    repo_id: str | None = None  # Hugging Face repo holding official-layout .pth files
+    revision: str | None = None  # pin a commit for reproducible downloads (None = main)
+    files: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(OFFICIAL_FILES))
+    package_dir: str | None = None  # a folder inside the `hare` package holding Hare safetensors
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "tortoise-v2": ModelSpec(
+        name="tortoise-v2",
+        description="The official Tortoise TTS v2 weights (Hugging Face Manmay/tortoise-tts), converted once to safetensors.",
+        repo_id="Manmay/tortoise-tts",
+    ),
+}
+
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class HubSource:
+    """Downloads official files with huggingface_hub (its own cache under $HARE_HOME/hub)."""
+
+    def __init__(self, repo_id: str, revision: str | None = None, cache_dir: Path | None = None):
+        self.repo_id = repo_id
+        self.revision = revision
+        self.cache_dir = cache_dir or hare_home() / "hub"
+
+    def url(self, filename: str) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision or 'main'}/{filename}"
+
+    def download(self, filename: str) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(self.repo_id, filename, revision=self.revision, cache_dir=str(self.cache_dir)))
+
+    def sha256(self, filename: str) -> str | None:
+        """The LFS sha256 the hub publishes for `filename` (None when it cannot be asked, e.g. offline)."""
+        try:
+            from huggingface_hub import HfApi
+
+            infos = HfApi().get_paths_info(self.repo_id, [filename], revision=self.revision, expand=True)
+            lfs = getattr(infos[0], "lfs", None) if infos else None
+            return getattr(lfs, "sha256", None)
+        except Exception as exc:  # offline or hub unreachable: the hub cache was verified when filled
+            log.info("cannot ask the hub for the checksum of %s: %s", filename, exc)
+            return None
+
+
+def _converted_path(root: Path, kind: str) -> Path:
+    return root / f"{kind}.safetensors"
+
+
+def fetch(kind: str, spec: ModelSpec, source: HubSource | None = None, models_root: Path | None = None) -> Path:
+    """Path of `kind`'s Hare safetensors for `spec`, downloading, verifying and converting it on first use."""
+    root = (models_root or hare_home() / "models") / spec.name
+    target = _converted_path(root, kind)
+    if target.is_file() and target.with_suffix(".json").is_file():
+        return target
+    if spec.package_dir is not None:
+        raise ModelNotFound(f"model {spec.name!r} ships no {kind} weights in the package ({spec.package_dir})")
+    if spec.repo_id is None:
+        raise ModelNotFound(f"model {spec.name!r} has no download source for {kind}")
+    filename = spec.files[kind]
+    source = source or HubSource(spec.repo_id, spec.revision)
+    try:
+        downloaded = source.download(filename)
+    except Exception as exc:
+        raise ModelNotFound(
+            f"{filename} for model {spec.name!r} is not cached and cannot be downloaded ({exc.__class__.__name__}). "
+            f"Download {source.url(filename)} and put it in a folder passed with --models-dir DIR "
+            f"(or set HARE_HOME; converted files live in {root})"
+        ) from exc
+    expected = source.sha256(filename)
+    if expected is not None:
+        actual = _sha256(Path(downloaded))
+        if actual != expected:
+            raise CheckpointError(
+                f"checksum mismatch for {filename}: got sha256 {actual}, the hub says {expected}; "
+                f"delete {downloaded} and try again"
+            )
+    log.info("converting %s to %s", downloaded, target)
+    model = load_official_file(kind, downloaded)
+    save(model, kind, _model_config(model), target)
+    return target
+
+
+def _model_config(model: nn.Module):
+    config = getattr(model, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        raise TypeError(f"{type(model).__name__} must keep its config dataclass as `.config`")
+    return config
+
+
+def find_in_dir(directory: str | os.PathLike, kind: str) -> Path | None:
+    """A model file for `kind` in a user folder: Hare safetensors (`<kind>.safetensors`) or the official .pth."""
+    directory = Path(directory)
+    own = _converted_path(directory, kind)
+    if own.is_file():
+        return own
+    official = directory / OFFICIAL_FILES.get(kind, f"{kind}.pth")
+    return official if official.is_file() else None
+
+
+def load_kind_from_dir(directory: str | os.PathLike, kind: str) -> nn.Module:
+    """Load `kind` from a folder of Hare safetensors or official-layout .pth files (official sizes)."""
+    path = find_in_dir(directory, kind)
+    if path is None:
+        raise ModelNotFound(
+            f"no {kind} model in {directory}: expected {kind}.safetensors (Hare) or "
+            f"{OFFICIAL_FILES.get(kind, kind + '.pth')} (official Tortoise layout)"
+        )
+    if path.suffix == ".safetensors":
+        model, found_kind, _ = load(path)
+        if found_kind != kind:
+            raise CheckpointError(f"{path} holds a {found_kind} model, not {kind}")
+        return model
+    return load_official_file(kind, path)

@@ -1,0 +1,115 @@
+"""The converter against the official state-dict manifest, strictness errors, and Hare's own format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hare import checkpoints
+from hare.errors import CheckpointError
+
+MANIFEST_FILES = {kind: name for kind, name in checkpoints.OFFICIAL_FILES.items()}
+
+
+def _manifest_state_dict(entry: dict, device: str = "meta") -> dict[str, torch.Tensor]:
+    sd = {k: torch.empty(shape, device=device) for k, shape in entry["keys"].items()}
+    return {"model_g": sd} if entry.get("wrapped_in") == "model_g" else sd
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFEST_FILES))
+def test_official_sizes_match_manifest(kind, manifest_path):
+    """Every official key is mapped, none is missing, every shape matches (meta tensors: no memory, no time)."""
+    entry = json.loads(manifest_path.read_text())[MANIFEST_FILES[kind]]
+    sd = _manifest_state_dict(entry)
+    if kind == "autoregressive":  # the real file carries legacy GPT-2 causal-mask buffers: skipped, nothing else
+        for i in range(30):
+            sd[f"gpt.h.{i}.attn.bias"] = torch.empty(1, 1, 1012, 1012, device="meta")
+            sd[f"gpt.h.{i}.attn.masked_bias"] = torch.empty((), device="meta")
+    with torch.device("meta"):
+        model = checkpoints.convert(kind, sd)
+    n_params = sum(p.numel() for p in model.parameters())
+    # Hare folds the vocoder's weight norm: each (weight_g, weight_v) pair becomes one weight of v's shape
+    folded_g = sum(torch.Size(s).numel() for k, s in entry["keys"].items() if k.endswith(".weight_g"))
+    assert n_params == entry["parameters"] - folded_g
+    assert not model.training
+
+
+def test_real_convert_of_official_size_rlg(manifest_path):
+    entry = json.loads(manifest_path.read_text())["rlg_auto.pth"]
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(shape, generator=g) for k, shape in entry["keys"].items()}
+    model = checkpoints.convert("rlg_auto", sd)
+    own = model.state_dict()
+    # the same numbers ended up somewhere in the model: compare sorted multisets of tensor sums
+    assert sorted(round(v.sum().item(), 3) for v in sd.values()) == sorted(round(v.sum().item(), 3) for v in own.values())
+
+
+def _small_rlg_sd(dim=16):
+    g = torch.Generator().manual_seed(1)
+    sd = {}
+    for i in range(6):
+        sd[f"layers.{i}.weight"] = torch.randn(dim, dim, generator=g)
+        sd[f"layers.{i}.bias"] = torch.randn(dim, generator=g)
+    return sd
+
+
+def test_missing_key_is_named():
+    sd = _small_rlg_sd()
+    del sd["layers.2.bias"]
+    with pytest.raises(CheckpointError, match=r"missing keys: .*"):
+        checkpoints.convert("rlg_auto", sd, {"channels": 16})
+
+
+def test_extra_key_is_named():
+    sd = _small_rlg_sd()
+    sd["layers.9.weight"] = torch.zeros(16, 16)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: layers\.9\.weight"):
+        checkpoints.convert("rlg_auto", sd, {"channels": 16})
+
+
+def test_wrong_shape_is_named():
+    sd = _small_rlg_sd()
+    sd["layers.0.weight"] = torch.zeros(16, 8)
+    with pytest.raises(CheckpointError, match=r"wrong shapes: .*\(checkpoint \(16, 8\)"):
+        checkpoints.convert("rlg_auto", sd, {"channels": 16})
+
+
+def test_unknown_kind_and_non_state_dict():
+    with pytest.raises(CheckpointError, match="unknown checkpoint kind"):
+        checkpoints.convert("classifier", {})
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        checkpoints.convert("rlg_auto", [1, 2, 3])
+    with pytest.raises(CheckpointError, match="non-tensor"):
+        checkpoints.convert("rlg_auto", {"layers.0.weight": "x"})
+
+
+def test_corrupt_file_is_reported(tmp_path):
+    bad = tmp_path / "rlg_auto.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        checkpoints.load_official_file("rlg_auto", bad)
+    truncated = tmp_path / "trunc.pth"
+    torch.save(_small_rlg_sd(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        checkpoints.load_official_file("rlg_auto", truncated, {"channels": 16})
+
+
+def test_safetensors_round_trip(tmp_path):
+    model = checkpoints.convert("rlg_auto", _small_rlg_sd(), {"channels": 16})
+    path = checkpoints.save(model, "rlg_auto", model.config, tmp_path / "rlg")
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+    loaded, kind, config = checkpoints.load(path)
+    assert kind == "rlg_auto" and config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+
+def test_safetensors_corrupt_is_reported(tmp_path):
+    model = checkpoints.convert("rlg_auto", _small_rlg_sd(), {"channels": 16})
+    path = checkpoints.save(model, "rlg_auto", model.config, tmp_path / "rlg")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        checkpoints.load(path)
