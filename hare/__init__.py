@@ -7,6 +7,7 @@ from hare.errors import (  # noqa: E402
     CheckpointError,
     HareError,
     ModelNotFoundError,
+    SettingsError,
     TextError,
     VoiceError,
 )
@@ -17,6 +18,17 @@ __all__ = [
     "CheckpointError",
     "HareError",
     "ModelNotFoundError",
+    "SettingsError",
     "TextError",
     "VoiceError",
 ]
+
+
+def load_model(name_or_dir="tortoise-v2", **kwargs):
+    """Load a TextToSpeech: a registered model name or a folder of model files (see hare.pipeline.load_model)."""
+    from hare.pipeline import load_model as _load
+
+    return _load(name_or_dir, **kwargs)
+
+
+__all__.append("load_model")

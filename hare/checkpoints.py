@@ -348,3 +348,8 @@ def load_kind_from_dir(directory: str | os.PathLike, kind: str) -> nn.Module:
             raise CheckpointError(f"{path} holds a {found_kind} model, not {kind}")
         return model
     return load_official_file(kind, path)
+
+
+def package_path(relative: str) -> Path:
+    """A folder inside the installed `hare` package (bundled models and voices)."""
+    return Path(__file__).resolve().parent / relative

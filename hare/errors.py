@@ -23,3 +23,7 @@ class CheckpointError(HareError, ValueError):
 
 class ModelNotFoundError(HareError, FileNotFoundError):
     """A model file is missing and cannot be downloaded."""
+
+
+class SettingsError(HareError, ValueError):
+    """An invalid synthesis setting or preset."""

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
+import sys
+import time
+from pathlib import Path
 
 import torch
+
+from hare.errors import AudioError, ModelNotFoundError, SettingsError, TextError, VoiceError
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +58,361 @@ def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN) -> int:
 def diffusion_frames(num_codes: int) -> int:
     """24 kHz mel frames the diffusion decoder produces for `num_codes` speech codes."""
     return num_codes * 4 * 24000 // 22050
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings and presets
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of a synthesis. Presets fill some; anything can be overridden."""
+
+    num_candidates: int = 96
+    batch_size: int | None = None  # candidates per AR batch (None: all of them, at most 16)
+    temperature: float = 0.8
+    top_p: float = 0.8
+    top_k: int = 50  # transformers' default, which the reference inherits
+    repetition_penalty: float = 2.0
+    length_penalty: float = 1.0  # kept for parity with the reference; it has no effect on sampling there either
+    max_codes: int = 500
+    cvvp_amount: float = 0.0
+    diffusion_steps: int = 80
+    sampler: str = "ddpm"
+    cond_free: bool = True
+    cond_free_k: float = 2.0
+    diffusion_temperature: float = 1.0
+    k: int = 1  # candidates returned (the best k by CLVP score)
+    split_desired_length: int = 200
+    split_max_length: int = 300
+
+    def validate(self) -> "Settings":
+        def need(ok: bool, what: str):
+            if not ok:
+                raise SettingsError(what)
+
+        need(self.num_candidates >= 1, f"num_candidates must be >= 1 (got {self.num_candidates})")
+        need(self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
+        need(0 < self.temperature <= 10, f"temperature must be in (0, 10] (got {self.temperature})")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})")
+        need(self.top_k >= 0, f"top_k must be >= 0 (got {self.top_k})")
+        need(self.repetition_penalty > 0, f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        need(self.max_codes >= 1, f"max_codes must be >= 1 (got {self.max_codes})")
+        need(0 <= self.cvvp_amount <= 1, f"cvvp_amount must be in [0, 1] (got {self.cvvp_amount})")
+        need(self.diffusion_steps >= 1, f"diffusion_steps must be >= 1 (got {self.diffusion_steps})")
+        need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
+        need(self.cond_free_k >= 0, f"cond_free_k must be >= 0 (got {self.cond_free_k})")
+        need(self.diffusion_temperature >= 0, f"diffusion_temperature must be >= 0 (got {self.diffusion_temperature})")
+        need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
+        need(0 < self.split_desired_length <= self.split_max_length,
+             "split lengths must satisfy 0 < desired <= max")
+        return self
+
+
+# The reference's presets (TORTOISE.md): AR candidates, diffusion steps, conditioning-free guidance.
+PRESETS: dict[str, dict] = {
+    "ultra_fast": dict(num_candidates=16, diffusion_steps=30, cond_free=False),
+    "fast": dict(num_candidates=96, diffusion_steps=80, cond_free=True),
+    "standard": dict(num_candidates=256, diffusion_steps=200, cond_free=True),
+    "high_quality": dict(num_candidates=256, diffusion_steps=400, cond_free=True),
+}
+
+
+def make_settings(preset: str = "fast", **overrides) -> Settings:
+    """The preset's settings with `overrides` applied (unknown names and bad values raise SettingsError)."""
+    if preset not in PRESETS:
+        raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return Settings(**values).validate()
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+
+SAMPLE_RATE = 24000  # output audio
+CONDITIONING_RATE = 22050  # reference clips are read at this rate
+
+
+@dataclasses.dataclass
+class Speech:
+    """What a synthesis returns: 24 kHz mono float audio in [-1, 1] and how it was made."""
+
+    audio: torch.Tensor  # (samples,)
+    sample_rate: int
+    candidates: list[torch.Tensor]  # the k best candidates' audio (the first is `audio`)
+    timings: dict[str, float]  # seconds per stage
+    settings: dict
+
+    def numpy(self):
+        return self.audio.detach().cpu().numpy()
+
+
+class _Timer:
+    def __init__(self, timings: dict[str, float], device: torch.device):
+        self.timings = timings
+        self.device = device
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+STAGES = ("conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder")
+
+
+class TextToSpeech:
+    """The whole Tortoise inference path. Build it with `hare.load_model(...)`."""
+
+    def __init__(self, *, gpt, clvp, diffusion, vocoder, cvvp=None, rlg_auto=None, rlg_diffuser=None,
+                 tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None):
+        from hare.text import Tokenizer
+        from hare.voices import LatentCache, VoiceLibrary
+
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.gpt = gpt.to(self.device).eval()
+        self.clvp = clvp.to(self.device).eval()
+        self.diffusion = diffusion.to(self.device).eval()
+        self.vocoder = vocoder.to(self.device).eval()
+        self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser}
+        self._loader = loader  # kind -> module, for optional models loaded on first use
+        self.tokenizer = tokenizer or Tokenizer()
+        self.voices = voices or VoiceLibrary.default()
+        self.latent_cache = LatentCache()
+        self.model_id = model_id
+
+    # -- models loaded on demand -------------------------------------------------------------------
+    def _optional_model(self, kind: str):
+        model = self._optional.get(kind)
+        if model is None:
+            if self._loader is None:
+                raise ModelNotFoundError(f"this model has no {kind} network")
+            model = self._loader(kind)
+            self._optional[kind] = model
+        return model.to(self.device).eval()
+
+    # -- conditioning ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def conditioning_latents(self, clips: list[torch.Tensor], generator: torch.Generator | None = None):
+        """(ar_latent (1, gpt dim), diffusion_latent (1, 2*diffusion channels)) from 22.05 kHz mono clips."""
+        from hare import audio
+
+        if not clips:
+            raise VoiceError("no reference clips given")
+        ar_mels = torch.stack([audio.ar_mel(audio.format_conditioning(c, generator=generator)) for c in clips])
+        diff_mels = torch.stack([audio.diffusion_conditioning_mel(c) for c in clips])
+        ar = self.gpt.conditioning_latent(ar_mels.unsqueeze(0).to(self.device))
+        diff = self.diffusion.conditioning_latent(diff_mels.unsqueeze(0).to(self.device))
+        return ar, diff, ar_mels
+
+    def _clips_of(self, voice) -> list[torch.Tensor]:
+        from hare import audio
+
+        clips = []
+        for path in voice.clips:
+            wav = audio.load_audio(path, CONDITIONING_RATE)
+            try:
+                audio.validate_clip(wav, CONDITIONING_RATE)
+            except AudioError as exc:
+                log.warning("skipping clip %s of voice %s: %s", path.name, voice.name, exc)
+                continue
+            clips.append(wav)
+        if not clips:
+            raise VoiceError(f"voice {voice.name!r} has no usable audio clip ({len(voice.clips)} unusable)")
+        return clips
+
+    def voice_latents(self, voice: str = "random", generator: torch.Generator | None = None):
+        """Latents for a voice spec (`name`, folder, `a&b` mix, or `random`): (ar, diffusion, cvvp mels or None)."""
+        from hare.voices import load_latents_file
+
+        voices = self.voices.parse(voice)
+        if voices is None:  # random voice from the latent generators
+            ar = self._optional_model("rlg_auto").generate(1, generator=generator)
+            diff = self._optional_model("rlg_diffuser").generate(1, generator=generator)
+            return ar.to(self.device), diff.to(self.device), None
+        ars, diffs, mels = [], [], []
+        for v in voices:
+            if v.latents_file is not None and not v.clips:
+                ar, diff = load_latents_file(v.latents_file)
+            else:
+                def compute(voice_):
+                    # a fixed crop seed per voice, so that the cache holds what a fresh run would compute
+                    crop = torch.Generator().manual_seed(0)
+                    a, d, m = self.conditioning_latents(self._clips_of(voice_), generator=crop)
+                    mels.append(m)
+                    return a, d
+
+                ar, diff = self.latent_cache.get_or_compute(self.model_id, v, compute)
+            ars.append(ar.to(self.device))
+            diffs.append(diff.to(self.device))
+        ar = torch.stack(ars).mean(0)
+        diff = torch.stack(diffs).mean(0)
+        return ar, diff, (torch.cat(mels) if mels else None)
+
+    # -- synthesis ------------------------------------------------------------------------------------
+    def tts(self, text: str, voice: str = "random", preset: str = "fast", *, seed: int | None = None,
+            progress: bool = False, **overrides) -> Speech:
+        """Speak `text` in `voice`; returns the best candidate's 24 kHz audio (and the k best in `.candidates`)."""
+        chunks = []
+        candidates = None
+        result = None
+        for result in self._chunks(text, voice, preset, seed, progress, overrides):
+            chunks.append(result.audio)
+            candidates = [c for c in result.candidates] if candidates is None else [
+                torch.cat([a, b]) for a, b in zip(candidates, result.candidates)]
+        assert result is not None
+        return Speech(audio=torch.cat(chunks), sample_rate=SAMPLE_RATE, candidates=candidates,
+                      timings=result.timings, settings=result.settings)
+
+    def stream(self, text: str, voice: str = "random", preset: str = "fast", *, seed: int | None = None,
+               progress: bool = False, **overrides):
+        """Yield a `Speech` per text chunk as soon as it is ready (timings accumulate across chunks)."""
+        yield from self._chunks(text, voice, preset, seed, progress, overrides)
+
+    def _chunks(self, text, voice, preset, seed, progress, overrides):
+        from hare.text import split_text
+
+        settings = make_settings(preset, **overrides)
+        if not isinstance(text, str) or not text.strip():
+            raise TextError("the text is empty: give something to say")
+        pieces = split_text(text, settings.split_desired_length, settings.split_max_length)
+        if not pieces:
+            raise TextError("the text has nothing speakable in it")
+        token_lists = [self.tokenizer.encode(p) for p in pieces]  # raise on bad text before any heavy work
+        seed = int(seed) if seed is not None else int(torch.seed() % (2**31))
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        timings: dict[str, float] = {}
+        timer = _Timer(timings, self.device)
+        with timer("conditioning"):
+            ar_latent, diff_latent, cond_mels = self.voice_latents(voice, generator=generator)
+        info = {"preset": preset, "seed": seed, "voice": voice, "chunks": len(pieces),
+                **dataclasses.asdict(settings)}
+        for i, tokens in enumerate(token_lists):
+            audios = self._synthesize(tokens, ar_latent, diff_latent, cond_mels, settings, generator, timer,
+                                      progress, desc=f"chunk {i + 1}/{len(pieces)}")
+            yield Speech(audio=audios[0], sample_rate=SAMPLE_RATE, candidates=audios, timings=dict(timings),
+                         settings=info)
+
+    @torch.inference_mode()
+    def _synthesize(self, tokens, ar_latent, diff_latent, cond_mels, settings: Settings, generator, timer,
+                    progress: bool, desc: str) -> list[torch.Tensor]:
+        from hare import audio, schedulers
+        from hare.sampling import SamplingSettings, sample_codes
+
+        dev = self.device
+        text = torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=dev)
+        with timer("autoregressive"):
+            sampling = SamplingSettings(
+                temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
+                max_codes=settings.max_codes,
+            )
+            batch = settings.batch_size or min(settings.num_candidates, 16)
+            codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, batch, sampling, generator,
+                                 progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
+        with timer("rerank"):
+            codes = fix_candidates(codes, self.gpt.config.stop_mel_token)
+            scores = self.clvp.similarity(text, codes)
+            if settings.cvvp_amount > 0 and cond_mels is not None:
+                cvvp = self._optional_model("cvvp")
+                voice_scores = torch.stack([
+                    cvvp.similarity(m.unsqueeze(0).expand(codes.shape[0], -1, -1).to(dev), codes)
+                    for m in cond_mels
+                ]).mean(0)
+                scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
+            best = codes[scores.topk(settings.k).indices]
+        with timer("latents"):
+            latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1), best)
+        outputs = []
+        for j in range(settings.k):
+            keep = calm_cut(best[j])
+            lat = latents[j: j + 1, :keep]
+            frames = diffusion_frames(keep)
+            with timer("diffusion"):
+                mel = self._diffuse(lat, diff_latent, frames, settings, generator, progress, desc)
+            with timer("vocoder"):
+                wav = self.vocoder.vocode(audio.denormalize_mel(mel), generator=generator)
+            outputs.append(wav[0].float().cpu())
+        return outputs
+
+    def _diffuse(self, latents, diff_latent, frames, settings, generator, progress, desc):
+        from hare import schedulers
+
+        aligned = self.diffusion.aligned_conditioning(latents, diff_latent, frames)
+        shape = (1, self.diffusion.config.in_channels, frames)
+        return schedulers.sample(
+            self.diffusion, aligned, shape, sampler=settings.sampler, steps=settings.diffusion_steps,
+            cond_free=settings.cond_free, cond_free_k=settings.cond_free_k,
+            temperature=settings.diffusion_temperature, generator=generator,
+            progress=_bar(progress, f"{desc}: diffusion", settings.diffusion_steps),
+        )
+
+
+def _bar(enabled: bool, desc: str, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: str | os.PathLike | None = None,
+               device=None, voices_dirs=(), progress: bool = False) -> TextToSpeech:
+    """Load a TextToSpeech by registered name (downloaded and converted once) or from a folder of model files.
+
+    A folder may hold official-layout Tortoise files (autoregressive.pth, clvp2.pth, ...) or Hare safetensors
+    (autoregressive.safetensors + .json, ...). `models_dir` overrides where the files are looked for.
+    """
+    from hare import checkpoints
+    from hare.voices import VoiceLibrary
+
+    directory = models_dir if models_dir is not None else (
+        name_or_dir if Path(name_or_dir).is_dir() else None)
+    bundled_voices = []
+    if directory is not None:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ModelNotFoundError(f"models folder not found: {directory}")
+        model_id = f"dir-{directory.resolve()}"
+
+        def loader(kind):
+            return checkpoints.load_kind_from_dir(directory, kind)
+    else:
+        name = str(name_or_dir)
+        spec = checkpoints.REGISTRY.get(name)
+        if spec is None:
+            raise ModelNotFoundError(
+                f"unknown model {name!r}; known models: {', '.join(checkpoints.REGISTRY)} (or pass a folder)")
+        model_id = name
+        if spec.package_dir is not None:
+            bundled_voices.append(checkpoints.package_path(spec.package_dir) / "voices")
+
+        def loader(kind):
+            return checkpoints.load(checkpoints.fetch(kind, spec))[0]
+
+    bar = _bar(progress, "loading models", len(checkpoints.INFERENCE_KINDS))
+    models = {}
+    for kind in checkpoints.INFERENCE_KINDS:
+        models[kind] = loader(kind)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],
+                        vocoder=models["vocoder"], voices=VoiceLibrary.default(voices_dirs, bundled_voices),
+                        model_id=model_id, device=device, loader=loader)

@@ -1,0 +1,233 @@
+"""The `hare` command line: `hare speak`, `hare voices`.
+
+Errors a user can cause (bad text, unknown voice, missing model files, invalid options) end the program
+with exit code 2 and a one-line message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from hare.errors import HareError
+
+log = logging.getLogger("hare")
+
+
+class UsageError(HareError):
+    """An invalid command-line option value."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _float_in(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2 (argparse's convention)
+        self.exit(2, f"hare: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hare.pipeline import PRESETS, SAMPLERS
+
+    p = _Parser(prog="hare", description="Hare text-to-speech (the Tortoise architecture, fast).")
+    p.add_argument("--version", action="version", version=f"hare {_version()}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("speak", help="synthesise speech from text", description="Synthesise speech from text.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("text", nargs="?", help="the text to speak")
+    src.add_argument("-f", "--file", type=Path, help="read the text from FILE ('-' for stdin)")
+    s.add_argument("--voice", default="random",
+                   help="voice name from the library, a folder of clips, 'a&b' to mix, or 'random' (default)")
+    s.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR",
+                   help="extra voice library folder (repeatable)")
+    s.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="quality/speed preset (default: fast)")
+    s.add_argument("--candidates", type=_positive_int, help="autoregressive candidates to sample (preset decides)")
+    s.add_argument("--batch-size", type=_positive_int, help="candidates sampled per batch (default: all, max 16)")
+    s.add_argument("--steps", type=_positive_int, help="diffusion steps (preset decides)")
+    s.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: ddpm, as the reference)")
+    s.add_argument("--cond-free", choices=("on", "off"), help="conditioning-free guidance (preset decides)")
+    s.add_argument("--cond-free-k", type=_float_in(0.0, 100.0), help="guidance strength (default 2)")
+    s.add_argument("--temperature", type=_float_in(0.01, 10.0), help="AR sampling temperature (default 0.8)")
+    s.add_argument("--top-p", type=_float_in(0.0, 1.0), help="nucleus sampling mass (default 0.8)")
+    s.add_argument("--repetition-penalty", type=_float_in(0.01, 100.0), help="(default 2.0)")
+    s.add_argument("--length-penalty", type=_float_in(0.0, 100.0), help="(default 1.0)")
+    s.add_argument("--diffusion-temperature", type=_float_in(0.0, 10.0), help="(default 1.0)")
+    s.add_argument("--cvvp-amount", type=_float_in(0.0, 1.0), help="weight of the CVVP voice score in reranking")
+    s.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per chunk (default 500)")
+    s.add_argument("--seed", type=int, help="random seed (same seed, same audio)")
+    s.add_argument("--model", default=None, help="model name (default: tortoise-v2)")
+    s.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
+    s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    s.add_argument("-o", "--output", default="hare.wav", help="output file, '-' for WAV on stdout (default hare.wav)")
+    s.add_argument("--candidates-out", type=Path, metavar="DIR", help="also write every returned candidate here")
+    s.add_argument("-k", "--keep", type=_positive_int, default=1, help="candidates to return (with --candidates-out)")
+    s.add_argument("--report", type=Path, help="write a JSON report with per-stage timings here")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    v = sub.add_parser("voices", help="manage the voice library", description="Manage the voice library.")
+    v.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR")
+    vsub = v.add_subparsers(dest="voices_command", required=True, parser_class=_Parser)
+    vsub.add_parser("list", help="list voices")
+    va = vsub.add_parser("add", help="add a voice from audio clips")
+    va.add_argument("name")
+    va.add_argument("clips", nargs="+", type=Path)
+    va.add_argument("--overwrite", action="store_true")
+    vs = vsub.add_parser("show", help="show a voice's clips")
+    vs.add_argument("name")
+    vr = vsub.add_parser("remove", help="delete a voice from the user library")
+    vr.add_argument("name")
+    return p
+
+
+def _version() -> str:
+    from hare import __version__
+
+    return __version__
+
+
+def _read_text(args) -> str:
+    if args.file is None:
+        return args.text
+    if str(args.file) == "-":
+        return sys.stdin.read()
+    try:
+        return args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read text file {args.file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"text file {args.file} is not UTF-8") from None
+
+
+def _overrides(args) -> dict:
+    mapping = {
+        "candidates": "num_candidates", "batch_size": "batch_size", "steps": "diffusion_steps",
+        "sampler": "sampler", "cond_free_k": "cond_free_k", "temperature": "temperature", "top_p": "top_p",
+        "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
+        "diffusion_temperature": "diffusion_temperature", "cvvp_amount": "cvvp_amount", "max_codes": "max_codes",
+    }
+    out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}
+    if args.cond_free is not None:
+        out["cond_free"] = args.cond_free == "on"
+    return out
+
+
+def cmd_speak(args) -> int:
+    import hare
+    from hare.audio import save_audio
+
+    text = _read_text(args)
+    if args.output != "-" and not Path(args.output).parent.exists():
+        raise UsageError(f"output folder does not exist: {Path(args.output).parent}")
+    t0 = time.perf_counter()
+    tts = hare.load_model(args.model or "tortoise-v2", models_dir=args.models_dir, device=args.device,
+                          voices_dirs=args.voices_dir, progress=not args.quiet)
+    load_s = time.perf_counter() - t0
+    result = tts.tts(text, voice=args.voice, preset=args.preset, seed=args.seed, k=args.keep,
+                     progress=not args.quiet, **_overrides(args))
+    if args.output == "-":
+        save_audio(sys.stdout.buffer, result.audio, result.sample_rate)
+        sys.stdout.buffer.flush()
+    else:
+        save_audio(args.output, result.audio, result.sample_rate)
+    if args.candidates_out is not None:
+        args.candidates_out.mkdir(parents=True, exist_ok=True)
+        for i, cand in enumerate(result.candidates):
+            save_audio(args.candidates_out / f"candidate_{i}.wav", cand, result.sample_rate)
+    if args.report is not None:
+        report = {
+            "stages": {name: round(sec, 4) for name, sec in result.timings.items()},
+            "total_s": round(sum(result.timings.values()), 4),
+            "load_s": round(load_s, 4),
+            "audio_s": round(result.audio.shape[-1] / result.sample_rate, 4),
+            "settings": result.settings,
+        }
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if args.output != "-" and not args.quiet:
+        print(f"wrote {args.output} ({result.audio.shape[-1] / result.sample_rate:.2f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_voices(args) -> int:
+    from hare.audio import load_audio, validate_clip
+    from hare.voices import VoiceLibrary
+
+    lib = VoiceLibrary.default(extra=args.voices_dir)
+    if args.voices_command == "list":
+        for name in lib.names():
+            print(name)
+        return 0
+    if args.voices_command == "add":
+        def check(path: Path) -> None:
+            validate_clip(load_audio(path, 22050), 22050)
+
+        voice = lib.add(args.name, args.clips, validate=check, overwrite=args.overwrite)
+        print(f"added voice {voice.name!r} with {len(voice.clips)} clip(s) in {voice.folder}")
+        return 0
+    if args.voices_command == "show":
+        import soundfile
+
+        voice = lib.get(args.name)
+        print(f"{voice.name}: {voice.folder}")
+        for clip in voice.clips:
+            try:
+                info = soundfile.info(str(clip))
+                print(f"  {clip.name}  {info.duration:.2f} s  {info.samplerate} Hz  {info.channels} ch")
+            except Exception:
+                print(f"  {clip.name}  (unreadable)")
+        if voice.latents_file:
+            print(f"  {voice.latents_file.name}  (precomputed latents)")
+        return 0
+    if args.voices_command == "remove":
+        lib.remove(args.name)
+        print(f"removed voice {args.name!r}")
+        return 0
+    raise AssertionError(args.voices_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="hare: %(message)s")
+    try:
+        if args.command == "speak":
+            return cmd_speak(args)
+        if args.command == "voices":
+            return cmd_voices(args)
+    except HareError as exc:
+        print(f"hare: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hare: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
