@@ -9,7 +9,7 @@ from hare.models.vocoder import location_variable_conv
 
 def _tiny():
     torch.manual_seed(0)
-    cfg = checkpoints.config_for("vocoder", {"channel_size": 4, "strides": [4, 4, 2], "noise_dim": 8})
+    cfg = checkpoints.config_for("vocoder", {"channel_size": 4, "strides": [4, 4, 2], "noise_dim": 8, "hop_length": 32})
     return checkpoints.build("vocoder", cfg).eval()
 
 
