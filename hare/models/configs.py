@@ -29,6 +29,7 @@ class GPTConfig:
     n_mels: int = 80
     cond_attn_blocks: int = 6
     layer_norm_eps: float = 1e-5
+    dropout: float = 0.1  # GPT-2's attention/residual dropout while training
 
     @property
     def text_positions(self) -> int:

@@ -1,0 +1,30 @@
+"""Renaming rules shared by several converters."""
+
+from __future__ import annotations
+
+import re
+
+
+def rename(sd: dict, rules: list[tuple[str, str]]) -> dict:
+    """Apply the first matching (regex, replacement) rule to each key; unmatched keys pass through."""
+    compiled = [(re.compile(p + r"$"), r) for p, r in rules]
+    out = {}
+    for key, value in sd.items():
+        for pattern, repl in compiled:
+            if pattern.match(key):
+                key = pattern.sub(repl, key)
+                break
+        out[key] = value
+    return out
+
+
+def attention_block_rules(official_prefix: str, hare_prefix: str) -> list[tuple[str, str]]:
+    """Tortoise's AttentionBlock (norm, qkv, proj_out, relative bias) -> hare.models.layers.AttentionBlock."""
+    p, h = official_prefix, hare_prefix
+    g = rf"\{re.compile(p).groups + 1}"  # the (weight|bias) group comes after the prefix's own groups
+    return [
+        (rf"{p}\.norm\.(weight|bias)", rf"{h}.norm.{g}"),
+        (rf"{p}\.qkv\.(weight|bias)", rf"{h}.qkv.{g}"),
+        (rf"{p}\.proj_out\.(weight|bias)", rf"{h}.proj.{g}"),
+        (rf"{p}\.relative_pos_embeddings\.relative_attention_bias\.weight", rf"{h}.rel_pos.embedding.weight"),
+    ]
