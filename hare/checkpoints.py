@@ -41,7 +41,7 @@ OFFICIAL_KWARGS: dict[str, dict[str, Any]] = {
     "clvp2": dict(
         dim_text=768, dim_speech=768, dim_latent=768, num_text_tokens=256, text_enc_depth=20,
         text_seq_len=350, text_heads=12, num_speech_tokens=8192, speech_enc_depth=20, speech_heads=12,
-        speech_seq_len=430,
+        speech_seq_len=430, use_xformers=True,
     ),
     "cvvp": dict(
         model_dim=512, transformer_heads=8, dropout=0, mel_codes=8192, conditioning_enc_depth=8,

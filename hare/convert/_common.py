@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 
 
-def rename(sd: dict, rules: list[tuple[str, str]]) -> dict:
-    """Apply the first matching (regex, replacement) rule to each key; unmatched keys pass through."""
+def rename(sd: dict, rules: list) -> dict:
+    """Apply the first matching (regex, replacement) rule to each key; unmatched keys pass through.
+
+    A replacement is a template string (`\\1` refers to groups) or a function of the match.
+    """
     compiled = [(re.compile(p + r"$"), r) for p, r in rules]
     out = {}
     for key, value in sd.items():

@@ -11,7 +11,7 @@ CONFIG_CLASS = CLVPConfig
 _REFERENCE_DEFAULTS = dict(
     dim_text=512, dim_speech=512, dim_latent=512, num_text_tokens=256, text_enc_depth=6, text_seq_len=120,
     text_heads=8, num_speech_tokens=8192, speech_enc_depth=6, speech_heads=8, speech_seq_len=250,
-    text_mask_percentage=0, voice_mask_percentage=0, wav_token_compression=1024, use_xformers=True,
+    text_mask_percentage=0, voice_mask_percentage=0, wav_token_compression=1024, use_xformers=False,
 )
 
 
