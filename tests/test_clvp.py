@@ -5,7 +5,7 @@ import torch
 from hare import checkpoints
 
 CLVP_KW = dict(dim_text=32, dim_speech=32, dim_latent=16, text_enc_depth=1, speech_enc_depth=1, text_heads=2,
-               speech_heads=2)
+               speech_heads=2, use_xformers=True)
 
 
 def _clvp():
