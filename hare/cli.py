@@ -142,14 +142,28 @@ def cmd_speak(args) -> int:
     import hare
     from hare.audio import save_audio
 
+    from hare.pipeline import make_settings
+    from hare.text import Tokenizer, split_text
+    from hare.voices import VoiceLibrary
+
     text = _read_text(args)
     if args.output != "-" and not Path(args.output).parent.exists():
         raise UsageError(f"output folder does not exist: {Path(args.output).parent}")
+    # cheap checks first, so that a typo fails in milliseconds instead of after loading the models
+    # a value with a path separator is a folder of clips (use ./NAME for a folder in the current directory)
+    voice = Path(args.voice) if os.sep in args.voice else args.voice
+    settings = make_settings(args.preset, **_overrides(args))
+    if not text or not text.strip():
+        raise UsageError("the text is empty: give something to say")
+    tokenizer = Tokenizer()
+    for chunk in split_text(text, settings.split_desired_length, settings.split_max_length) or [text]:
+        tokenizer.encode(chunk)
+    VoiceLibrary.default(extra=args.voices_dir).parse(voice)
     t0 = time.perf_counter()
     tts = hare.load_model(args.model or "tortoise-v2", models_dir=args.models_dir, device=args.device,
                           voices_dirs=args.voices_dir, progress=not args.quiet)
     load_s = time.perf_counter() - t0
-    result = tts.tts(text, voice=args.voice, preset=args.preset, seed=args.seed, k=args.keep,
+    result = tts.tts(text, voice=voice, preset=args.preset, seed=args.seed, k=args.keep,
                      progress=not args.quiet, **_overrides(args))
     if args.output == "-":
         save_audio(sys.stdout.buffer, result.audio, result.sample_rate)

@@ -221,9 +221,9 @@ class TextToSpeech:
 
         clips = []
         for path in voice.clips:
-            wav = audio.load_audio(path, CONDITIONING_RATE)
             try:
-                audio.validate_clip(wav, CONDITIONING_RATE)
+                wav = audio.load_audio(path, CONDITIONING_RATE)
+                audio.validate_clip(wav, CONDITIONING_RATE, name=path.name)
             except AudioError as exc:
                 log.warning("skipping clip %s of voice %s: %s", path.name, voice.name, exc)
                 continue
@@ -250,10 +250,11 @@ class TextToSpeech:
                     # a fixed crop seed per voice, so that the cache holds what a fresh run would compute
                     crop = torch.Generator().manual_seed(0)
                     a, d, m = self.conditioning_latents(self._clips_of(voice_), generator=crop)
-                    mels.append(m)
-                    return a, d
+                    return {"ar": a, "diffusion": d, "ar_mels": m}
 
-                ar, diff = self.latent_cache.get_or_compute(self.model_id, v, compute)
+                cached = self.latent_cache.get_or_compute(self.model_id, v, compute)
+                ar, diff = cached["ar"], cached["diffusion"]
+                mels.append(cached["ar_mels"])
             ars.append(ar.to(self.device))
             diffs.append(diff.to(self.device))
         ar = torch.stack(ars).mean(0)
@@ -296,7 +297,7 @@ class TextToSpeech:
         timer = _Timer(timings, self.device)
         with timer("conditioning"):
             ar_latent, diff_latent, cond_mels = self.voice_latents(voice, generator=generator)
-        info = {"preset": preset, "seed": seed, "voice": voice, "chunks": len(pieces),
+        info = {"preset": preset, "seed": seed, "voice": str(voice), "chunks": len(pieces),
                 **dataclasses.asdict(settings)}
         for i, tokens in enumerate(token_lists):
             audios = self._synthesize(tokens, ar_latent, diff_latent, cond_mels, settings, generator, timer,
@@ -307,7 +308,7 @@ class TextToSpeech:
     @torch.inference_mode()
     def _synthesize(self, tokens, ar_latent, diff_latent, cond_mels, settings: Settings, generator, timer,
                     progress: bool, desc: str) -> list[torch.Tensor]:
-        from hare import audio, schedulers
+        from hare import audio
         from hare.sampling import SamplingSettings, sample_codes
 
         dev = self.device
@@ -326,10 +327,7 @@ class TextToSpeech:
             scores = self.clvp.similarity(text, codes)
             if settings.cvvp_amount > 0 and cond_mels is not None:
                 cvvp = self._optional_model("cvvp")
-                voice_scores = torch.stack([
-                    cvvp.similarity(m.unsqueeze(0).expand(codes.shape[0], -1, -1).to(dev), codes)
-                    for m in cond_mels
-                ]).mean(0)
+                voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(dev), codes) for m in cond_mels]).mean(0)
                 scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
             best = codes[scores.topk(settings.k).indices]
         with timer("latents"):

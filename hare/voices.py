@@ -98,14 +98,13 @@ class VoiceLibrary:
         return list(seen)
 
     def get(self, name_or_dir: str | os.PathLike) -> Voice:
-        """A voice by library name, or by an explicit folder path (a string containing a path separator)."""
-        text = os.fspath(name_or_dir)
-        if os.sep in text or (os.altsep and os.altsep in text) or Path(text).is_absolute():
-            folder = Path(text).expanduser()
+        """A voice by library name (a plain identifier, never a path), or by a folder given as a Path."""
+        if isinstance(name_or_dir, os.PathLike):
+            folder = Path(name_or_dir).expanduser()
             if not folder.is_dir():
                 raise VoiceError(f"voice folder not found: {folder}")
             return _scan_folder(folder.name, folder)
-        name = validate_name(text)
+        name = validate_name(name_or_dir)
         for root in self.folders:
             folder = root / name
             if folder.is_dir() and folder.resolve().parent == root.resolve():
@@ -113,10 +112,12 @@ class VoiceLibrary:
         known = ", ".join(self.names()) or "none"
         raise VoiceError(f"unknown voice {name!r} (known voices: {known}; or pass a folder of clips)")
 
-    def parse(self, spec: str) -> list[Voice] | None:
-        """`a&b` -> the voices to mix; `random` -> None (draw a random voice)."""
-        spec = (spec or "").strip()
-        if not spec:
+    def parse(self, spec: str | os.PathLike) -> list[Voice] | None:
+        """`name`, `a&b` (mix), a folder Path, or `random` (-> None: draw a random voice)."""
+        if isinstance(spec, os.PathLike):
+            return [self.get(spec)]
+        spec = (spec or "").strip() if isinstance(spec, str) else spec
+        if not spec or not isinstance(spec, str):
             raise VoiceError("empty voice name")
         if spec == RANDOM_VOICE:
             return None
@@ -173,25 +174,25 @@ class LatentCache:
         return self.root / safe_model / f"{voice.name}@{voice.fingerprint()}.safetensors"
 
     def get_or_compute(self, model_id: str, voice: Voice,
-                       compute: Callable[[Voice], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+                       compute: Callable[[Voice], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The cached tensors for (model, voice), computing and storing them when missing or stale."""
         from safetensors.torch import load_file, save_file
 
         path = self._path(model_id, voice)
         if path.is_file():
             try:
-                t = load_file(str(path))
-                return t["ar"], t["diffusion"]
+                return load_file(str(path))
             except Exception as exc:  # a corrupt cache entry is recomputed, never trusted
                 log.warning("ignoring unreadable latent cache %s: %s", path, exc)
-        ar, diff = compute(voice)
+        tensors = compute(voice)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        save_file({"ar": ar.detach().cpu().contiguous(), "diffusion": diff.detach().cpu().contiguous()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         os.replace(tmp, path)
         for stale in path.parent.glob(f"{voice.name}@*.safetensors"):
             if stale != path:
                 stale.unlink(missing_ok=True)
-        return ar, diff
+        return tensors
 
 
 def load_latents_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,106 @@
+"""`hare speak` / `hare voices` on tiny models: outputs, report, stdout, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile
+
+from hare import cli
+
+from tiny_models import save_official_layout, tiny_models, write_voice
+
+FAST = ["--preset", "ultra_fast", "--candidates", "2", "--steps", "3", "--max-codes", "20", "-q"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return save_official_layout(tiny_models(), tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+    voices = tmp_path / "voices"
+    write_voice(voices / "alice")
+    return voices
+
+
+def test_speak_writes_wav_and_report(models_dir, env, tmp_path):
+    out, report = tmp_path / "o.wav", tmp_path / "r.json"
+    code = cli.main(["speak", "Hello world.", "--voice", "alice", "--voices-dir", str(env), "--models-dir",
+                     str(models_dir), "-o", str(out), "--report", str(report), "--seed", "1", *FAST])
+    assert code == 0
+    data, sr = soundfile.read(out)
+    assert sr == 24000 and len(data) > 0
+    r = json.loads(report.read_text())
+    assert set(r["stages"]) >= {"autoregressive", "diffusion", "vocoder"}
+    assert r["audio_s"] == pytest.approx(len(data) / 24000, abs=1e-3)
+    assert r["settings"]["num_candidates"] == 2 and r["settings"]["diffusion_steps"] == 3
+
+
+def test_speak_to_stdout_and_from_file(models_dir, env, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("Read from a file.")
+    proc = subprocess.run([sys.executable, "-m", "hare.cli", "speak", "-f", str(text), "--voice",
+                           str(env / "alice"), "--models-dir", str(models_dir), "-o", "-", *FAST],
+                          capture_output=True, env={**__import__("os").environ})
+    assert proc.returncode == 0, proc.stderr.decode()
+    data, sr = soundfile.read(io.BytesIO(proc.stdout))
+    assert sr == 24000 and len(data) > 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["speak", "", "--voice", "alice"], "empty"),
+    (["speak", "Hi.", "--voice", "nobody"], "unknown voice"),
+    (["speak", "Hi.", "--voice", "../etc"], "voice folder not found"),
+    (["speak", "Hi.", "--voice", "alice", "--models-dir", "/nonexistent"], "models folder not found"),
+    (["speak", "Hi.", "--voice", "alice", "--steps", "0"], "must be at least 1"),
+    (["speak", "Hi.", "--voice", "alice", "--top-p", "7"], "between"),
+    (["speak", "Hi.", "--voice", "alice", "--preset", "turbo"], "invalid choice"),
+])
+def test_errors_are_one_line_exit_2(models_dir, env, args, needle, capsys):
+    full = args + ["--voices-dir", str(env)]
+    if "--models-dir" not in args:
+        full += ["--models-dir", str(models_dir)]
+    try:
+        code = cli.main(full)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_voice_with_no_usable_audio(models_dir, env, capsys):
+    (env / "broken").mkdir()
+    (env / "broken" / "x.wav").write_text("not audio")
+    code = cli.main(["speak", "Hi.", "--voice", "broken", "--voices-dir", str(env), "--models-dir",
+                     str(models_dir), *FAST])
+    assert code == 2 and "no usable audio" in capsys.readouterr().err
+
+
+def test_missing_model_files(tmp_path, env, capsys):
+    (tmp_path / "empty_models").mkdir()
+    code = cli.main(["speak", "Hi.", "--voice", "alice", "--voices-dir", str(env), "--models-dir",
+                     str(tmp_path / "empty_models"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "autoregressive.pth" in err
+
+
+def test_voices_commands(env, tmp_path, capsys):
+    clip = write_voice(tmp_path / "src", clips=1) / "clip0.wav"
+    assert cli.main(["voices", "add", "dave", str(clip)]) == 0
+    assert cli.main(["voices", "list"]) == 0
+    assert "dave" in capsys.readouterr().out
+    assert cli.main(["voices", "show", "dave"]) == 0
+    assert "22050 Hz" in capsys.readouterr().out
+    bad = tmp_path / "bad.wav"
+    bad.write_text("nope")
+    assert cli.main(["voices", "add", "eve", str(bad)]) == 2
+    assert cli.main(["voices", "add", "../x", str(clip)]) == 2
+    assert cli.main(["voices", "remove", "dave"]) == 0

@@ -1,0 +1,132 @@
+"""End-to-end synthesis on tiny random models: presets, seeds, long text, lengths, voices, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hare
+from hare.errors import SettingsError, TextError, VoiceError
+from hare.pipeline import PRESETS, SAMPLE_RATE, Settings, make_settings
+
+from tiny_models import save_official_layout, tiny_models, tiny_tts, write_voice
+
+SHRINK = dict(num_candidates=3, diffusion_steps=4, max_codes=30)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models()
+
+
+@pytest.fixture()
+def tts(tmp_path, models):
+    voices = tmp_path / "voices"
+    write_voice(voices / "alice", freq=180)
+    write_voice(voices / "bob", freq=120)
+    return tiny_tts(voices, models=models)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_runs(tts, preset):
+    out = tts.tts("Hello there, world.", voice="alice", preset=preset, seed=1, **SHRINK)
+    assert out.sample_rate == SAMPLE_RATE == 24000
+    assert out.audio.dim() == 1 and out.audio.numel() > 0 and out.audio.abs().max() <= 1
+    assert out.audio.numel() % 256 == 0
+    assert set(out.timings) == {"conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder"}
+    assert out.settings["preset"] == preset and out.settings["seed"] == 1
+
+
+def test_seed_reproducible_and_varies(tts):
+    a = tts.tts("Same words.", voice="alice", preset="ultra_fast", seed=5, **SHRINK).audio
+    b = tts.tts("Same words.", voice="alice", preset="ultra_fast", seed=5, **SHRINK).audio
+    c = tts.tts("Same words.", voice="alice", preset="ultra_fast", seed=6, **SHRINK).audio
+    assert torch.equal(a, b)
+    assert a.shape != c.shape or not torch.equal(a, c)
+
+
+def test_audio_length_matches_codes(tts, monkeypatch):
+    import hare.pipeline as P
+
+    seen = {}
+    real = P.calm_cut
+
+    def spy(codes, *a, **k):
+        seen["keep"] = real(codes, *a, **k)
+        return seen["keep"]
+
+    monkeypatch.setattr(P, "calm_cut", spy)
+    out = tts.tts("Length check.", voice="alice", preset="ultra_fast", seed=2, **SHRINK)
+    assert out.audio.numel() == P.diffusion_frames(seen["keep"]) * 256
+
+
+def test_long_text_is_split_and_joined(tts):
+    text = " ".join(f"This is sentence number {i} of a long paragraph." for i in range(12))
+    chunks = list(tts.stream(text, voice="alice", preset="ultra_fast", seed=3, **SHRINK))
+    assert len(chunks) >= 2
+    whole = tts.tts(text, voice="alice", preset="ultra_fast", seed=3, **SHRINK)
+    assert whole.settings["chunks"] == len(chunks)
+    assert whole.audio.numel() == sum(c.audio.numel() for c in chunks)
+
+
+def test_k_candidates_and_cvvp(tts):
+    out = tts.tts("Pick two.", voice="alice", preset="fast", seed=4, k=2, cvvp_amount=0.5, **SHRINK)
+    assert len(out.candidates) == 2 and torch.equal(out.candidates[0], out.audio)
+
+
+def test_random_and_mixed_voices(tts):
+    r = tts.tts("Random voice.", voice="random", preset="ultra_fast", seed=1, **SHRINK)
+    m = tts.tts("Mixed voice.", voice="alice&bob", preset="ultra_fast", seed=1, **SHRINK)
+    assert r.audio.numel() > 0 and m.audio.numel() > 0
+
+
+def test_latents_cached_and_invalidated(tts, tmp_path):
+    cache_dir = tmp_path / "home" / "cache" / "latents"
+    tts.tts("Cache me.", voice="alice", preset="ultra_fast", seed=1, **SHRINK)
+    first = list(cache_dir.rglob("alice@*.safetensors"))
+    assert len(first) == 1
+    write_voice(tmp_path / "voices" / "alice", freq=300, clips=3)  # clips change: a new fingerprint
+    tts.tts("Cache me.", voice="alice", preset="ultra_fast", seed=1, **SHRINK)
+    second = list(cache_dir.rglob("alice@*.safetensors"))
+    assert len(second) == 1 and second != first
+
+
+def test_errors(tts, tmp_path):
+    with pytest.raises(TextError):
+        tts.tts("   ", voice="alice")
+    with pytest.raises(TextError):
+        tts.tts("?!...", voice="alice")
+    with pytest.raises(VoiceError, match="unknown voice"):
+        tts.tts("Hi.", voice="nobody")
+    with pytest.raises(VoiceError, match="invalid voice name"):
+        tts.tts("Hi.", voice="../alice")
+    (tmp_path / "voices" / "empty").mkdir()
+    with pytest.raises(VoiceError, match="no usable audio"):
+        tts.tts("Hi.", voice="empty")
+    with pytest.raises(SettingsError, match="unknown preset"):
+        tts.tts("Hi.", voice="alice", preset="turbo")
+    with pytest.raises(SettingsError, match="top_p"):
+        tts.tts("Hi.", voice="alice", top_p=1.5)
+    with pytest.raises(SettingsError, match="unknown setting"):
+        tts.tts("Hi.", voice="alice", warp_speed=9)
+
+
+def test_presets_have_reference_values():
+    assert make_settings("ultra_fast") == Settings(num_candidates=16, diffusion_steps=30, cond_free=False)
+    s = make_settings("standard")
+    assert (s.num_candidates, s.diffusion_steps, s.cond_free, s.temperature, s.top_p, s.repetition_penalty,
+            s.cond_free_k, s.diffusion_temperature) == (256, 200, True, 0.8, 0.8, 2.0, 2.0, 1.0)
+
+
+def test_load_model_from_directory(tmp_path, models):
+    d = save_official_layout(models, tmp_path / "models")
+    tts = hare.load_model(d, voices_dirs=[write_voice(tmp_path / "v" / "carol").parent])
+    out = tts.tts("From a folder.", voice="carol", preset="ultra_fast", seed=0, **SHRINK)
+    assert out.audio.numel() > 0
+    with pytest.raises(hare.ModelNotFoundError, match="unknown model"):
+        hare.load_model("no-such-model")
