@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hare-installed
 
-.PHONY: test venv clean
+.PHONY: test venv clean e2e
 
 venv: $(STAMP)
 
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The whole pipeline at official size, offline: random official-size weights in the official file layout.
+E2E_TEXT := The expressiveness of autoregressive transformers is literally nuts! I absolutely adore them.
+e2e: $(STAMP)
+	mkdir -p runs
+	$(PY) bench/random_official.py bench/.cache/official
+	$(VENV)/bin/hare speak "$(E2E_TEXT)" --models-dir bench/.cache/official --voice random \
+		--preset ultra_fast --max-codes 100 --seed 0 --report runs/e2e.json -o runs/e2e.wav
 
 clean:
 	rm -rf $(VENV) build *.egg-info
