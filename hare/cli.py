@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="model name (default: tortoise-v2)")
     s.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
     s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    s.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
+    s.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs)")
     s.add_argument("-o", "--output", default="hare.wav", help="output file, '-' for WAV on stdout (default hare.wav)")
     s.add_argument("--candidates-out", type=Path, metavar="DIR", help="also write every returned candidate here")
     s.add_argument("-k", "--keep", type=_positive_int, default=1, help="candidates to return (with --candidates-out)")
@@ -161,7 +164,8 @@ def cmd_speak(args) -> int:
     VoiceLibrary.default(extra=args.voices_dir).parse(voice)
     t0 = time.perf_counter()
     tts = hare.load_model(args.model or "tortoise-v2", models_dir=args.models_dir, device=args.device,
-                          voices_dirs=args.voices_dir, progress=not args.quiet)
+                          voices_dirs=args.voices_dir, progress=not args.quiet, quantize=args.quantize,
+                          dtype=args.dtype)
     load_s = time.perf_counter() - t0
     result = tts.tts(text, voice=voice, preset=args.preset, seed=args.seed, k=args.keep,
                      progress=not args.quiet, **_overrides(args))

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -169,6 +170,7 @@ class _Timer:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 STAGES = ("conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder")
 
 
@@ -176,7 +178,8 @@ class TextToSpeech:
     """The whole Tortoise inference path. Build it with `hare.load_model(...)`."""
 
     def __init__(self, *, gpt, clvp, diffusion, vocoder, cvvp=None, rlg_auto=None, rlg_diffuser=None,
-                 tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None):
+                 tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
+                 quantize: str | None = None, dtype: str = "fp32"):
         from hare.text import Tokenizer
         from hare.voices import LatentCache, VoiceLibrary
 
@@ -191,6 +194,31 @@ class TextToSpeech:
         self.voices = voices or VoiceLibrary.default()
         self.latent_cache = LatentCache()
         self.model_id = model_id
+        if dtype not in DTYPES:
+            raise SettingsError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+        self.dtype = dtype
+        self.quantize = quantize
+        if quantize is not None:
+            self._quantize(quantize)
+
+    def _quantize(self, mode: str) -> None:
+        """Dynamic int8 weights for the GPT's and CLVP's linear layers (CPU only; activations stay float)."""
+        if mode != "int8":
+            raise SettingsError(f"quantize must be 'int8' (got {mode!r})")
+        if self.device.type != "cpu":
+            raise SettingsError("int8 dynamic quantisation runs on the CPU; on a GPU use dtype='fp16' or 'bf16'")
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch announces the move of this API to torchao; it still works
+            warnings.simplefilter("ignore")
+            self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8)
+            self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def _autocast(self):
+        """Reduced precision for the AR, rerank and latent stages when asked (diffusion and vocoder stay fp32)."""
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
     # -- models loaded on demand -------------------------------------------------------------------
     def _optional_model(self, kind: str):
@@ -313,7 +341,7 @@ class TextToSpeech:
 
         dev = self.device
         text = torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=dev)
-        with timer("autoregressive"):
+        with timer("autoregressive"), self._autocast():
             sampling = SamplingSettings(
                 temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
                 repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
@@ -322,7 +350,7 @@ class TextToSpeech:
             batch = settings.batch_size or min(settings.num_candidates, 16)
             codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, batch, sampling, generator,
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
-        with timer("rerank"):
+        with timer("rerank"), self._autocast():
             codes = fix_candidates(codes, self.gpt.config.stop_mel_token)
             scores = self.clvp.similarity(text, codes)
             if settings.cvvp_amount > 0 and cond_mels is not None:
@@ -330,8 +358,9 @@ class TextToSpeech:
                 voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(dev), codes) for m in cond_mels]).mean(0)
                 scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
             best = codes[scores.topk(settings.k).indices]
-        with timer("latents"):
+        with timer("latents"), self._autocast():
             latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1), best)
+        latents = latents.float()
         outputs = []
         for j in range(settings.k):
             keep = calm_cut(best[j])
@@ -370,7 +399,8 @@ def _default_device() -> torch.device:
 
 
 def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: str | os.PathLike | None = None,
-               device=None, voices_dirs=(), progress: bool = False) -> TextToSpeech:
+               device=None, voices_dirs=(), progress: bool = False, quantize: str | None = None,
+               dtype: str = "fp32") -> TextToSpeech:
     """Load a TextToSpeech by registered name (downloaded and converted once) or from a folder of model files.
 
     A folder may hold official-layout Tortoise files (autoregressive.pth, clvp2.pth, ...) or Hare safetensors
@@ -413,4 +443,4 @@ def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: st
         bar.close()
     return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],
                         vocoder=models["vocoder"], voices=VoiceLibrary.default(voices_dirs, bundled_voices),
-                        model_id=model_id, device=device, loader=loader)
+                        model_id=model_id, device=device, loader=loader, quantize=quantize, dtype=dtype)

@@ -224,8 +224,9 @@ class GPT(nn.Module):
         start = torch.full((1, 1), c.start_mel_token, dtype=torch.long, device=text_tokens.device)
         x = torch.cat([cond_latent.unsqueeze(1).to(self.text_pos.weight.dtype),
                        self._text_embeddings(text_in), self._mel_embeddings(start)], dim=1)
-        p = self.blocks[0].qkv.weight
-        cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, p.dtype, p.device)
+        ref = self.ln_f.weight  # not a Linear: stays float when the linears are quantised
+        dtype = torch.get_autocast_dtype(ref.device.type) if torch.is_autocast_enabled(ref.device.type) else ref.dtype
+        cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, dtype, ref.device)
         h = self._stack(x, cache)[:, -1]
         logits = self.mel_head(self.final_norm(h))
         return logits.expand(batch, -1), cache.expand(batch, x.shape[1] + max_codes)

@@ -1,0 +1,80 @@
+"""Each fast-path option stays within its stated tolerance of the exact fp32 path (no timing here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hare.pipeline import TextToSpeech
+
+from tiny_models import tiny_models, write_voice
+
+# Stated tolerances, relative to the spread (std) of the exact fp32 logits. Measured on this tiny model:
+# int8 max 0.075 / mean 0.014, bf16 max 0.065 / mean 0.003.
+INT8_LOGIT_TOL = (0.10, 0.02)  # (max, mean) |int8 - fp32| GPT logits / std(fp32 logits)
+INT8_CLVP_TOL = 0.05  # max |int8 - fp32| CLVP scores / (max - min of fp32 scores + 1)
+BF16_LOGIT_TOL = (0.10, 0.01)
+
+
+def _close(a, b, tol):
+    err = (a - b).abs() / a.std()
+    return err.max() < tol[0] and err.mean() < tol[1]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_models(seed=3)
+
+
+def _tts(models, **kw):
+    return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],
+                        vocoder=models["vocoder"], device="cpu", **kw)
+
+
+def _logits(tts):
+    cond = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    text = torch.tensor([[20, 2, 31, 40, 7, 0]])
+    codes = torch.randint(0, 8192, (1, 15), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), tts._autocast():
+        out = tts.gpt(cond, text, torch.tensor([6]), codes, torch.tensor([15 * 1024]), clip_inputs=False)
+    return out.mel_logits.float()
+
+
+def test_int8_gpt_and_clvp_within_tolerance(models):
+    exact, fast = _tts(models), _tts({**models}, quantize="int8")
+    a, b = _logits(exact), _logits(fast)
+    assert _close(a, b, INT8_LOGIT_TOL)
+    text = torch.tensor([[20, 2, 31, 40, 7, 0]])
+    codes = torch.randint(0, 8192, (8, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        s1, s2 = exact.clvp.similarity(text, codes), fast.clvp.similarity(text, codes)
+    assert (s1 - s2).abs().max() / (s1.max() - s1.min() + 1) < INT8_CLVP_TOL
+    # the quantised model keeps its float originals untouched (the exact path is still exact)
+    assert isinstance(models["autoregressive"].blocks[0].qkv, torch.nn.Linear)
+
+
+def test_bf16_autocast_within_tolerance(models):
+    a = _logits(_tts(models))
+    b = _logits(_tts(models, dtype="bf16"))
+    assert _close(a, b, BF16_LOGIT_TOL)
+
+
+def test_fast_path_end_to_end(models, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARE_HOME", str(tmp_path))
+    write_voice(tmp_path / "v" / "alice")
+    from hare.voices import VoiceLibrary
+
+    tts = _tts(models, quantize="int8")
+    tts.voices = VoiceLibrary([tmp_path / "v"])
+    out = tts.tts("Fast path.", voice="alice", preset="ultra_fast", sampler="dpm++2m", diffusion_steps=5,
+                  num_candidates=2, max_codes=20, seed=0)
+    assert out.audio.numel() > 0 and torch.isfinite(out.audio).all()
+
+
+def test_bad_speed_options(models):
+    from hare.errors import SettingsError
+
+    with pytest.raises(SettingsError):
+        _tts(models, quantize="int4")
+    with pytest.raises(SettingsError):
+        _tts(models, dtype="fp8")
