@@ -1,0 +1,101 @@
+"""Hare against the reference on the same official-size (random) weights, settings and machine, in one run.
+
+    python bench/pipeline.py [--skip-reference] [--out runs/bench_pipeline.json]
+
+Builds random official-size weights in the official file layout once (bench/.cache/official), a
+two-clip synthetic voice, then runs, each in its own process (so peak memory is per run):
+  - the reference, tortoise-tts 3.0.0, at `ultra_fast` with batch 16 and its KV cache (if bench/.venv-ref
+    exists: run bench/setup_reference.sh once);
+  - Hare's exact path: `--sampler ddpm --steps 30`, fp32;
+  - Hare's fast path: `--sampler dpm++2m --steps 10 --quantize int8`.
+All at 16 candidates and 100 codes on a fixed sentence. Prints per-stage seconds and ratios to the
+reference measured in this same run. The weights are random, so the audio is noise: this measures speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from random_official import write_all  # noqa: E402
+
+TEXT = "The expressiveness of autoregressive transformers is literally nuts! I absolutely adore them."
+STAGES = ("conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder")
+
+
+def make_voice(folder: Path) -> Path:
+    """Two ~6 s clips of a harmonic tone with noise: the benchmark measures speed, not voice quality."""
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sr, rng = 22050, np.random.default_rng(0)
+    t = np.arange(sr * 6) / sr
+    for i in range(2):
+        wav = sum(0.15 / k * np.sin(2 * np.pi * 140 * (1 + 0.03 * i) * k * t) for k in range(1, 8))
+        soundfile.write(folder / f"{i}.wav", (wav + 0.01 * rng.standard_normal(t.shape)).astype(np.float32), sr)
+    return folder
+
+
+def run(python: Path, script: str, args: list[str]) -> dict:
+    proc = subprocess.run([str(python), str(HERE / script), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_pipeline.json")
+    args = ap.parse_args(argv)
+
+    weights = write_all(HERE / ".cache" / "official")
+    voice = make_voice(HERE / ".cache" / "voice")
+    common = ["--models-dir", str(weights), "--voice", str(voice), "--text", TEXT]
+    results = {}
+    ref_python = HERE / ".venv-ref" / "bin" / "python"
+    if not args.skip_reference and ref_python.exists():
+        print("reference (tortoise-tts 3.0.0, batch 16, kv cache) ...", file=sys.stderr)
+        results["reference"] = run(ref_python, "_run_reference.py", common + ["--batch-size", "16"])
+    elif not args.skip_reference:
+        print("bench/.venv-ref missing: run bench/setup_reference.sh to compare with the reference",
+              file=sys.stderr)
+    print("hare exact (ddpm 30, fp32) ...", file=sys.stderr)
+    results["hare_exact"] = run(Path(sys.executable), "_run_hare.py", common + ["--sampler", "ddpm", "--steps", "30"])
+    print("hare fast (dpm++2m 10, int8) ...", file=sys.stderr)
+    results["hare_fast"] = run(Path(sys.executable), "_run_hare.py",
+                               common + ["--sampler", "dpm++2m", "--steps", "10", "--quantize", "int8"])
+
+    base = results.get("reference")
+    header = f"{'stage':<15}" + "".join(f"{name:>14}" for name in results)
+    if base:
+        header += "".join(f"{'x ' + name:>18}" for name in results if name != "reference")
+    print(header)
+    for stage in (*STAGES, "total_s", "peak_rss_mb"):
+        def value(r):
+            return r["stages"].get(stage, 0.0) if stage in STAGES else r[stage]
+
+        line = f"{stage:<15}" + "".join(f"{value(r):>14.2f}" for r in results.values())
+        if base:
+            for name, r in results.items():
+                if name != "reference":
+                    ratio = value(base) / value(r) if value(r) > 0 else float("inf")
+                    line += f"{ratio:>18.2f}"
+        print(line)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"(ratios: reference seconds / Hare seconds; json in {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
