@@ -120,6 +120,52 @@ def save_audio(target: str | os.PathLike | BinaryIO, wav: torch.Tensor, sample_r
         raise AudioError(f"cannot write {format.lower()} audio: {exc}") from exc
 
 
+class WavStreamWriter:
+    """16-bit mono WAV written piece by piece. A file gets a correct header on close; a stream (stdout, a
+    socket) gets a header of open length, which players read until the end of data."""
+
+    def __init__(self, target: str | os.PathLike | BinaryIO, sample_rate: int):
+        import soundfile
+
+        self.sample_rate = sample_rate
+        self._file = None
+        self._stream = None
+        if isinstance(target, (str, os.PathLike)):
+            self._file = soundfile.SoundFile(str(target), "w", sample_rate, 1, subtype="PCM_16", format="WAV")
+        else:
+            self._stream = target
+            self._stream.write(wav_header(sample_rate))
+
+    def write(self, wav: torch.Tensor) -> None:
+        data = wav.detach().float().cpu().clamp(-1, 1).reshape(-1).numpy()
+        if self._file is not None:
+            self._file.write(data)
+            self._file.flush()
+        else:
+            self._stream.write((data * 32767).round().astype("<i2").tobytes())
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def wav_header(sample_rate: int, channels: int = 1, bits: int = 16, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
+    """A RIFF/WAVE PCM header; the default length marks a stream whose end is not known yet."""
+    import struct
+
+    block = channels * bits // 8
+    return (b"RIFF" + struct.pack("<I", min(data_bytes + 36, 0xFFFFFFFF)) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, bits)
+            + b"data" + struct.pack("<I", data_bytes))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Resampling
 

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates-out", type=Path, metavar="DIR", help="also write every returned candidate here")
     s.add_argument("-k", "--keep", type=_positive_int, default=1, help="candidates to return (with --candidates-out)")
     s.add_argument("--report", type=Path, help="write a JSON report with per-stage timings here")
+    s.add_argument("--stream", action="store_true",
+                   help="write audio as each text chunk is ready (a WAV of open length on stdout with -o -)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("voices", help="manage the voice library", description="Manage the voice library.")
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     vs.add_argument("name")
     vr = vsub.add_parser("remove", help="delete a voice from the user library")
     vr.add_argument("name")
+    _add_training_commands(sub)
     return p
 
 
@@ -142,6 +145,8 @@ def _overrides(args) -> dict:
 
 
 def cmd_speak(args) -> int:
+    import torch
+
     import hare
     from hare.audio import save_audio
 
@@ -167,13 +172,30 @@ def cmd_speak(args) -> int:
                           voices_dirs=args.voices_dir, progress=not args.quiet, quantize=args.quantize,
                           dtype=args.dtype)
     load_s = time.perf_counter() - t0
-    result = tts.tts(text, voice=voice, preset=args.preset, seed=args.seed, k=args.keep,
-                     progress=not args.quiet, **_overrides(args))
-    if args.output == "-":
-        save_audio(sys.stdout.buffer, result.audio, result.sample_rate)
-        sys.stdout.buffer.flush()
+    kwargs = dict(voice=voice, preset=args.preset, seed=args.seed, k=args.keep, progress=not args.quiet,
+                  **_overrides(args))
+    first_audio_s = None
+    if args.stream:
+        from hare.audio import WavStreamWriter
+
+        start = time.perf_counter()
+        parts = []
+        with WavStreamWriter(sys.stdout.buffer if args.output == "-" else args.output, 24000) as writer:
+            for part in tts.stream(text, **kwargs):
+                writer.write(part.audio)
+                if first_audio_s is None:
+                    first_audio_s = time.perf_counter() - start
+                parts.append(part)
+        result = parts[-1]
+        result.audio = torch.cat([p.audio for p in parts])
+        result.candidates = [result.audio]
     else:
-        save_audio(args.output, result.audio, result.sample_rate)
+        result = tts.tts(text, **kwargs)
+        if args.output == "-":
+            save_audio(sys.stdout.buffer, result.audio, result.sample_rate)
+            sys.stdout.buffer.flush()
+        else:
+            save_audio(args.output, result.audio, result.sample_rate)
     if args.candidates_out is not None:
         args.candidates_out.mkdir(parents=True, exist_ok=True)
         for i, cand in enumerate(result.candidates):
@@ -186,6 +208,8 @@ def cmd_speak(args) -> int:
             "audio_s": round(result.audio.shape[-1] / result.sample_rate, 4),
             "settings": result.settings,
         }
+        if first_audio_s is not None:
+            report["first_audio_s"] = round(first_audio_s, 4)
         args.report.write_text(json.dumps(report, indent=2) + "\n")
     if args.output != "-" and not args.quiet:
         print(f"wrote {args.output} ({result.audio.shape[-1] / result.sample_rate:.2f} s)", file=sys.stderr)
@@ -229,6 +253,88 @@ def cmd_voices(args) -> int:
     raise AssertionError(args.voices_command)
 
 
+def _add_training_commands(sub) -> None:
+    t = sub.add_parser("train", help="train or fine-tune a network (also under torchrun)",
+                       description="Train or fine-tune a network from a YAML config (hare/train/configs/*.yaml).")
+    t.add_argument("config", type=Path, help="training config (YAML)")
+    t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CKPT",
+                   help="continue from the newest good checkpoint in out_dir (or from CKPT)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    d = sub.add_parser("data", help="make, check and cache training data", description="Training data tools.")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    sy = dsub.add_parser("synth", help="synthesise a multi-speaker corpus with flite and espeak-ng",
+                         description="Synthesise a multi-speaker corpus (needs: apt-get install flite espeak-ng).")
+    sy.add_argument("out_dir", type=Path, help="corpus folder (wavs/, train.csv, heldout.csv)")
+    sy.add_argument("--sentences", type=Path, default=None,
+                    help="text file, one sentence per line (default: 80 sentences shipped with Hare)")
+    sy.add_argument("--speaker", action="append", default=[], metavar="SPEC",
+                    help="flite:<voice> or espeak:<voice> (repeatable; default: all of `hare data speakers`)")
+    sy.add_argument("--heldout-sentences", type=float, default=0.1,
+                    help="fraction (<1) or number of sentences held out (default 0.1)")
+    sy.add_argument("--heldout-speakers", default="0",
+                    help="number of speakers held out, or comma-separated speaker specs (default 0)")
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--workers", type=_positive_int, default=2)
+    dsub.add_parser("speakers", help="list the synthetic speakers available here")
+    ck = dsub.add_parser("check", help="validate a manifest and count unusable rows")
+    ck.add_argument("manifest", type=Path, help="LJSpeech folder, LibriTTS tree or path|text|speaker file")
+    ck.add_argument("--format", default="auto", choices=("auto", "ljspeech", "libritts", "csv"))
+    ck.add_argument("--min-seconds", type=float, default=0.0)
+    ck.add_argument("--max-seconds", type=float, default=None)
+    pr = dsub.add_parser("prepare", help="validate and cache the features a training config needs")
+    pr.add_argument("config", type=Path)
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+
+
+def cmd_train(args) -> int:
+    from hare.train.loop import train
+
+    logging.getLogger("hare.train").setLevel(logging.INFO)
+    result = train(args.config, resume=args.resume or False, overrides=args.overrides)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {result.step} steps ({result.samples_per_second:.1f} samples/s); "
+              f"weights: {result.exported}; checkpoint: {result.last_checkpoint}", file=sys.stderr)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from hare.train import data, synth
+
+    if args.data_command == "speakers":
+        for spec in synth.available_speakers():
+            print(spec)
+        if not (synth.have_flite() and synth.have_espeak()):
+            print(f"hare: some synthesisers are missing; {synth.APT_HINT}", file=sys.stderr)
+        return 0
+    if args.data_command == "synth":
+        held = args.heldout_speakers
+        held = int(held) if held.isdigit() else [h.strip() for h in held.split(",") if h.strip()]
+        amount = args.heldout_sentences
+        sentences = synth.read_sentences(args.sentences or synth.DEFAULT_SENTENCES)
+        corpus = synth.make_corpus(sentences, args.out_dir, args.speaker or None,
+                                   heldout_sentences=int(amount) if amount >= 1 else amount, heldout_speakers=held,
+                                   seed=args.seed, workers=args.workers, progress=True)
+        print(f"wrote {corpus.counts} clips by {len(corpus.speakers)} speakers: {corpus.train}, {corpus.heldout}")
+        return 0
+    if args.data_command == "check":
+        utterances, report = data.load_manifest(args.manifest, args.format)
+        kept, report = data.validate(utterances, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                                     report=report)
+        print(report.summary())
+        for reason, examples in sorted(report.examples.items()):
+            print(f"  {reason}: {', '.join(examples)}")
+        return 0
+    if args.data_command == "prepare":
+        from hare.train.loop import TrainConfig, prepare_data
+
+        corpus, eval_corpus = prepare_data(TrainConfig.load(args.config, args.overrides))
+        print(f"cached {len(corpus)} training utterances"
+              + (f" and {len(eval_corpus)} held-out" if eval_corpus is not None else ""))
+        return 0
+    raise AssertionError(args.data_command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_speak(args)
         if args.command == "voices":
             return cmd_voices(args)
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "data":
+            return cmd_data(args)
     except HareError as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2

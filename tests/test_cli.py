@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile
 
@@ -104,3 +105,21 @@ def test_voices_commands(env, tmp_path, capsys):
     assert cli.main(["voices", "add", "eve", str(bad)]) == 2
     assert cli.main(["voices", "add", "../x", str(clip)]) == 2
     assert cli.main(["voices", "remove", "dave"]) == 0
+
+
+def test_stream_to_stdout_and_file(models_dir, env, tmp_path):
+    text = "First sentence of the stream. " * 5 + "And a second part that makes another chunk. " * 5
+    out, report = tmp_path / "s.wav", tmp_path / "r.json"
+    assert cli.main(["speak", text, "--voice", "alice", "--voices-dir", str(env), "--models-dir", str(models_dir),
+                     "--stream", "-o", str(out), "--report", str(report), "--seed", "0", *FAST]) == 0
+    data, sr = soundfile.read(out)
+    r = json.loads(report.read_text())
+    assert sr == 24000 and r["settings"]["chunks"] >= 2
+    assert r["audio_s"] == pytest.approx(len(data) / 24000, abs=1e-3) and 0 < r["first_audio_s"] <= r["total_s"] + r["load_s"]
+    proc = subprocess.run([sys.executable, "-m", "hare.cli", "speak", text, "--voice", str(env / "alice"),
+                           "--models-dir", str(models_dir), "--stream", "-o", "-", "--seed", "0", *FAST],
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    streamed = np.frombuffer(proc.stdout[44:], dtype="<i2").astype(np.float32) / 32767
+    assert proc.stdout[:4] == b"RIFF" and abs(len(streamed) - len(data)) == 0
+    assert np.abs(streamed - data).max() < 2e-4
