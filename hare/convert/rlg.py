@@ -9,6 +9,8 @@ CONFIG_CLASS = RLGConfig
 
 
 def config_from_reference(kwargs: dict) -> RLGConfig:
+    if set(kwargs) - {"channels"}:
+        raise TypeError(f"unknown RandomLatentConverter arguments: {sorted(set(kwargs) - {'channels'})}")
     if "channels" not in kwargs:
         raise TypeError("RandomLatentConverter needs `channels`")
     return RLGConfig(dim=int(kwargs["channels"]))

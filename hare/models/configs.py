@@ -123,3 +123,5 @@ class VQVAEConfig:
     layers: int = 2  # each layer halves the time axis: 2 layers = 4x compression
     commitment: float = 0.25
     ema_decay: float = 0.99
+    ema_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
+    restart_after: int = 100  # restart a code unused for this many training steps (0: never)

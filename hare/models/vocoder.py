@@ -111,14 +111,18 @@ class UnivNet(nn.Module):
         """Waveform in [-1, 1] for a log-mel: (batch, n_mels, frames) -> (batch, frames * hop).
 
         As the reference: 10 frames of silence are appended (and their audio dropped) so the end is clean;
-        `noise`, if given, covers the padded length: (batch, noise_dim, frames + 10).
+        `noise`, if given, covers the padded length: (batch, noise_dim, frames + 10). Otherwise it is drawn
+        on the generator's device, or (like the reference) from the global CPU generator, then moved.
         """
         b = mel.shape[0]
         pad = torch.full((b, mel.shape[1], PAD_FRAMES), SILENCE_LOG_MEL, dtype=mel.dtype, device=mel.device)
         mel = torch.cat([mel, pad], dim=2)
         if noise is None:
-            gen_device = generator.device if generator is not None else mel.device
+            gen_device = generator.device if generator is not None else torch.device("cpu")
             noise = torch.randn(b, self.config.noise_dim, mel.shape[2], generator=generator, device=gen_device)
+        elif noise.shape != (b, self.config.noise_dim, mel.shape[2]):
+            raise ValueError(f"noise must be (batch, {self.config.noise_dim}, frames + {PAD_FRAMES}) = "
+                             f"{(b, self.config.noise_dim, mel.shape[2])}, got {tuple(noise.shape)}")
         wav = self(mel, noise.to(mel.device, mel.dtype))[:, 0, : -(self.config.hop_length * PAD_FRAMES)]
         return wav.clamp(-1.0, 1.0)
 
