@@ -21,5 +21,5 @@ KIND_MODULES = {
     "vocoder": "hare.convert.vocoder",
     "rlg_auto": "hare.convert.rlg",
     "rlg_diffuser": "hare.convert.rlg",
-    "vqvae": "hare.convert.vqvae",  # no official file; Hare's own checkpoints only
+    "vqvae": "hare.convert.vqvae",  # no official Tortoise file: Hare checkpoints or the DLAS dvae.pth
 }
