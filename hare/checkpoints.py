@@ -89,8 +89,13 @@ def _describe(keys: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """Copy `state_dict` into `model`, refusing any missing, unexpected or mis-shaped key (all are listed)."""
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint",
+                assign: bool = False) -> None:
+    """Load `state_dict` into `model`, refusing any missing, unexpected or mis-shaped key (all are listed).
+
+    With `assign`, the checkpoint's tensors become the model's (cast to the model's dtype): used with a
+    model built on the meta device, so no memory or time goes into an initialisation that is overwritten.
+    """
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)
@@ -108,7 +113,10 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
         problems.append(f"wrong shapes: {_describe(bad_shape)}")
     if problems:
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(problems))
-    model.load_state_dict(dict(state_dict), strict=True)
+    if assign:
+        state_dict = {k: (v.to(own[k].dtype) if v.is_floating_point() else v).contiguous()
+                      for k, v in state_dict.items()}
+    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
 
 
 def _check_tensor_dict(state_dict: Any, kind: str) -> dict[str, torch.Tensor]:
@@ -133,11 +141,17 @@ def convert(kind: str, state_dict: Mapping[str, Any], reference_kwargs: Mapping[
     """
     module = _kind_module(kind)
     config = config_for(kind, reference_kwargs)
-    model = module.build(config)
     tensors = _check_tensor_dict(state_dict, kind)
     mapped = module.map_state_dict(tensors, config)
-    load_strict(model, mapped, what=f"{kind} checkpoint")
+    model = _build_empty(module, config)
+    load_strict(model, mapped, what=f"{kind} checkpoint", assign=True)
     return model.eval()
+
+
+def _build_empty(module, config) -> nn.Module:
+    """The module with parameters on the meta device (no allocation), to be filled by `load_strict(assign=True)`."""
+    with torch.device("meta"):
+        return module.build(config)
 
 
 def load_official_file(kind: str, path: str | os.PathLike, reference_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
@@ -206,8 +220,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         tensors = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    model = module.build(config)
-    load_strict(model, tensors, what=str(path))
+    model = _build_empty(module, config)
+    load_strict(model, tensors, what=str(path), assign=True)
     return model.eval(), kind, config
 
 

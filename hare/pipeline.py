@@ -202,7 +202,10 @@ class TextToSpeech:
             self._quantize(quantize)
 
     def _quantize(self, mode: str) -> None:
-        """Dynamic int8 weights for the GPT's and CLVP's linear layers (CPU only; activations stay float)."""
+        """Dynamic int8 weights for the GPT's and CLVP's linear layers (CPU only; activations stay float).
+
+        The modules are converted in place (no float copy is kept: that would cost memory).
+        """
         if mode != "int8":
             raise SettingsError(f"quantize must be 'int8' (got {mode!r})")
         if self.device.type != "cpu":
@@ -211,8 +214,8 @@ class TextToSpeech:
 
         with warnings.catch_warnings():  # torch announces the move of this API to torchao; it still works
             warnings.simplefilter("ignore")
-            self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8)
-            self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8)
+            self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
     def _autocast(self):
         """Reduced precision for the AR, rerank and latent stages when asked (diffusion and vocoder stay fp32)."""

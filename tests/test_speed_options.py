@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -41,7 +43,7 @@ def _logits(tts):
 
 
 def test_int8_gpt_and_clvp_within_tolerance(models):
-    exact, fast = _tts(models), _tts({**models}, quantize="int8")
+    exact, fast = _tts(models), _tts(copy.deepcopy(models), quantize="int8")
     a, b = _logits(exact), _logits(fast)
     assert _close(a, b, INT8_LOGIT_TOL)
     text = torch.tensor([[20, 2, 31, 40, 7, 0]])
@@ -49,8 +51,8 @@ def test_int8_gpt_and_clvp_within_tolerance(models):
     with torch.no_grad():
         s1, s2 = exact.clvp.similarity(text, codes), fast.clvp.similarity(text, codes)
     assert (s1 - s2).abs().max() / (s1.max() - s1.min() + 1) < INT8_CLVP_TOL
-    # the quantised model keeps its float originals untouched (the exact path is still exact)
-    assert isinstance(models["autoregressive"].blocks[0].qkv, torch.nn.Linear)
+    assert isinstance(exact.gpt.blocks[0].qkv, torch.nn.Linear)
+    assert not isinstance(fast.gpt.blocks[0].qkv, torch.nn.Linear)  # converted in place, no float copy kept
 
 
 def test_bf16_autocast_within_tolerance(models):
@@ -64,7 +66,7 @@ def test_fast_path_end_to_end(models, tmp_path, monkeypatch):
     write_voice(tmp_path / "v" / "alice")
     from hare.voices import VoiceLibrary
 
-    tts = _tts(models, quantize="int8")
+    tts = _tts(copy.deepcopy(models), quantize="int8")
     tts.voices = VoiceLibrary([tmp_path / "v"])
     out = tts.tts("Fast path.", voice="alice", preset="ultra_fast", sampler="dpm++2m", diffusion_steps=5,
                   num_candidates=2, max_codes=20, seed=0)
