@@ -11,11 +11,13 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from hare.errors import TextError
+from hare.errors import CheckpointError, ModelNotFoundError, SettingsError, TextError
 
 STOP_TOKEN = 0  # [STOP]: ends the text, pads batches
-UNK_TOKEN = 1  # [UNK]
-START_TOKEN = 255  # start-of-text: one past the BPE vocabulary (not in tokenizer.json)
+UNK_TOKEN = 1  # [UNK]: any character the vocabulary lacks (digits, brackets, %, &, @, ...)
+SPACE_TOKEN = 2  # [SPACE]: every space of the cleaned text
+VOCAB_SIZE = 255  # ids 0..254 of the official tokenizer.json
+START_TOKEN = 255  # start-of-text: one past the BPE vocabulary (not in tokenizer.json); the GPT's text vocab is 256
 MAX_TEXT_TOKENS = 400  # the reference refuses text whose tokens + 1 stop reach this
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,10 +99,16 @@ def expand_abbreviations(text: str) -> str:
 def english_cleaners(text: str) -> str:
     """The reference's English normalisation (order matters): ASCII, lowercase, numbers, abbreviations,
     whitespace, no double quotes."""
+    from inflect import NumOutOfRangeError
     from unidecode import unidecode
 
     text = unidecode(text).lower()
-    text = expand_numbers(text)
+    try:
+        text = expand_numbers(text)
+    except (NumOutOfRangeError, ValueError) as exc:  # inflect stops at 10**36; int() at 4300 digits
+        longest = max(_NUMBER.findall(text), key=len)
+        raise TextError(f"the number {longest[:40]}{'...' if len(longest) > 40 else ''} is too large to read "
+                        "aloud; write it in words or in groups of digits") from exc
     text = expand_abbreviations(text)
     text = _WHITESPACE.sub(" ", text)
     return text.replace('"', "")
@@ -120,47 +128,72 @@ def _default_vocab() -> str:
 
 
 class Tokenizer:
-    """The official BPE text tokenizer (255 symbols; spaces are the literal token `[SPACE]`)."""
+    """The official BPE text tokenizer (255 symbols; spaces are the literal token `[SPACE]`).
+
+    `encode` gives exactly the reference's ids (`VoiceBpeTokenizer.encode`) for any text it accepts. `basic=True`
+    uses the reference's basic cleaners (lowercase, collapse whitespace) for custom, non-English vocabularies;
+    `vocab_file` is a `tokenizers` JSON file. `max_tokens` is the model's limit: text with tokens + 1 >= it
+    (the reference's assert, counting the stop token) is refused.
+    """
 
     stop_token = STOP_TOKEN
     start_token = START_TOKEN
 
-    def __init__(self, vocab_file: str | Path | None = None, basic: bool = False, max_tokens: int = MAX_TEXT_TOKENS):
+    def __init__(self, vocab_file: str | Path | None = None, basic: bool = False,
+                 max_tokens: int = MAX_TEXT_TOKENS):
         from tokenizers import Tokenizer as _BPE
 
         path = str(vocab_file) if vocab_file is not None else _default_vocab()
+        if not Path(path).is_file():
+            raise ModelNotFoundError(f"tokenizer vocabulary not found: {path}")
         try:
             self._bpe = _BPE.from_file(path)
         except Exception as exc:
-            raise TextError(f"cannot read tokenizer vocabulary {path}: {exc}") from exc
+            raise CheckpointError(f"cannot read tokenizer vocabulary {path}: {exc}") from exc
+        self.basic = basic
         self.clean = basic_cleaners if basic else english_cleaners
         self.max_tokens = max_tokens
         self.vocab_size = self._bpe.get_vocab_size()
+        # ids that make a sound: a letter or digit in them, and not a bracketed special ([STOP], [UNK], [SPACE])
+        specials = {t.content for t in self._bpe.get_added_tokens_decoder().values()}
+        self._voiced = frozenset(i for tok, i in self._bpe.get_vocab().items()
+                                 if tok not in specials and any(ch.isalnum() for ch in tok))
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (cleaned). Raises TextError for unspeakable or over-long text."""
+    def encode(self, text: str, *, check: bool = True) -> list[int]:
+        """Token ids of `text` (cleaned), without start or stop tokens.
+
+        Raises TextError if nothing in it can be spoken (empty, whitespace, only punctuation, symbols or emoji,
+        or only characters the vocabulary lacks) or if it is too long for the model. `check=False` skips these
+        two checks and returns whatever the reference would (e.g. [] for "").
+        """
         if not isinstance(text, str):
             raise TextError(f"text must be a string, got {type(text).__name__}")
-        cleaned = self.clean(text).strip()
-        if not _has_speakable(cleaned):
-            raise TextError(
-                f"nothing to speak in {text[:60]!r}: after cleaning it has no letters or numbers")
-        ids = self._bpe.encode(cleaned.replace(" ", "[SPACE]")).ids
-        if len(ids) + 1 >= self.max_tokens:
-            raise TextError(
-                f"text is too long for one chunk ({len(ids)} tokens, limit {self.max_tokens - 2}); "
-                "split it (hare.text.split_text, or pass the whole text to TextToSpeech which splits it)")
+        ids = self._bpe.encode(self.clean(text).replace(" ", "[SPACE]")).ids
+        if check:
+            self.check(ids, text)
         return ids
 
+    def is_speakable(self, ids) -> bool:
+        """Whether the ids hold at least one token with a letter or digit (not only spaces, punctuation, [UNK])."""
+        return any(int(i) in self._voiced for i in ids)
+
+    def check(self, ids, text: str = "") -> None:
+        """Raise TextError if `ids` (of `text`) cannot be spoken or do not fit the model."""
+        if not self.is_speakable(ids):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise TextError(f"nothing to speak in {shown!r}: after cleaning it has no letters or numbers "
+                            "the tokenizer knows")
+        if len(ids) + 1 >= self.max_tokens:
+            raise TextError(
+                f"text is too long for one piece ({len(ids)} tokens, at most {self.max_tokens - 2}); split it "
+                "(hare.text.split_text, or give the whole text to TextToSpeech, which splits it)")
+
     def decode(self, ids) -> str:
+        """Text of token ids (a list, tensor or array); [STOP] and [UNK] are dropped, as in the reference."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        text = self._bpe.decode(list(ids), skip_special_tokens=False).replace(" ", "")
+        text = self._bpe.decode([int(i) for i in ids], skip_special_tokens=False).replace(" ", "")
         return text.replace("[SPACE]", " ").replace("[STOP]", "").replace("[UNK]", "")
-
-
-def _has_speakable(cleaned: str) -> bool:
-    return any(ch.isalnum() for ch in cleaned)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,6 +212,10 @@ def split_text(text: str, desired_length: int = 200, max_length: int = 300) -> l
     the last space. Chunks with nothing but whitespace and punctuation are dropped. Same result as the
     reference's `split_and_recombine_text`.
     """
+    if not isinstance(text, str):
+        raise TextError(f"text must be a string, got {type(text).__name__}")
+    if desired_length < 1 or max_length < 1:  # 0 would make the back-off loop re-read the same character forever
+        raise SettingsError(f"split lengths must be at least 1 (got desired {desired_length}, max {max_length})")
     text = re.sub(r"\n\n+", "\n", text)
     text = re.sub(r"\s+", " ", text)
     text = re.sub(r"[“”]", '"', text)
