@@ -31,3 +31,11 @@ def attention_block_rules(official_prefix: str, hare_prefix: str) -> list[tuple[
         (rf"{p}\.proj_out\.(weight|bias)", rf"{h}.proj.{g}"),
         (rf"{p}\.relative_pos_embeddings\.relative_attention_bias\.weight", rf"{h}.rel_pos.embedding.weight"),
     ]
+
+
+def with_reference_defaults(kwargs: dict, defaults: dict, reference_class: str) -> dict:
+    """The reference constructor's arguments: `kwargs` over the class defaults; unknown names are refused."""
+    unknown = set(kwargs) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown {reference_class} arguments: {sorted(unknown)}")
+    return {**defaults, **kwargs}

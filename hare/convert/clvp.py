@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hare.convert._common import rename
+from hare.convert._common import rename, with_reference_defaults
 from hare.models.clvp import CLVP
 from hare.models.configs import CLVPConfig
 
@@ -16,10 +16,7 @@ _REFERENCE_DEFAULTS = dict(
 
 
 def config_from_reference(kwargs: dict) -> CLVPConfig:
-    unknown = set(kwargs) - set(_REFERENCE_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown CLVP arguments: {sorted(unknown)}")
-    k = {**_REFERENCE_DEFAULTS, **kwargs}
+    k = with_reference_defaults(kwargs, _REFERENCE_DEFAULTS, "CLVP")
     if not k["use_xformers"]:
         raise TypeError("Hare implements CLVP v2 (use_xformers=True), the layout of clvp2.pth")
     return CLVPConfig(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hare.convert._common import attention_block_rules, rename
+from hare.convert._common import attention_block_rules, rename, with_reference_defaults
 from hare.convert.clvp import encoder_rules, interleave_layers
 from hare.models.clvp import CVVP
 from hare.models.configs import CVVPConfig
@@ -16,10 +16,7 @@ _REFERENCE_DEFAULTS = dict(
 
 
 def config_from_reference(kwargs: dict) -> CVVPConfig:
-    unknown = set(kwargs) - set(_REFERENCE_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown CVVP arguments: {sorted(unknown)}")
-    k = {**_REFERENCE_DEFAULTS, **kwargs}
+    k = with_reference_defaults(kwargs, _REFERENCE_DEFAULTS, "CVVP")
     if k["mel_codes"] is None or k["latent_multiplier"] != 1:
         raise TypeError("Hare implements CVVP over speech codes (mel_codes set) with latent_multiplier=1")
     return CVVPConfig(dim=k["model_dim"], heads=k["transformer_heads"], speech_vocab=k["mel_codes"],

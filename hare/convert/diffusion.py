@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hare.convert._common import attention_block_rules, rename
+from hare.convert._common import attention_block_rules, rename, with_reference_defaults
 from hare.models.configs import DiffusionConfig
 from hare.models.diffusion import DiffusionDecoder
 
@@ -17,10 +17,7 @@ _REFERENCE_DEFAULTS = dict(
 
 
 def config_from_reference(kwargs: dict) -> DiffusionConfig:
-    unknown = set(kwargs) - set(_REFERENCE_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown DiffusionTts arguments: {sorted(unknown)}")
-    k = {**_REFERENCE_DEFAULTS, **kwargs}
+    k = with_reference_defaults(kwargs, _REFERENCE_DEFAULTS, "DiffusionTts")
     return DiffusionConfig(
         channels=k["model_channels"], layers=k["num_layers"], in_channels=k["in_channels"],
         out_channels=k["out_channels"], latent_channels=k["in_latent_channels"], num_codes=k["in_tokens"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hare.convert._common import attention_block_rules, rename
+from hare.convert._common import attention_block_rules, rename, with_reference_defaults
 from hare.models.configs import GPTConfig
 from hare.models.gpt import GPT
 
@@ -20,10 +20,7 @@ _REFERENCE_DEFAULTS = dict(
 
 
 def config_from_reference(kwargs: dict) -> GPTConfig:
-    unknown = set(kwargs) - set(_REFERENCE_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown UnifiedVoice arguments: {sorted(unknown)}")
-    k = {**_REFERENCE_DEFAULTS, **kwargs}
+    k = with_reference_defaults(kwargs, _REFERENCE_DEFAULTS, "UnifiedVoice")
     if k["types"] != 1 or k["train_solo_embeddings"] or not k["use_mel_codes_as_input"]:
         raise TypeError("Hare supports UnifiedVoice with types=1, use_mel_codes_as_input=True, no solo embeddings")
     start_text = k["number_text_tokens"] if k["start_text_token"] is None else k["start_text_token"]

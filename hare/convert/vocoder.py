@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 
-import torch
 
+from hare.convert._common import rename, with_reference_defaults
 from hare.models.configs import VocoderConfig
 from hare.models.vocoder import UnivNet
 
@@ -17,10 +16,7 @@ _REFERENCE_DEFAULTS = dict(noise_dim=64, channel_size=32, dilations=[1, 3, 9, 27
 
 
 def config_from_reference(kwargs: dict) -> VocoderConfig:
-    unknown = set(kwargs) - set(_REFERENCE_DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown UnivNetGenerator arguments: {sorted(unknown)}")
-    k = {**_REFERENCE_DEFAULTS, **kwargs}
+    k = with_reference_defaults(kwargs, _REFERENCE_DEFAULTS, "UnivNetGenerator")
     return VocoderConfig(noise_dim=k["noise_dim"], channels=k["channel_size"], dilations=tuple(k["dilations"]),
                          strides=tuple(k["strides"]), lrelu_slope=k["lReLU_slope"],
                          kpnet_conv_size=k["kpnet_conv_size"], hop_length=k["hop_length"],
@@ -66,17 +62,9 @@ _RULES = [
     (r"res_stack\.(\d+)\.kernel_predictor\.kernel_conv\.(weight|bias)", r"blocks.\1.kernel_predictor.kernel.\2"),
     (r"res_stack\.(\d+)\.kernel_predictor\.bias_conv\.(weight|bias)", r"blocks.\1.kernel_predictor.bias.\2"),
 ]
-_COMPILED = [(re.compile(p + r"$"), r) for p, r in _RULES]
 
 
 def map_state_dict(sd: dict, config: VocoderConfig) -> dict:
     if "model_g" in sd and isinstance(sd["model_g"], dict):
         sd = sd["model_g"]
-    out = {}
-    for key, value in _fold_weight_norm(sd).items():
-        for pattern, repl in _COMPILED:
-            if pattern.match(key):
-                key = pattern.sub(repl, key)
-                break
-        out[key] = value
-    return out
+    return rename(_fold_weight_norm(sd), _RULES)
