@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from hare.convert._common import rename, with_reference_defaults
 from hare.models.configs import VocoderConfig
 from hare.models.vocoder import UnivNet
