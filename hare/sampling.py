@@ -1,10 +1,23 @@
 """Sampling candidate speech-code sequences from the GPT with its key/value cache.
 
-The logits go through the same stack as the reference's Hugging Face `generate` (transformers 4.31):
-repetition penalty over every id of the running sequence (which, in the reference, includes the prompt's
-filler ids `1` and the start-of-speech token), then temperature, top-k (50, transformers' default) and
-top-p (nucleus). Finished sequences keep emitting the stop token; results are right-padded with it to
-`max_codes`, as the reference pads every batch.
+The network knows nothing about sampling: this module drives `gpt.prefill` / `gpt.decode_step` and
+turns logits into codes with the same stack as the reference's Hugging Face `generate` call
+(`UnifiedVoice.inference_speech` with transformers 4.31):
+
+1. repetition penalty (CTRL style: a seen id's logit is divided by the penalty if positive, multiplied if
+   negative) over every id of the running `input_ids`. The reference feeds `generate` a dummy prompt of
+   filler ids `1` (one per prompt embedding) ending with the start token 8192, and the penalty gathers
+   over *all* of `input_ids` (`RepetitionPenaltyLogitsProcessor.__call__`: `gather(scores, 1, input_ids)`),
+   so ids 1 and 8192 count as seen from the first step on; the text ids do not (they are not in
+   `input_ids`);
+2. then the warpers, in transformers' order (`GenerationMixin._get_logits_warper`): temperature, top-k
+   (50: transformers' default, Tortoise does not set it) and top-p; each keeps at least one id;
+3. a multinomial draw (or the argmax when greedy; the repetition penalty applies there too).
+
+`length_penalty` only affects beam search, so it has no effect here, as in the reference. Finished
+sequences keep emitting the stop token (HF's pad id is the stop token too); a batch ends when every sequence
+has stopped or after `max_codes` codes, and results are right-padded with the stop token to `max_codes`.
+Randomness comes only from the `torch.Generator` passed in.
 """
 
 from __future__ import annotations
@@ -12,8 +25,11 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
-# the reference feeds `generate` dummy prompt ids of value 1 (then the start token): they are "seen" ids
+from hare.errors import SettingsError
+
+# the reference feeds `generate` dummy prompt ids of value 1 (then the start token): both are "seen" ids
 PROMPT_FILLER_ID = 1
 
 
@@ -21,15 +37,30 @@ PROMPT_FILLER_ID = 1
 class SamplingSettings:
     temperature: float = 0.8
     top_p: float = 0.8
-    top_k: int = 50
+    top_k: int = 50  # 0 disables
     repetition_penalty: float = 2.0
     length_penalty: float = 1.0  # a beam-search knob: no effect on sampling (as in the reference)
     max_codes: int = 500
-    greedy: bool = False
+    greedy: bool = False  # argmax after the repetition penalty (temperature, top-k, top-p unused)
+
+    def __post_init__(self):
+        checks = [
+            (self.temperature > 0, f"temperature must be > 0 (got {self.temperature})"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})"),
+            (self.top_k >= 0, f"top_k must be >= 0 (got {self.top_k})"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (got {self.repetition_penalty})"),
+            (self.max_codes >= 1, f"max_codes must be >= 1 (got {self.max_codes})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style penalty on ids already in the sequence: positive logits / penalty, negative * penalty."""
+    """CTRL-style penalty on ids already in the sequence: positive logits / penalty, negative * penalty.
+
+    logits: (batch, vocab); seen: (batch, vocab) bool -> (batch, vocab)
+    """
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
@@ -37,7 +68,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits per row (ties with the k-th kept), others -inf. k <= 0 disables."""
+    """Keep the k largest logits per row (ties with the k-th are kept too), others -inf. k <= 0 disables."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[..., -1:]
@@ -45,7 +76,10 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: drop the least likely ids whose cumulative probability is <= 1 - p (keeps >= 1 id)."""
+    """Nucleus filter: drop the least likely ids while their cumulative probability is <= 1 - p.
+
+    The most likely id always survives. logits: (batch, vocab) -> (batch, vocab)
+    """
     if p >= 1.0:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=False)
@@ -58,11 +92,12 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def next_codes(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSettings,
                generator: torch.Generator | None) -> torch.Tensor:
-    """Pick the next code per row from (batch, vocab) logits."""
+    """Pick the next code per row. logits, seen: (batch, vocab) -> (batch,) long"""
     scores = apply_repetition_penalty(logits.float(), seen, settings.repetition_penalty)
     if settings.greedy:
         return scores.argmax(dim=-1)
-    scores = scores / settings.temperature
+    if settings.temperature != 1.0:
+        scores = scores / settings.temperature
     scores = top_p_filter(top_k_filter(scores, settings.top_k), settings.top_p)
     probs = scores.softmax(dim=-1)
     gen_device = generator.device if generator is not None else probs.device
@@ -70,47 +105,63 @@ def next_codes(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSetti
     return picked.to(logits.device)
 
 
+def code_limit(gpt, settings: SamplingSettings) -> int:
+    """Codes per candidate: `settings.max_codes`, capped by what the model's position table can hold."""
+    return min(settings.max_codes, gpt.max_codes)
+
+
 @torch.no_grad()
 def generate(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int, settings: SamplingSettings,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """One batch of candidates: (batch, n <= max_codes) codes, finished rows padded with the stop token."""
+    """One batch of candidates sharing one prompt.
+
+    cond_latent: (1, dim); text_tokens: (1, text_len) -> (batch, n <= max_codes) codes; a row that stopped
+    holds the stop token from its first one on. The result ends early once every row has stopped.
+    """
     c = gpt.config
-    max_codes = min(settings.max_codes, c.mel_positions - 1)
+    max_codes = code_limit(gpt, settings)
     logits, cache = gpt.prefill(cond_latent, text_tokens, batch, max_codes)
-    seen = torch.zeros(batch, logits.shape[-1], dtype=torch.bool, device=logits.device)
+    device = logits.device
+    seen = torch.zeros(batch, logits.shape[-1], dtype=torch.bool, device=device)
     seen[:, PROMPT_FILLER_ID] = True
     seen[:, c.start_mel_token] = True
-    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
-    out = []
-    rows = torch.arange(batch, device=logits.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    stop = torch.full((batch,), c.stop_mel_token, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)
+    out = torch.empty(batch, max_codes, dtype=torch.long, device=device)
     for step in range(max_codes):
-        code = next_codes(logits, seen, settings, generator)
-        code = torch.where(finished, torch.full_like(code, c.stop_mel_token), code)
-        out.append(code)
+        code = torch.where(finished, stop, next_codes(logits, seen, settings, generator))
+        out[:, step] = code
         seen[rows, code] = True
         finished |= code == c.stop_mel_token
-        if bool(finished.all()) or step == max_codes - 1:
-            break
+        if step == max_codes - 1 or bool(finished.all()):
+            return out[:, : step + 1]
         logits = gpt.decode_step(code, step + 1, cache)
-    return torch.stack(out, dim=1)
+    return out
 
 
 def sample_codes(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, num_samples: int, batch_size: int,
                  settings: SamplingSettings, generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
-    """`num_samples` candidates in batches of `batch_size`: (num_samples, max_codes), stop-padded.
+    """`num_samples` candidates in batches of `batch_size`, each right-padded with the stop token.
 
-    cond_latent: (1, dim); text_tokens: (1, text_len), ending with one stop token as the pipeline passes them.
-    `progress` (optional, tqdm-like) is advanced by the number of candidates of each finished batch.
+    cond_latent: (1, dim); text_tokens: (1, text_len), ending with one stop token as the pipeline passes them
+    -> (num_samples, min(settings.max_codes, gpt.max_codes)) long.
+    `progress` (optional, tqdm-like) is advanced by each finished batch's size and closed at the end.
     """
+    if num_samples < 1 or batch_size < 1:
+        raise SettingsError(f"need at least one sample and a batch size of at least 1 "
+                            f"(got {num_samples} samples, batch size {batch_size})")
     stop = gpt.config.stop_mel_token
-    width = min(settings.max_codes, gpt.config.mel_positions - 1)
+    width = code_limit(gpt, settings)
     results = []
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        codes = generate(gpt, cond_latent, text_tokens, n, settings, generator)
-        results.append(torch.nn.functional.pad(codes, (0, width - codes.shape[1]), value=stop))
+    try:
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            codes = generate(gpt, cond_latent, text_tokens, n, settings, generator)
+            results.append(F.pad(codes, (0, width - codes.shape[1]), value=stop))
+            if progress is not None:
+                progress.update(n)
+    finally:
         if progress is not None:
-            progress.update(n)
-    if progress is not None:
-        progress.close()
+            progress.close()
     return torch.cat(results, dim=0)

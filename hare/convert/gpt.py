@@ -1,4 +1,14 @@
-"""autoregressive.pth (UnifiedVoice, GPT-2 backbone) -> hare.models.gpt.GPT."""
+"""autoregressive.pth (UnifiedVoice with its HF GPT-2 backbone) -> hare.models.gpt.GPT.
+
+Official key layout (tortoise/models/autoregressive.py): `conditioning_encoder.{init, attn.N}`,
+`text_embedding`, `mel_embedding`, `text_pos_embedding.emb`, `mel_pos_embedding.emb`, `gpt.h.N.{ln_1,
+attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}`, `gpt.ln_f`, `final_norm`, `text_head`, `mel_head`.
+GPT-2's Conv1D layers store weights as (in, out): they are transposed into nn.Linear's (out, in).
+Files saved with older transformers also hold per-layer causal-mask constants `gpt.h.N.attn.bias` and
+`gpt.h.N.attn.masked_bias`: exactly those are dropped. Anything else unknown (e.g. the reference's
+`inference_model.*` or `gpt.wte.*`, which a state dict taken after `post_init_gpt2_config` would carry) is
+passed through, so the strict load names it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,8 @@ from hare.models.gpt import GPT
 
 CONFIG_CLASS = GPTConfig
 
-# UnifiedVoice's own defaults, for arguments a caller did not pass
+# UnifiedVoice.__init__'s defaults (tortoise-tts 3.0.0), for arguments a caller did not pass. The stop text
+# token is not an argument: the reference fixes it at 0.
 _REFERENCE_DEFAULTS = dict(
     layers=8, model_dim=512, heads=8, max_text_tokens=120, max_mel_tokens=250, max_conditioning_inputs=1,
     mel_length_compression=1024, number_text_tokens=256, start_text_token=None, number_mel_codes=8194,
@@ -52,6 +63,7 @@ _RULES = [
     (r"gpt\.h\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"blocks.\1.fc.\2"),
     (r"gpt\.h\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"blocks.\1.proj.\2"),
     (r"gpt\.ln_f\.(weight|bias)", r"ln_f.\1"),
+    # text_embedding, mel_embedding, final_norm, text_head and mel_head keep their names
 ]
 
 

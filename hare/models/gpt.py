@@ -1,14 +1,18 @@
 """The autoregressive decoder: text tokens + a voice latent -> speech codes (Tortoise's UnifiedVoice).
 
-A GPT-2 stack (pre-LayerNorm blocks, fused qkv, GELU-tanh MLP) over the sequence
+A GPT-2 stack (pre-LayerNorm blocks, fused qkv, GELU-tanh MLP of 4x width, final LayerNorm) over
 
     [voice latent] [start_text, text..., stop_text] [start_mel, codes..., stop_mel]
 
-with learned position tables for text and for speech codes, each counting from 0 (the voice latent has no
-position). The stack's final LayerNorm is followed by a second one (`final_norm`) before the heads.
+with one learned position table for text and one for speech codes, each counting from 0 (the voice latent
+has no position, and the stack has no position table of its own). The stack's final LayerNorm is followed
+by a second one (`final_norm`) before the text and mel heads.
 
-Decoding uses a preallocated key/value cache: `prefill` runs the prompt once (batch 1) and copies it to
-every candidate; `decode_step` then adds one code per candidate.
+Decoding keeps every layer's keys and values in one preallocated `KVCache`: `prefill` runs the prompt
+once, for a single sequence, and copies its cache to every candidate; `decode_step` then adds one code per
+candidate. Speech positions are the training ones: the start token sits at position 0 and the i-th
+generated code at position i (the reference's own cached path is one position off; its uncached path,
+which the fixtures pin, is not).
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare.errors import TextError
 from hare.models.configs import GPTConfig
 from hare.models.layers import AttentionBlock
 
 
 class KVCache:
-    """Keys and values of every layer: (layers, batch, heads, capacity, head_dim), filled up to `length`."""
+    """Keys and values of every layer, (layers, batch, heads, capacity, head_dim), filled up to `length`."""
 
     def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, dtype, device):
         self.k = torch.zeros(layers, batch, heads, capacity, head_dim, dtype=dtype, device=device)
@@ -33,23 +38,29 @@ class KVCache:
         self.length = 0
 
     @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
     def capacity(self) -> int:
         return self.k.shape[3]
 
     def expand(self, batch: int, capacity: int) -> "KVCache":
-        """A cache for `batch` sequences sharing this (batch-1) cache's prefix, with room for `capacity`."""
-        if self.k.shape[1] != 1:
+        """A cache for `batch` sequences that share this batch-1 cache's contents, with room for `capacity`."""
+        if self.batch != 1:
             raise ValueError("only a batch-1 cache can be expanded")
-        layers, _, heads, _, hd = self.k.shape
-        new = KVCache(layers, batch, heads, capacity, hd, self.k.dtype, self.k.device)
-        new.k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
+        if capacity < self.length:
+            raise ValueError(f"capacity {capacity} is smaller than the cached length {self.length}")
+        layers, _, heads, _, head_dim = self.k.shape
+        new = KVCache(layers, batch, heads, capacity, head_dim, self.k.dtype, self.k.device)
+        new.k[:, :, :, : self.length] = self.k[:, :, :, : self.length]  # broadcast over the batch
         new.v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
         new.length = self.length
         return new
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: causal self-attention then a 4x GELU-tanh MLP."""
+    """Pre-LayerNorm transformer block: causal self-attention, then a 4x GELU-tanh MLP."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -64,7 +75,7 @@ class Block(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        # x: (batch, seq, dim). With a cache, x holds the positions after cache.length (keys/values are stored).
+        # x: (batch, seq, dim); with a cache, x holds the positions from cache.length on (their keys/values are stored)
         b, s, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
         q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
@@ -75,12 +86,14 @@ class Block(nn.Module):
             start, end = cache.length, cache.length + s
             cache.k[layer, :, :, start:end] = k
             cache.v[layer, :, :, start:end] = v
-            keys, values = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
-            if s == 1:  # one new position attends to everything before it
-                h = F.scaled_dot_product_attention(q, keys, values)
+            if start == 0:  # the prompt: plain causal attention over itself
+                h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif s == 1:  # one new position sees everything before it
+                h = F.scaled_dot_product_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end])
             else:  # a chunk: causal within itself, full view of what is cached before it
                 mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                h = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+                h = F.scaled_dot_product_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end],
+                                                   attn_mask=mask)
         h = h.transpose(1, 2).reshape(b, s, d)
         x = x + F.dropout(self.attn_out(h), drop, self.training)
         m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
@@ -88,16 +101,18 @@ class Block(nn.Module):
 
 
 class GPTOutput(NamedTuple):
-    loss_text: torch.Tensor  # scalar
-    loss_mel: torch.Tensor  # scalar
-    text_logits: torch.Tensor  # (batch, text_vocab + 1, text_len)
-    mel_logits: torch.Tensor  # (batch, mel_vocab, mel_len)
+    loss_text: torch.Tensor  # scalar: mean cross-entropy over every text target (padding included)
+    loss_mel: torch.Tensor  # scalar: the same over every speech target
+    text_logits: torch.Tensor  # (batch, text_vocab + 1, text_len + 2)
+    mel_logits: torch.Tensor  # (batch, mel_vocab, codes + 2)
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
+        if c.dim % c.heads:
+            raise ValueError(f"dim ({c.dim}) must be divisible by heads ({c.heads})")
         self.cond_in = nn.Conv1d(c.n_mels, c.dim, 1)
         self.cond_blocks = nn.ModuleList(AttentionBlock(c.dim, c.heads) for _ in range(c.cond_attn_blocks))
         self.text_embedding = nn.Embedding(c.text_vocab + 1, c.dim)
@@ -112,19 +127,29 @@ class GPT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # GPT-2's scheme: N(0, 0.02) for linears and embeddings, residual projections scaled by depth
+        # GPT-2's scheme: N(0, 0.02) for linears and embeddings, residual projections scaled down by depth
         for name, p in self.named_parameters():
             if name.startswith("cond_"):
                 continue  # the conditioning encoder keeps PyTorch's conv defaults
             if p.dim() >= 2:
-                std = 0.02 / math.sqrt(2 * self.config.layers) if name.endswith(("attn_out.weight", "proj.weight")) else 0.02
-                nn.init.normal_(p, 0.0, std)
+                residual = name.endswith(("attn_out.weight", "proj.weight"))
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * self.config.layers) if residual else 0.02)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
 
+    @property
+    def max_codes(self) -> int:
+        """The most codes a sequence can have: the speech position table holds start + codes + stop."""
+        return self.config.mel_positions - 2
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The most text tokens a prompt can have: the text position table holds start + text + stop."""
+        return self.config.text_positions - 2
+
     # -- conditioning ------------------------------------------------------------------------------------
     def conditioning_latent(self, mels: torch.Tensor) -> torch.Tensor:
-        """Voice latent: mean over clips of the encoder's first output frame.
+        """Voice latent: the encoder's first output frame, averaged over clips.
 
         mels: (batch, clips, n_mels, frames) or (batch, n_mels, frames) -> (batch, dim)
         """
@@ -138,6 +163,8 @@ class GPT(nn.Module):
 
     # -- shared pieces -------------------------------------------------------------------------------------
     def _stack(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # x: (batch, seq, dim) input embeddings -> (batch, seq, dim) after the stack's final LayerNorm
+        x = F.dropout(x, self.config.dropout, self.training)  # GPT-2's embedding dropout (training only)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
@@ -145,88 +172,110 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def _text_embeddings(self, text_inputs: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(text_inputs.shape[1], device=text_inputs.device)
+        # text_inputs: (batch, len) with start and stop tokens -> (batch, len, dim)
+        n = text_inputs.shape[1]
+        if n > self.config.text_positions:
+            raise TextError(f"the text has {n - 2} tokens; this model reads at most {self.max_text_tokens}: "
+                            "split it into shorter pieces")
+        pos = torch.arange(n, device=text_inputs.device)
         return self.text_embedding(text_inputs) + self.text_pos(pos)
 
-    def _mel_embeddings(self, mel_inputs: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        pos = torch.arange(offset, offset + mel_inputs.shape[1], device=mel_inputs.device)
-        return self.mel_embedding(mel_inputs) + self.mel_pos(pos)
+    def _mel_embeddings(self, mel_inputs: torch.Tensor) -> torch.Tensor:
+        # mel_inputs: (batch, len) starting with the start token -> (batch, len, dim)
+        n = mel_inputs.shape[1]
+        if n > self.config.mel_positions:
+            raise ValueError(f"{n - 2} codes exceed this model's limit of {self.max_codes}")
+        return self.mel_embedding(mel_inputs) + self.mel_pos(torch.arange(n, device=mel_inputs.device))
 
-    def _with_start_and_stop(self, tokens: torch.Tensor, start: int, stop: int):
-        """(inputs, targets): inputs = [start, tokens], targets = [tokens, stop]."""
+    @staticmethod
+    def _inputs_and_targets(tokens: torch.Tensor, start: int, stop: int):
+        """Aligned (inputs, targets): inputs = [start, tokens], targets = [tokens, stop]."""
         return F.pad(tokens, (1, 0), value=start), F.pad(tokens, (0, 1), value=stop)
 
-    # -- teacher-forced forward (training, latents) ------------------------------------------------------
-    def _teacher_forced(self, cond_latent, text_tokens, codes):
-        """Hidden states after final_norm for the text span and the mel span, plus the targets."""
-        c = self.config
-        text = F.pad(text_tokens, (0, 1), value=c.stop_text_token)
-        codes = F.pad(codes, (0, 1), value=c.stop_mel_token)
-        text_in, text_target = self._with_start_and_stop(text, c.start_text_token, c.stop_text_token)
-        mel_in, mel_target = self._with_start_and_stop(codes, c.start_mel_token, c.stop_mel_token)
-        x = torch.cat([cond_latent.unsqueeze(1), self._text_embeddings(text_in), self._mel_embeddings(mel_in)], 1)
-        h = self.final_norm(self._stack(x)[:, 1:])  # the first output belongs to the voice latent
-        text_h = h[:, : text_in.shape[1]]
-        mel_h = h[:, -mel_in.shape[1]:]
-        return text_h, mel_h, text_target, mel_target
-
+    # -- teacher-forced forward (training, latents for the diffusion decoder) --------------------------------
     def forward(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, text_lengths: torch.Tensor,
-                codes: torch.Tensor, wav_lengths: torch.Tensor, clip_inputs: bool = True) -> GPTOutput:
-        """Teacher-forced losses and logits (the reference `forward`).
+                codes: torch.Tensor, wav_lengths: torch.Tensor, clip_inputs: bool = True,
+                return_latent: bool = False) -> GPTOutput | torch.Tensor:
+        """Teacher-forced pass over text and codes, as the reference `forward`.
 
         cond_latent: (batch, dim); text_tokens: (batch, text_len) long; text_lengths: (batch,);
-        codes: (batch, mel_len) long; wav_lengths: (batch,) audio samples behind the codes.
-        Codes past each clip's end (wav_length // compression + 1) become the stop token.
+        codes: (batch, n) long; wav_lengths: (batch,) audio samples (22.05 kHz) behind the codes.
+        With `clip_inputs`, text is cut to the longest text_length and codes to the longest
+        wav_length // mel_length_compression. Codes past each clip's end (+1 code of slack) become the stop
+        token; a stop token is appended to text and codes, and each gets its start token in front.
+
+        Returns GPTOutput (losses and logits) or, with `return_latent`, only the speech latents
+        (batch, n, dim): final_norm'd hidden states of the speech span without its last two positions, so
+        that latent i sits at the position whose logits predict code i.
         """
         c = self.config
         if clip_inputs:
             text_tokens = text_tokens[:, : int(text_lengths.max())]
             codes = codes[:, : int(wav_lengths.max()) // c.mel_length_compression]
         codes = self.pad_codes_after_end(codes, wav_lengths)
-        text_h, mel_h, text_target, mel_target = self._teacher_forced(cond_latent, text_tokens, codes)
-        text_logits = self.text_head(text_h).transpose(1, 2)
+        text_in, text_target = self._inputs_and_targets(F.pad(text_tokens, (0, 1), value=c.stop_text_token),
+                                                        c.start_text_token, c.stop_text_token)
+        mel_in, mel_target = self._inputs_and_targets(F.pad(codes, (0, 1), value=c.stop_mel_token),
+                                                      c.start_mel_token, c.stop_mel_token)
+        x = torch.cat([cond_latent.unsqueeze(1).to(self.text_pos.weight.dtype),
+                       self._text_embeddings(text_in), self._mel_embeddings(mel_in)], dim=1)
+        h = self.final_norm(self._stack(x)[:, 1:])  # the voice latent's own output predicts nothing
+        mel_h = h[:, -mel_in.shape[1]:]
+        if return_latent:
+            return mel_h[:, :-2]
+        text_logits = self.text_head(h[:, : text_in.shape[1]]).transpose(1, 2)
         mel_logits = self.mel_head(mel_h).transpose(1, 2)
         return GPTOutput(F.cross_entropy(text_logits, text_target), F.cross_entropy(mel_logits, mel_target),
                          text_logits, mel_logits)
 
     def pad_codes_after_end(self, codes: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        """Replace codes after each clip's end (+1 code of slack) by the stop token (a new tensor)."""
+        """Replace codes after each clip's end (wav_length // compression + 1) by the stop token (a new tensor).
+
+        codes: (batch, n); wav_lengths: (batch,) -> (batch, n)
+        """
         ends = torch.div(wav_lengths, self.config.mel_length_compression, rounding_mode="trunc") + 1
         after = torch.arange(codes.shape[1], device=codes.device)[None, :] >= ends.to(codes.device)[:, None]
         return codes.masked_fill(after, self.config.stop_mel_token)
 
     def speech_latents(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Final hidden states for each code, the diffusion decoder's input.
+        """The diffusion decoder's input: one latent per code, as the reference pipeline computes it.
 
         cond_latent: (batch, dim); text_tokens: (batch, text_len); codes: (batch, n) -> (batch, n, dim).
-        Latent i is the state at the position that predicts code i.
+        (`forward(..., clip_inputs=False, return_latent=True)` with every code inside its clip.)
         """
-        _, mel_h, _, _ = self._teacher_forced(cond_latent, text_tokens, codes)
-        return mel_h[:, :-2]
+        b, n = codes.shape
+        wav_lengths = torch.full((b,), n * self.config.mel_length_compression, device=codes.device)
+        text_lengths = torch.full((b,), text_tokens.shape[1], device=codes.device)
+        return self(cond_latent, text_tokens, text_lengths, codes, wav_lengths, clip_inputs=False,
+                    return_latent=True)
 
     # -- cached decoding ---------------------------------------------------------------------------------
     def prompt_length(self, text_len: int) -> int:
         """Positions in the prompt for a text of `text_len` tokens: latent, start, text, stop, start_mel."""
-        return 1 + text_len + 2 + 1
+        return 1 + 1 + text_len + 1 + 1
+
+    def _compute_dtype(self) -> torch.dtype:
+        ref = self.ln_f.weight  # not a Linear: stays float when the linears are quantised
+        if torch.is_autocast_enabled(ref.device.type):
+            return torch.get_autocast_dtype(ref.device.type)
+        return ref.dtype
 
     @torch.no_grad()
     def prefill(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int, max_codes: int):
-        """Run the prompt once and return (logits for the first code (batch, mel_vocab), cache for `batch`).
+        """Run the prompt once and share it: returns (logits for the first code, cache for `batch` sequences).
 
-        cond_latent: (1, dim); text_tokens: (1, text_len) (as `inference_speech` receives them: a stop token
-        and the start token are added here). The start-of-speech token sits at speech position 0.
+        cond_latent: (1, dim); text_tokens: (1, text_len) as `inference_speech` receives them (a stop token and
+        the start token are added here). Logits: (batch, mel_vocab). The cache has room for `max_codes` more
+        positions. The start-of-speech token sits at speech position 0.
         """
         c = self.config
         if cond_latent.shape[0] != 1 or text_tokens.shape[0] != 1:
-            raise ValueError("prefill takes one prompt; candidates share it")
-        text = F.pad(text_tokens, (0, 1), value=c.stop_text_token)
-        text_in = F.pad(text, (1, 0), value=c.start_text_token)
+            raise ValueError("prefill takes one prompt (batch 1); the candidates share it")
+        text_in = F.pad(F.pad(text_tokens, (0, 1), value=c.stop_text_token), (1, 0), value=c.start_text_token)
         start = torch.full((1, 1), c.start_mel_token, dtype=torch.long, device=text_tokens.device)
         x = torch.cat([cond_latent.unsqueeze(1).to(self.text_pos.weight.dtype),
                        self._text_embeddings(text_in), self._mel_embeddings(start)], dim=1)
-        ref = self.ln_f.weight  # not a Linear: stays float when the linears are quantised
-        dtype = torch.get_autocast_dtype(ref.device.type) if torch.is_autocast_enabled(ref.device.type) else ref.dtype
-        cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, dtype, ref.device)
+        cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, self._compute_dtype(), x.device)
         h = self._stack(x, cache)[:, -1]
         logits = self.mel_head(self.final_norm(h))
         return logits.expand(batch, -1), cache.expand(batch, x.shape[1] + max_codes)
@@ -235,10 +284,12 @@ class GPT(nn.Module):
     def decode_step(self, codes: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
         """Feed one code per sequence at speech position `position` (1 for the first generated code).
 
-        codes: (batch,) -> logits for the next code (batch, mel_vocab).
+        codes: (batch,) -> logits for the next code, (batch, mel_vocab).
         """
         if position >= self.config.mel_positions:
-            raise ValueError(f"speech position {position} exceeds the model's {self.config.mel_positions} positions")
+            raise ValueError(f"speech position {position} is past the model's {self.config.mel_positions} positions")
+        if cache.length >= cache.capacity:
+            raise ValueError(f"the cache is full ({cache.capacity} positions)")
         x = self.mel_embedding(codes)[:, None] + self.mel_pos.weight[position]
         h = self._stack(x, cache)[:, -1]
         return self.mel_head(self.final_norm(h))
