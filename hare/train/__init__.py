@@ -1,5 +1,6 @@
-"""Training: data manifests and caching (`data`), a synthetic corpus builder (`synth`), one training loop
-(`loop`, CLI `hare train CONFIG.yaml`) and the per-network objectives (`objectives`).
+"""Training: data manifests and caching (`data`), a synthetic corpus builder (`synth`, CLI `hare data synth`),
+one training loop (`loop`, CLI `hare train CONFIG.yaml`), the per-network objectives (`objectives`) and the
+vocoder's discriminators (`discriminators`).
 
 Example configurations live in `hare/train/configs/` (`<network>-tiny.yaml` runs on a CPU in minutes,
 `<network>-paper.yaml` uses the official sizes).

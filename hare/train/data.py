@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from hare.errors import HareError
 from hare.train import TrainingError
 
 log = logging.getLogger(__name__)
@@ -308,13 +309,38 @@ def _read_features(file: Path) -> dict[str, torch.Tensor]:
     return load_file(str(file))
 
 
-def _write_features(file: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _read_cached(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a cache file; ({}, {}) if it is missing or damaged (it is then recomputed)."""
+    from safetensors import safe_open
+
+    if not file.is_file():
+        return {}, {}
+    try:
+        with safe_open(str(file), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception:
+        return {}, {}
+
+
+def _write_features(file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, file)
+
+
+def _usable(tensors: dict, metadata: dict, wanted: Iterable[str], vqvae_id: str | None) -> set[str]:
+    """The cached features still valid: codes only if they came from this VQ-VAE."""
+    ok = set(tensors)
+    if "codes" in ok and (vqvae_id is None or metadata.get("codes_vqvae") != vqvae_id):
+        ok.discard("codes")
+    return ok & (set(wanted) | {"samples22"})
+
+
+class UndecodableAudio(Exception):
+    """Raised inside preprocessing for a clip whose audio cannot be decoded (it is skipped and counted)."""
 
 
 class FeatureExtractor:
@@ -332,30 +358,33 @@ class FeatureExtractor:
         return self._vqvae
 
     def __call__(self, path: str, wanted: set[str], have: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`have` (still valid cached features) plus whatever of `wanted` is missing."""
         from hare import audio
 
         out = dict(have)
-        need_audio = ({"ar_mel", "diff_mel", "wav24", "samples22"} & wanted) - set(have)
-        if "codes" in wanted and "codes" not in have and "ar_mel" not in have:
-            need_audio.add("ar_mel")
-        if need_audio:
-            wav22 = audio.load_audio(path, AR_RATE)  # (1, samples) float32 in [-1, 1]
+        missing = set(wanted) - set(have)
+        if "codes" in missing and "ar_mel" not in have:
+            missing.add("ar_mel")
+        if missing - {"codes"} or "samples22" not in out:
+            try:
+                wav22 = audio.load_audio(path, AR_RATE)  # (samples,) float32 in [-1, 1]
+                wav24 = audio.load_audio(path, VOCODER_RATE) if {"diff_mel", "wav24"} & missing else None
+            except Exception as exc:  # corrupt or truncated audio, an unknown format
+                raise UndecodableAudio(f"{exc.__class__.__name__}: {exc}") from exc
             out["samples22"] = torch.tensor(wav22.shape[-1], dtype=torch.int64)
-            if "ar_mel" in need_audio:
+            if "ar_mel" in missing:
                 out["ar_mel"] = _mel2d(audio.ar_mel(wav22)).half()
-            if {"diff_mel", "wav24"} & need_audio:
-                wav24 = audio.load_audio(path, VOCODER_RATE)
-                if "diff_mel" in need_audio:
-                    out["diff_mel"] = _mel2d(audio.vocoder_mel(wav24)).half()
-                if "wav24" in need_audio:
-                    out["wav24"] = (wav24.reshape(-1).clamp(-1, 1) * 32767).round().to(torch.int16)
-        if "codes" in wanted and "codes" not in out:
+            if "diff_mel" in missing:
+                out["diff_mel"] = _mel2d(audio.vocoder_mel(wav24)).half()
+            if "wav24" in missing:
+                out["wav24"] = (wav24.reshape(-1).clamp(-1, 1) * 32767).round().to(torch.int16)
+        if "codes" in missing:
             if self.vqvae is None:
                 raise TrainingError("speech codes were asked for but no VQ-VAE was given (data.vqvae)")
-            mel = out["ar_mel"].float().to(self.device)[None]
+            mel = out["ar_mel"].float().to(self.device)[None]  # codes follow the cached (float16) mel
             with torch.no_grad():
                 out["codes"] = self.vqvae.encode(mel)[0].to("cpu", torch.int16)
-        return {k: v for k, v in out.items() if k in wanted | {"samples22"}}
+        return out
 
 
 def _mel2d(mel: torch.Tensor) -> torch.Tensor:
@@ -373,6 +402,15 @@ def load_vqvae(path: str | os.PathLike):
     return model.eval()
 
 
+def vqvae_id(path: str | os.PathLike) -> str:
+    """Identifies a VQ-VAE file's weights (cached codes are valid only for the VQ-VAE that made them)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 _WORKER: FeatureExtractor | None = None
 
 
@@ -382,24 +420,28 @@ def _init_worker(vqvae_path: str | None) -> None:
     _WORKER = FeatureExtractor(vqvae_path)
 
 
-def _process_one(job: tuple[str, str, tuple[str, ...]]) -> tuple[str, str | None]:
-    """Worker: (audio path, cache file, features) -> (cache file, error reason or None)."""
-    path, file, wanted = job
+def _process_one(job: tuple[str, str, tuple[str, ...], str | None]) -> tuple[str, str | None]:
+    """Worker: (audio path, cache file, features, VQ-VAE id) -> (cache file, reason it is unusable, or None).
+
+    Only undecodable audio makes a clip unusable; any other failure (a bad VQ-VAE, a full disk) stops the run.
+    """
+    path, file, wanted, vq_id = job
     file = Path(file)
-    have: dict[str, torch.Tensor] = {}
-    if file.is_file():
-        try:
-            have = _read_features(file)
-        except Exception:
-            have = {}  # a damaged cache file is recomputed
+    tensors, metadata = _read_cached(file)
+    keep = _usable(tensors, metadata, wanted, vq_id)
     try:
-        feats = _WORKER(path, set(wanted), have)
-    except TrainingError:
-        raise
-    except Exception as exc:  # undecodable audio: record it, never stop the whole run
+        feats = _WORKER(path, set(wanted), {k: tensors[k] for k in keep})
+    except UndecodableAudio as exc:
         log.debug("cannot decode %s: %s", path, exc)
-        return str(file), f"unreadable audio ({exc.__class__.__name__})"
-    _write_features(file, feats)
+        return str(file), "unreadable audio"
+    except HareError:
+        raise
+    except Exception as exc:
+        raise TrainingError(f"computing features of {path} failed: {exc.__class__.__name__}: {exc}") from exc
+    if "codes" in feats and "codes" not in keep:
+        metadata["codes_vqvae"] = vq_id  # fresh codes, from this VQ-VAE
+    feats = {**tensors, **feats}  # features not asked for this time stay cached
+    _write_features(file, feats, metadata)
     return str(file), None
 
 
@@ -417,15 +459,21 @@ def preprocess(utterances: Sequence[Utterance], cache_dir: str | os.PathLike, fe
                report: DataReport | None = None) -> PreprocessResult:
     """Cache `features` of every utterance under `cache_dir` (resumable; parallel with `workers` processes).
 
-    Utterances whose audio fails to decode are skipped (counted as "unreadable audio" in the report) and
-    remembered in a `.bad` marker so a resumed run does not decode them again.
+    Features already cached are kept (codes only if made by this `vqvae`). Utterances whose audio fails to
+    decode are skipped (counted as "unreadable audio" in the report) and remembered in a `.bad` marker so a
+    resumed run does not decode them again.
     """
     wanted = tuple(sorted(set(features)))
     unknown = set(wanted) - set(FEATURES)
     if unknown:
         raise TrainingError(f"unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
-    if "codes" in wanted and vqvae is None:
-        raise TrainingError("this objective needs speech codes: set data.vqvae to a trained VQ-VAE (.safetensors)")
+    vq_id = None
+    if "codes" in wanted:
+        if vqvae is None:
+            raise TrainingError("this objective needs speech codes: set data.vqvae to a trained VQ-VAE (.safetensors)")
+        if not Path(vqvae).with_suffix(".safetensors").is_file():
+            raise TrainingError(f"VQ-VAE not found: {vqvae}")
+        vq_id = vqvae_id(Path(vqvae).with_suffix(".safetensors"))
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     report = report if report is not None else DataReport(total=len(utterances))
@@ -438,13 +486,17 @@ def preprocess(utterances: Sequence[Utterance], cache_dir: str | os.PathLike, fe
         if marker.is_file():
             bad[str(file)] = marker.read_text().strip() or "unreadable audio"
             continue
-        if not _has_features(file, wanted):
-            jobs.append((u.path, str(file), wanted))
+        if not _has_features(file, wanted, vq_id):
+            jobs.append((u.path, str(file), wanted, vq_id))
     errors: dict[str, str] = {}
     if jobs:
+        if vq_id is not None:
+            load_vqvae(vqvae)  # fail here, once, with a clear message, rather than in every worker
         errors = _run_jobs(jobs, None if vqvae is None else str(vqvae), workers, progress)
         for file, reason in errors.items():
-            Path(file).with_suffix(".bad").write_text(reason + "\n")
+            marker = Path(file).with_suffix(".bad")
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(reason + "\n")
     reused = len(utterances) - len(jobs) - len(bad)
     bad.update(errors)
     usable, usable_files = [], []
@@ -460,17 +512,19 @@ def preprocess(utterances: Sequence[Utterance], cache_dir: str | os.PathLike, fe
     return PreprocessResult(usable, usable_files, computed, reused, report)
 
 
-def _has_features(file: Path, wanted: tuple[str, ...]) -> bool:
+def _has_features(file: Path, wanted: tuple[str, ...], vq_id: str | None) -> bool:
     if not file.is_file():
         return False
     try:
         from safetensors import safe_open
 
         with safe_open(str(file), "pt") as f:
-            keys = set(f.keys())
+            keys, metadata = set(f.keys()), dict(f.metadata() or {})
     except Exception:
         return False
-    return set(wanted) <= keys
+    if "codes" in wanted and metadata.get("codes_vqvae") != vq_id:
+        return False
+    return set(wanted) | {"samples22"} <= keys
 
 
 def _run_jobs(jobs, vqvae_path, workers, progress) -> dict[str, str]:
@@ -496,8 +550,9 @@ def _run_jobs(jobs, vqvae_path, workers, progress) -> dict[str, str]:
             from concurrent.futures import ProcessPoolExecutor
 
             ctx = multiprocessing.get_context("spawn")
+            chunk = max(1, min(32, len(jobs) // (4 * workers)))
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(vqvae_path,)) as pool:
-                for file, reason in pool.map(_process_one, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers)))):
+                for file, reason in pool.map(_process_one, jobs, chunksize=chunk):
                     if reason:
                         errors[file] = reason
                     bar.update(1)
@@ -537,8 +592,14 @@ class CachedCorpus:
     def __len__(self) -> int:
         return len(self.utterances)
 
-    def features(self, index: int) -> dict[str, torch.Tensor]:
-        return _read_features(Path(self.files[index]))
+    def features(self, index: int, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Cached features of utterance `index` (only `names`, if given: a shared cache may hold more)."""
+        if names is None:
+            return _read_features(Path(self.files[index]))
+        from safetensors import safe_open
+
+        with safe_open(self.files[index], "pt") as f:
+            return {name: f.get_tensor(name) for name in names}
 
     def same_speaker(self, index: int) -> list[int]:
         """Other utterances of this utterance's speaker (empty if it is the speaker's only one)."""

@@ -1,0 +1,502 @@
+"""The five training objectives. Each one knows how to build its network(s) from a config, which cached
+features it needs, how to turn an utterance into a training example (crops, conditioning clips), how to
+collate examples into a batch, and how to turn a batch into a dict of losses.
+
+    objective = make_objective("gpt", model={...GPTConfig fields...}, options={...})
+    models = objective.build_models()                     # {"model": GPT}
+    batch = objective.collate([objective.example(corpus, i, rng) for i in ...])
+    losses = objective.loss("main", models, batch, step=0, scratch={})   # {"loss": total, ...}
+
+- `vqvae`: mel reconstruction (MSE) + commitment; reports codebook perplexity and the fraction of codes used.
+- `gpt`: text and speech-code cross-entropy (weights 0.01 and 1, as the community Tortoise recipe), the voice
+  latent computed from clips of *other* utterances of the same speaker.
+- `clvp`: symmetric contrastive loss over the batch (text <-> speech codes).
+- `diffusion`: epsilon MSE + the learned-variance VLB term, conditioning dropped at random
+  (`unconditioned_percentage`) so conditioning-free guidance works; conditioned on VQ-VAE codes.
+- `vocoder`: UniVNet: multi-resolution STFT loss + least-squares GAN with period and resolution
+  discriminators, two phases per step (generator, then discriminator). Fine-tuning from the official
+  vocoder is supported (`train.init`).
+
+Model hyperparameters are the network's dataclass in `hare.models.configs`; objective knobs (loss weights,
+crop lengths) are the `*Options` dataclasses below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hare.models.configs import CLVPConfig, DiffusionConfig, GPTConfig, VocoderConfig, VQVAEConfig
+from hare.train import TrainingError
+from hare.train.data import AR_RATE, CODE_SAMPLES, VOCODER_RATE, pad_stack, random_crop
+
+HOP = 256
+DIFFUSION_FRAMES_PER_CODE = CODE_SAMPLES * VOCODER_RATE / (AR_RATE * HOP)  # 4.3537...
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimisation phase of a step: the models it trains and the ones it only reads (frozen)."""
+
+    name: str
+    trains: tuple[str, ...]
+    reads: tuple[str, ...] = ()
+
+
+def dataclass_from_dict(cls, values: Mapping[str, Any] | None, what: str):
+    """Build a dataclass from a dict, refusing unknown keys; lists become tuples (the configs are frozen)."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise TrainingError(f"unknown {what} settings: {', '.join(unknown)} (known: {', '.join(fields)})")
+
+    def freeze(v):
+        return tuple(freeze(x) for x in v) if isinstance(v, list) else v
+
+    kwargs = {name: freeze(value) for name, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise TrainingError(f"invalid {what} settings: {exc}") from None
+
+
+def _silence_ar_mel(bands: int = 80) -> torch.Tensor:
+    """The normalised AR mel of silence, per band: (bands, 1)."""
+    from hare import audio
+
+    return (math.log(1e-5) / audio.mel_norms()).reshape(bands, 1)
+
+
+def _as_long(x) -> torch.Tensor:
+    return torch.as_tensor(x).long()
+
+
+class Objective:
+    """Base class: one network (`"model"`), one phase, no EMA by default."""
+
+    name = ""
+    kind = ""  # hare.checkpoints kind of the exported network
+    config_class: type = object
+    options_class: type = object
+    features: tuple[str, ...] = ()
+    default_ema: float | None = None
+    find_unused_parameters = False
+    phases: tuple[Phase, ...] = (Phase("main", ("model",)),)
+
+    def __init__(self, config=None, options=None):
+        self.config = config if config is not None else self.config_class()
+        self.options = options if options is not None else self.options_class()
+        self._tokenizer = None
+
+    @classmethod
+    def from_dicts(cls, model: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None):
+        return cls(dataclass_from_dict(cls.config_class, model, "model"),
+                   dataclass_from_dict(cls.options_class, options, "options"))
+
+    # -- building --------------------------------------------------------------------------------------
+    def build_models(self) -> dict[str, nn.Module]:
+        from hare import checkpoints
+
+        return {"model": checkpoints.build(self.kind, self.config)}
+
+    def export(self, models: Mapping[str, nn.Module]) -> tuple[nn.Module, str, Any]:
+        """(module, checkpoint kind, config) to write with `hare.checkpoints.save`."""
+        return models["model"], self.kind, self.config
+
+    def main_model(self) -> str:
+        return self.phases[0].trains[0]
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from hare.text import Tokenizer
+
+            self._tokenizer = Tokenizer()
+        return self._tokenizer
+
+    def __getstate__(self):  # the tokenizer is rebuilt in each data-loader worker
+        state = dict(self.__dict__)
+        state["_tokenizer"] = None
+        return state
+
+    # -- data ------------------------------------------------------------------------------------------
+    def limits(self) -> dict[str, Any]:
+        """Validation limits: min_seconds, max_seconds, max_text_tokens (None = no limit)."""
+        return {"min_seconds": 0.5, "max_seconds": None, "max_text_tokens": None, "needs_text": False}
+
+    def example(self, corpus, index: int, rng: random.Random) -> dict:
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- loss ------------------------------------------------------------------------------------------
+    def loss(self, phase: str, models: Mapping[str, nn.Module], batch: Mapping[str, torch.Tensor], step: int,
+             scratch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def eval_loss(self, models, batch) -> dict[str, torch.Tensor]:
+        return self.loss(self.phases[0].name, models, batch, step=0, scratch={})
+
+    def prepare_for_training(self, models: Mapping[str, nn.Module]) -> None:
+        """Hook run after weights are loaded and before the optimisers are made."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# VQ-VAE
+
+
+@dataclass(frozen=True)
+class VQVAEOptions:
+    crop_frames: int = 256  # mel frames per example (a multiple of the compression)
+    min_seconds: float = 1.0
+
+
+class VQVAEObjective(Objective):
+    name, kind = "vqvae", "vqvae"
+    config_class, options_class = VQVAEConfig, VQVAEOptions
+    features = ("ar_mel",)
+
+    def limits(self):
+        return {**super().limits(), "min_seconds": self.options.min_seconds}
+
+    def example(self, corpus, index, rng):
+        mel = corpus.features(index, ("ar_mel",))["ar_mel"].float()
+        crop = self.options.crop_frames
+        if mel.shape[-1] < crop:
+            mel = torch.cat([mel, _silence_ar_mel(mel.shape[0]).expand(-1, crop - mel.shape[-1])], dim=1)
+        return {"mel": random_crop(mel, crop, rng)}
+
+    def collate(self, examples):
+        return {"mel": torch.stack([e["mel"] for e in examples])}
+
+    def loss(self, phase, models, batch, step, scratch):
+        model = models["model"]
+        mel = batch["mel"]  # (batch, 80, frames)
+        recon, commit, codes = model(mel)
+        target = mel[..., : recon.shape[-1]]
+        mse = F.mse_loss(recon.float(), target.float())
+        usage = type(model).codebook_usage(codes.detach(), self.config.num_codes)
+        return {"loss": mse + self.config.commitment * commit.float(), "mse": mse.detach(),
+                "commitment": commit.detach().float(),
+                "perplexity": torch.tensor(usage["perplexity"], device=mel.device),
+                "codes_used": torch.tensor(usage["used_fraction"], device=mel.device)}
+
+
+# ------------------------------------------------------------------------------------------------------
+# GPT
+
+
+@dataclass(frozen=True)
+class GPTOptions:
+    text_weight: float = 0.01
+    mel_weight: float = 1.0
+    cond_clips: int = 2  # conditioning clips per example (voice latent = mean of their encodings)
+    cond_frames: int = 517  # AR mel frames per conditioning clip (6 s at 22.05 kHz, as Tortoise)
+    min_seconds: float = 0.5
+
+
+class GPTObjective(Objective):
+    name, kind = "gpt", "autoregressive"
+    config_class, options_class = GPTConfig, GPTOptions
+    features = ("ar_mel", "codes")
+
+    def limits(self):
+        c = self.config
+        return {**super().limits(), "min_seconds": self.options.min_seconds,
+                "max_seconds": (c.max_mel_tokens - 1) * CODE_SAMPLES / AR_RATE,
+                "max_text_tokens": c.max_text_tokens, "needs_text": True}
+
+    def conditioning_clips(self, corpus, index, rng) -> torch.Tensor:
+        """(clips, 80, cond_frames) random crops of other utterances by the same speaker (itself if alone)."""
+        others = corpus.same_speaker(index) or [index]
+        clips = []
+        silence = _silence_ar_mel()
+        for _ in range(self.options.cond_clips):
+            mel = corpus.features(rng.choice(others), ("ar_mel",))["ar_mel"].float()
+            frames = self.options.cond_frames
+            if mel.shape[-1] < frames:
+                mel = torch.cat([mel, silence.expand(mel.shape[0], frames - mel.shape[-1])], dim=1)
+            clips.append(random_crop(mel, frames, rng))
+        return torch.stack(clips)
+
+    def example(self, corpus, index, rng):
+        feats = corpus.features(index, ("codes", "samples22"))
+        return {"text": torch.tensor(self.tokenizer.encode(corpus.utterances[index].text), dtype=torch.long),
+                "codes": feats["codes"].long(), "samples22": int(feats["samples22"]),
+                "cond": self.conditioning_clips(corpus, index, rng)}
+
+    def collate(self, examples):
+        c = self.config
+        return {
+            "text": pad_stack([e["text"] for e in examples], c.stop_text_token),
+            "text_lengths": _as_long([len(e["text"]) for e in examples]),
+            "codes": pad_stack([e["codes"] for e in examples], c.stop_mel_token),
+            "wav_lengths": _as_long([e["samples22"] for e in examples]),
+            "cond": torch.stack([e["cond"] for e in examples]),
+        }
+
+    def loss(self, phase, models, batch, step, scratch):
+        model = models["model"]
+        latent = model.conditioning_latent(batch["cond"])  # (batch, dim)
+        out = model(latent, batch["text"], batch["text_lengths"], batch["codes"], batch["wav_lengths"])
+        o = self.options
+        total = o.text_weight * out.loss_text.float() + o.mel_weight * out.loss_mel.float()
+        return {"loss": total, "text_ce": out.loss_text.detach().float(), "mel_ce": out.loss_mel.detach().float()}
+
+
+# ------------------------------------------------------------------------------------------------------
+# CLVP
+
+
+@dataclass(frozen=True)
+class CLVPOptions:
+    min_seconds: float = 0.5
+
+
+class CLVPObjective(Objective):
+    name, kind = "clvp", "clvp2"
+    config_class, options_class = CLVPConfig, CLVPOptions
+    features = ("codes",)
+
+    def limits(self):
+        c = self.config
+        return {**super().limits(), "min_seconds": self.options.min_seconds,
+                "max_seconds": (c.speech_seq_len - 1) * CODE_SAMPLES / AR_RATE,
+                "max_text_tokens": c.text_seq_len, "needs_text": True}
+
+    def example(self, corpus, index, rng):
+        codes = corpus.features(index, ("codes",))["codes"].long()[: self.config.speech_seq_len]
+        return {"text": torch.tensor(self.tokenizer.encode(corpus.utterances[index].text), dtype=torch.long),
+                "codes": codes}
+
+    def collate(self, examples):
+        texts, codes = [e["text"] for e in examples], [e["codes"] for e in examples]
+        text = pad_stack(texts, 0)
+        speech = pad_stack(codes, 0)
+        return {"text": text, "codes": speech,
+                "text_mask": torch.arange(text.shape[1])[None] < _as_long([len(t) for t in texts])[:, None],
+                "speech_mask": torch.arange(speech.shape[1])[None] < _as_long([len(s) for s in codes])[:, None]}
+
+    def loss(self, phase, models, batch, step, scratch):
+        model = models["model"]
+        text_lat = model.text_latents(batch["text"], batch["text_mask"])
+        speech_lat = model.speech_latents(batch["codes"], batch["speech_mask"])
+        logits = (text_lat @ speech_lat.t()).float() * model.temperature.exp().float()
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        return {"loss": loss, "accuracy": accuracy.detach()}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Diffusion
+
+
+@dataclass(frozen=True)
+class DiffusionOptions:
+    max_codes: int = 220  # speech codes per training window (~10 s); the target mel follows at 4.35 frames/code
+    cond_frames: int = 401  # 24 kHz mel frames of the voice clip (~4.27 s, as Tortoise's inference)
+    cond_from: str = "speaker"  # "speaker": another utterance of the same speaker; "self": the target clip
+    vlb_weight: float = 1.0
+    aux_mel_weight: float = 0.0  # MSE of `mel_head` on the aligned conditioning (0 = off)
+    trained_steps: int = 4000
+    min_seconds: float = 0.5
+
+
+class DiffusionObjective(Objective):
+    name, kind = "diffusion", "diffusion_decoder"
+    config_class, options_class = DiffusionConfig, DiffusionOptions
+    features = ("diff_mel", "codes")
+    default_ema = 0.999
+    find_unused_parameters = True  # the latent-conditioning path (inference) is idle when training on codes
+
+    def __init__(self, config=None, options=None):
+        super().__init__(config, options)
+        if self.options.cond_from not in ("speaker", "self"):
+            raise TrainingError(f"options.cond_from must be 'speaker' or 'self', not {self.options.cond_from!r}")
+
+    @property
+    def frames(self) -> int:
+        return int(self.options.max_codes * DIFFUSION_FRAMES_PER_CODE)
+
+    def limits(self):
+        return {**super().limits(), "min_seconds": self.options.min_seconds}
+
+    def example(self, corpus, index, rng):
+        from hare import audio
+
+        feats = corpus.features(index, ("codes", "diff_mel"))
+        codes, mel = feats["codes"].long(), feats["diff_mel"].float()
+        n, window, frames = codes.shape[0], self.options.max_codes, self.frames
+        start = rng.randint(0, n - window) if n > window else 0
+        codes = codes[start:start + window]
+        f0 = int(start * DIFFUSION_FRAMES_PER_CODE)
+        valid = max(0, min(frames, int(codes.shape[0] * DIFFUSION_FRAMES_PER_CODE), mel.shape[-1] - f0))
+        target = mel[:, f0:f0 + valid]
+        pad_code = self.config.num_codes - 1
+        cond_index = index
+        if self.options.cond_from == "speaker":
+            cond_index = rng.choice(corpus.same_speaker(index) or [index])
+        cond_mel = (mel if cond_index == index else corpus.features(cond_index, ("diff_mel",))["diff_mel"].float())
+        return {
+            "codes": F.pad(codes, (0, window - codes.shape[0]), value=pad_code),
+            "mel": F.pad(audio.normalize_mel(target), (0, frames - valid), value=-1.0),
+            "frames": valid,
+            "cond": random_crop(cond_mel, self.options.cond_frames, rng, pad_value=audio.TACOTRON_MEL_MIN),
+        }
+
+    def collate(self, examples):
+        frames = examples[0]["mel"].shape[-1]
+        return {"codes": torch.stack([e["codes"] for e in examples]),
+                "mel": torch.stack([e["mel"] for e in examples]),
+                "mask": torch.arange(frames)[None] < _as_long([e["frames"] for e in examples])[:, None],
+                "cond": torch.stack([e["cond"] for e in examples])}
+
+    def loss(self, phase, models, batch, step, scratch):
+        from hare.schedulers import q_sample, vlb_term
+
+        model = models["model"]
+        x0 = batch["mel"]  # (batch, 100, frames) in [-1, 1]
+        b, c, frames = x0.shape
+        t = torch.randint(0, self.options.trained_steps, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = q_sample(x0, t, noise, self.options.trained_steps)
+        cond_latent = model.conditioning_latent(batch["cond"])
+        aligned = model.aligned_conditioning(batch["codes"], cond_latent, frames,
+                                             drop_mask=model.random_drop_mask(b, x0.device))
+        out = model(x_t, t, aligned).float()  # (batch, 200, frames) [eps | v]
+        mask = batch["mask"][:, None].to(out.dtype)
+        denom = mask.sum().clamp(min=1) * c
+        mse = (((out[:, :c] - noise) ** 2) * mask).sum() / denom
+        vlb = vlb_term(out, x0.float(), x_t.float(), t, self.options.trained_steps).mean()
+        losses = {"loss": mse + self.options.vlb_weight * vlb, "mse": mse.detach(), "vlb": vlb.detach()}
+        if self.options.aux_mel_weight > 0:
+            aux = (((model.mel_head(aligned).float() - x0) ** 2) * mask).sum() / denom
+            losses["loss"] = losses["loss"] + self.options.aux_mel_weight * aux
+            losses["aux_mel"] = aux.detach()
+        return losses
+
+
+# ------------------------------------------------------------------------------------------------------
+# Vocoder
+
+
+@dataclass(frozen=True)
+class VocoderOptions:
+    segment_frames: int = 64  # mel frames per training segment (64 x 256 = 16384 samples, UniVNet's)
+    stft_weight: float = 2.5
+    gan_weight: float = 1.0
+    gan_start_step: int = 0  # train on the STFT loss alone before this step
+    weight_norm: bool = True  # train the generator with weight norm (folded back on export)
+    discriminator: Any = None  # DiscriminatorConfig fields
+    min_seconds: float = 0.5
+
+    def __post_init__(self):
+        from hare.train.discriminators import DiscriminatorConfig
+
+        d = self.discriminator
+        if d is None:
+            object.__setattr__(self, "discriminator", DiscriminatorConfig())
+        elif isinstance(d, Mapping):
+            object.__setattr__(self, "discriminator", dataclass_from_dict(DiscriminatorConfig, d, "discriminator"))
+
+
+class VocoderObjective(Objective):
+    name, kind = "vocoder", "vocoder"
+    config_class, options_class = VocoderConfig, VocoderOptions
+    features = ("wav24",)
+    phases = (Phase("generator", ("generator",), ("discriminator",)), Phase("discriminator", ("discriminator",)))
+
+    def build_models(self):
+        from hare import checkpoints
+        from hare.train.discriminators import Discriminator
+
+        return {"generator": checkpoints.build(self.kind, self.config),
+                "discriminator": Discriminator(self.options.discriminator)}
+
+    def prepare_for_training(self, models):
+        if self.options.weight_norm:
+            models["generator"].apply_weight_norm()
+
+    def export(self, models):
+        """The generator with weight norm folded in (a fresh module; the training one is untouched)."""
+        from hare import checkpoints
+
+        gen = models["generator"]
+        folded = checkpoints.build(self.kind, self.config).to(next(gen.parameters()).device)
+        source = dict(gen.named_modules())
+        with torch.no_grad():
+            for name, module in folded.named_modules():
+                for pname, p in module.named_parameters(recurse=False):
+                    p.copy_(getattr(source[name], pname))  # a parametrised module computes its weight here
+                for bname, b in module.named_buffers(recurse=False):
+                    b.copy_(getattr(source[name], bname))
+        return folded.eval(), self.kind, self.config
+
+    def limits(self):
+        return {**super().limits(), "min_seconds": self.options.min_seconds}
+
+    def example(self, corpus, index, rng):
+        wav = corpus.features(index, ("wav24",))["wav24"].float() / 32767.0
+        return {"wav": random_crop(wav, self.options.segment_frames * self.config.hop_length, rng)}
+
+    def collate(self, examples):
+        return {"wav": torch.stack([e["wav"] for e in examples])}
+
+    def loss(self, phase, models, batch, step, scratch):
+        from hare import audio
+        from hare.train.discriminators import discriminator_loss, generator_adversarial_loss, stft_loss
+
+        real = batch["wav"]  # (batch, samples)
+        disc = models["discriminator"]
+        resolutions = self.options.discriminator.resolutions
+        if phase == "generator":
+            gen = models["generator"]
+            frames = real.shape[-1] // self.config.hop_length
+            with torch.autocast(real.device.type, enabled=False):
+                mel = audio.vocoder_mel(real.float())[..., :frames]  # (batch, 100, frames)
+            noise = torch.randn(real.shape[0], self.config.noise_dim, frames, device=real.device, dtype=mel.dtype)
+            fake = gen(mel, noise)[:, 0]  # (batch, samples)
+            sc, mag = stft_loss(fake, real, resolutions)
+            losses = {"stft_sc": sc.detach(), "stft_mag": mag.detach()}
+            total = self.options.stft_weight * (sc + mag)
+            if step >= self.options.gan_start_step:
+                adv = generator_adversarial_loss(disc(fake[:, None]))
+                total = total + self.options.gan_weight * adv
+                losses["adv"] = adv.detach()
+            scratch["fake"] = fake.detach()
+            losses["loss"] = total
+            return losses
+        if phase == "discriminator":
+            fake = scratch.get("fake")
+            if fake is None or step < self.options.gan_start_step:
+                # keep every discriminator parameter in the graph (DDP) while contributing nothing
+                zero = sum(p.sum() for p in disc.parameters()) * 0.0
+                return {"loss": zero, "disc": zero.detach()}
+            d = discriminator_loss(disc(real[:, None]), disc(fake[:, None]))
+            return {"loss": d, "disc": d.detach()}
+        raise ValueError(f"unknown vocoder phase {phase!r}")
+
+    def eval_loss(self, models, batch):
+        return self.loss("generator", models, batch, step=self.options.gan_start_step, scratch={})
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (VQVAEObjective, GPTObjective, CLVPObjective, DiffusionObjective, VocoderObjective)
+}
+
+
+def make_objective(name: str, model: Mapping[str, Any] | None = None,
+                   options: Mapping[str, Any] | None = None) -> Objective:
+    if name not in OBJECTIVES:
+        raise TrainingError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name].from_dicts(model, options)

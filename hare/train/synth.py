@@ -1,0 +1,212 @@
+"""A small multi-speaker corpus made with rule-based synthesisers, for tests and for training small models.
+
+    hare data synth data/synth [--sentences FILE]   # -> data/synth/wavs/<speaker>/*.wav, train.csv, heldout.csv
+
+Speakers are Debian's `flite` voices (kal, awb, rms, slt) and `espeak-ng` voices/variants; every speaker
+reads every sentence. Audio is written as 22.05 kHz mono 16-bit WAV. Needs the two programs:
+
+    sudo apt-get install -y flite espeak-ng
+
+Splits: a fraction (or a count) of the sentences is held out (read by the training speakers, in
+`heldout.csv`); optionally whole speakers are held out too (all their clips in `heldout_speakers.csv`).
+The choice is seeded, and re-running skips clips already on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from hare.train import TrainingError
+from hare.train.data import AR_RATE, Utterance, write_manifest
+
+log = logging.getLogger(__name__)
+
+APT_HINT = "install them with: sudo apt-get install -y flite espeak-ng"
+
+# flite's kal is an 8 kHz diphone voice; its 16 kHz build (kal16) is used when present
+DEFAULT_FLITE = ("kal", "awb", "rms", "slt")
+DEFAULT_SENTENCES = Path(__file__).resolve().parent / "configs" / "sentences.txt"
+DEFAULT_ESPEAK = ("en-us", "en-gb", "en-gb-scotland", "en-us+f3", "en-gb+f4", "en-us+m3")
+
+
+def have_flite() -> bool:
+    return shutil.which("flite") is not None
+
+
+def have_espeak() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def flite_voices() -> list[str]:
+    """Voices the installed flite offers (`flite -lv`)."""
+    if not have_flite():
+        return []
+    out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=False).stdout
+    return out.split(":", 1)[-1].split() if ":" in out else out.split()
+
+
+def available_speakers() -> list[str]:
+    """The default speakers that can be made here, as `flite:<voice>` / `espeak:<voice>` names."""
+    speakers = []
+    installed = set(flite_voices())
+    for v in DEFAULT_FLITE:
+        if v in installed or (v == "kal" and "kal16" in installed):
+            speakers.append(f"flite:{v}")
+    if have_espeak():
+        speakers += [f"espeak:{v}" for v in DEFAULT_ESPEAK]
+    return speakers
+
+
+def speaker_name(spec: str) -> str:
+    """A file-system friendly speaker id: flite:slt -> flite-slt, espeak:en-us+f3 -> espeak-en-us-f3."""
+    return spec.replace(":", "-").replace("+", "-")
+
+
+def read_sentences(path: str | os.PathLike) -> list[str]:
+    """One sentence per line; blank lines and lines starting with # are ignored; '|' is replaced."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TrainingError(f"cannot read sentences file {path}: {exc.strerror or exc}") from None
+    sentences = [" ".join(s.replace("|", ",").split()) for s in lines]
+    sentences = [s for s in sentences if s and not s.startswith("#")]
+    if not sentences:
+        raise TrainingError(f"no sentences in {path}")
+    return sentences
+
+
+def synthesize_one(spec: str, text: str, target: Path) -> None:
+    """Speak `text` with `spec` into `target` (22.05 kHz mono 16-bit WAV), atomically."""
+    import numpy as np
+    import soundfile
+    import soxr
+
+    engine, _, voice = spec.partition(":")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hare-synth-") as tmp:
+        raw = Path(tmp) / "raw.wav"
+        if engine == "flite":
+            if not have_flite():
+                raise TrainingError(f"flite is not installed; {APT_HINT}")
+            if voice == "kal" and "kal16" in flite_voices():
+                voice = "kal16"
+            text_file = Path(tmp) / "text.txt"
+            text_file.write_text(text + "\n", encoding="utf-8")
+            cmd = ["flite", "-voice", voice, "-f", str(text_file), "-o", str(raw)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        elif engine == "espeak":
+            if not have_espeak():
+                raise TrainingError(f"espeak-ng is not installed; {APT_HINT}")
+            cmd = ["espeak-ng", "-v", voice, "-w", str(raw), "--stdin"]
+            proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
+        else:
+            raise TrainingError(f"unknown synthesiser in speaker {spec!r}: use flite:<voice> or espeak:<voice>")
+        if proc.returncode != 0 or not raw.is_file():
+            raise TrainingError(f"{engine} failed for voice {voice!r}: {proc.stderr.strip()[:200]}")
+        data, sr = soundfile.read(str(raw), dtype="float32", always_2d=True)
+        wav = data.mean(axis=1)
+        if sr != AR_RATE:
+            wav = soxr.resample(wav, sr, AR_RATE, quality="HQ")
+        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp.wav")
+        soundfile.write(str(partial), np.clip(wav, -1, 1), AR_RATE, subtype="PCM_16")
+        os.replace(partial, target)
+
+
+@dataclasses.dataclass
+class SynthCorpus:
+    root: Path
+    train: Path
+    heldout: Path
+    heldout_speakers: Path | None
+    speakers: list[str]
+    counts: dict[str, int]
+
+
+def _pick_heldout(items: Sequence, amount: float | int, rng: random.Random) -> set:
+    n = int(round(len(items) * amount)) if isinstance(amount, float) and amount < 1 else int(amount)
+    n = max(0, min(n, len(items) - 1))
+    return set(rng.sample(list(items), n))
+
+
+def make_corpus(sentences: Sequence[str], out_dir: str | os.PathLike, speakers: Sequence[str] | None = None, *,
+                heldout_sentences: float | int = 0.1, heldout_speakers: Sequence[str] | int = 0, seed: int = 0,
+                workers: int = 2, progress: bool = False) -> SynthCorpus:
+    """Synthesise every sentence with every speaker and write the manifests (see the module docstring).
+
+    `speakers`: `flite:<voice>` / `espeak:<voice>` specs (default: `available_speakers()`).
+    `heldout_sentences`: a fraction (< 1) or a count of sentences kept out of training.
+    `heldout_speakers`: speaker specs, or a count chosen at random, kept out of training entirely.
+    """
+    from tqdm.auto import tqdm
+
+    if not speakers:
+        speakers = available_speakers()
+        if not speakers:
+            raise TrainingError(f"neither flite nor espeak-ng is installed; {APT_HINT}")
+        if not (have_flite() and have_espeak()):
+            log.warning("only %s is installed, so the corpus has fewer speakers; %s",
+                        "flite" if have_flite() else "espeak-ng", APT_HINT)
+    speakers = list(speakers)
+    if len(set(speakers)) != len(speakers):
+        raise TrainingError("a speaker is listed twice")
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    held_sent = _pick_heldout(range(len(sentences)), heldout_sentences, rng)
+    if isinstance(heldout_speakers, int):
+        held_spk = _pick_heldout(speakers, heldout_speakers, rng) if heldout_speakers else set()
+    else:
+        held_spk = set(heldout_speakers)
+        unknown = held_spk - set(speakers)
+        if unknown:
+            raise TrainingError(f"held-out speakers {sorted(unknown)} are not among the speakers")
+        if held_spk == set(speakers):
+            raise TrainingError("every speaker is held out; keep at least one for training")
+
+    jobs = []
+    for spec in speakers:
+        for i, text in enumerate(sentences):
+            jobs.append((spec, i, text, out / "wavs" / speaker_name(spec) / f"{i:05d}.wav"))
+    todo = [j for j in jobs if not j[3].is_file()]
+    bar = tqdm(total=len(todo), desc="synthesising", unit="clip", disable=not progress)
+
+    def run(job):
+        spec, _, text, target = job
+        synthesize_one(spec, text, target)
+        bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(run, todo))
+    finally:
+        bar.close()
+
+    train, heldout, other = [], [], []
+    for spec, i, text, target in jobs:
+        u = Utterance(str(target), text, speaker_name(spec))
+        if spec in held_spk:
+            other.append(u)
+        elif i in held_sent:
+            heldout.append(u)
+        else:
+            train.append(u)
+    train_path = write_manifest(train, out / "train.csv")
+    heldout_path = write_manifest(heldout, out / "heldout.csv")
+    other_path = write_manifest(other, out / "heldout_speakers.csv") if held_spk else None
+    info = {
+        "speakers": [speaker_name(s) for s in speakers],
+        "heldout_speakers": sorted(speaker_name(s) for s in held_spk),
+        "heldout_sentences": sorted(held_sent), "sample_rate": AR_RATE,
+        "counts": {"train": len(train), "heldout": len(heldout), "heldout_speakers": len(other)},
+    }
+    (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
+    return SynthCorpus(out, train_path, heldout_path, other_path, info["speakers"], info["counts"])
