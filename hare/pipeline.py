@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 import time
 import warnings
@@ -322,7 +323,7 @@ class TextToSpeech:
         if not pieces:
             raise TextError("the text has nothing speakable in it")
         token_lists = [self.tokenizer.encode(p) for p in pieces]  # raise on bad text before any heavy work
-        seed = int(seed) if seed is not None else int(torch.seed() % (2**31))
+        seed = int(seed) if seed is not None else secrets.randbelow(2**31)  # never touches global RNG state
         generator = torch.Generator(device="cpu").manual_seed(seed)
         timings: dict[str, float] = {}
         timer = _Timer(timings, self.device)
