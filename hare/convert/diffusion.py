@@ -22,6 +22,7 @@ def config_from_reference(kwargs: dict) -> DiffusionConfig:
         channels=k["model_channels"], layers=k["num_layers"], in_channels=k["in_channels"],
         out_channels=k["out_channels"], latent_channels=k["in_latent_channels"], num_codes=k["in_tokens"],
         heads=k["num_heads"], dropout=float(k["dropout"]), unconditioned_percentage=float(k["unconditioned_percentage"]),
+        layer_drop=float(k["layer_drop"]),
     )
 
 

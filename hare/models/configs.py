@@ -85,6 +85,7 @@ class DiffusionConfig:
     heads: int = 16
     dropout: float = 0.0
     unconditioned_percentage: float = 0.0  # training-time conditioning dropout (for cond-free guidance)
+    layer_drop: float = 0.0  # training-time probability of skipping a trunk block (never the first or last)
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,18 @@
 normalised 100-band mel, conditioned on the GPT's latents (or speech codes) and a voice latent.
 
 The work that does not depend on the diffusion step is split out so a sampler runs it once:
-`conditioning_latent` (voice), `aligned_conditioning` (latents -> per-frame conditioning), and the per-step
-`forward`. Conditioning-free guidance replaces the aligned conditioning by a learned embedding; the
-`guided` helper runs both branches as one batched forward.
+`conditioning_latent` (voice), `aligned_conditioning` (latents or codes -> per-frame conditioning), and the
+per-step `forward`. Conditioning-free guidance replaces the aligned conditioning by a learned embedding; the
+`guided` helper runs both branches as one batched forward. Sampling lives in `hare.schedulers`.
+
+Training-only pieces: `random_drop_mask` (rows trained unconditioned, for guidance), layer drop in the
+trunk (`config.layer_drop`) and `predict_mel` (the auxiliary mel head on the aligned conditioning).
 """
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +118,7 @@ class DiffusionDecoder(nn.Module):
         cond_latent: (batch, 2*channels). `drop_mask` (batch,) bool replaces rows by the unconditioned
         embedding (training-time dropout for conditioning-free guidance). -> (batch, channels, frames)
         """
-        if aligned.dtype in (torch.long, torch.int32, torch.int64):
+        if not aligned.is_floating_point():
             h = self.code_embedding(aligned).transpose(1, 2)
             for block in self.code_blocks:
                 h = block(h)
@@ -129,8 +133,19 @@ class DiffusionDecoder(nn.Module):
         return F.interpolate(h, size=frames, mode="nearest")
 
     def unconditioned_conditioning(self, batch: int, frames: int) -> torch.Tensor:
-        """The conditioning-free branch's conditioning: the learned embedding everywhere."""
+        """The conditioning-free branch's conditioning: the learned embedding everywhere. -> (batch, channels, frames)"""
         return self.unconditioned.expand(batch, -1, frames)
+
+    def predict_mel(self, aligned: torch.Tensor, drop_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Auxiliary training head: a mel guessed from the aligned conditioning alone.
+
+        aligned: (batch, channels, frames) -> (batch, in_channels, frames). Rows in `drop_mask` (trained
+        unconditioned) come out as zeros, so no gradient reaches the conditioning path through them.
+        """
+        mel = self.mel_head(aligned)
+        if drop_mask is not None:
+            mel = mel * drop_mask.logical_not()[:, None, None].to(mel.dtype)
+        return mel
 
     def random_drop_mask(self, batch: int, device) -> torch.Tensor | None:
         """Rows to train unconditioned (probability `unconditioned_percentage`), or None."""
@@ -148,11 +163,18 @@ class DiffusionDecoder(nn.Module):
         for layer in self.cond_layers:
             cond = layer(cond, time_emb)
         h = self.merge(torch.cat([self.inp(x), cond], dim=1))
-        for layer in self.layers:
+        trunk = [*self.layers, *self.res_layers]
+        for i, layer in enumerate(trunk):
+            if self._skip(i, len(trunk)):
+                continue
             h = layer(h, time_emb)
-        for layer in self.res_layers:
-            h = layer(h, time_emb)
-        return self.out_conv(F.silu(self.out_norm(h.float())))
+        h = F.silu(self.out_norm(h.float()))  # the output head in float32, as the reference
+        return self.out_conv(h.to(self.out_conv.weight.dtype))
+
+    def _skip(self, i: int, n: int) -> bool:
+        """Layer drop (training only): skip trunk block i of n with probability `layer_drop`, never the ends."""
+        p = self.config.layer_drop
+        return self.training and p > 0 and 0 < i < n - 1 and random.random() < p
 
     def guided(self, x: torch.Tensor, t: torch.Tensor, aligned: torch.Tensor):
         """Conditioned and conditioning-free outputs from one batched forward: (out_cond, out_uncond)."""
