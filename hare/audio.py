@@ -1,11 +1,17 @@
-"""Audio in and out, resampling, and the two mel front ends (written with torch.stft; no torchaudio).
+"""Audio in and out, resampling, and the two mel front ends (torch only: no torchaudio, no librosa).
 
-- AR/CLVP mel (22.05 kHz): n_fft 1024, hop 256, 80 HTK-scale bands with Slaney area normalisation,
-  0-8 kHz, power spectrum, natural log of max(x, 1e-5), divided per band by the shipped `mel_norms`.
-- Vocoder/diffusion mel (24 kHz): n_fft 1024, hop 256, 100 Slaney-scale bands (librosa's filters),
-  0-12 kHz, magnitude spectrum, log of max(x, 1e-5); the diffusion model works on it scaled to [-1, 1].
-- `resample_sinc` is the windowed-sinc resampler the reference uses (Hann window, 6 zero crossings,
-  rolloff 0.99), so conditioning computed here equals the reference's.
+- AR/CLVP/VQ-VAE mel (22.05 kHz): n_fft 1024, hop 256, periodic Hann, centre reflect padding, power spectrum,
+  80 HTK-scale bands with Slaney area normalisation over 0-8 kHz, natural log of max(x, 1e-5), divided per band
+  by the shipped `mel_norms` (torchaudio's `MelSpectrogram(norm="slaney")` as Tortoise configures it).
+- Vocoder/diffusion mel (24 kHz): the Tacotron STFT: the same framing, *magnitude* spectrum, 100 Slaney-scale
+  bands with Slaney normalisation over 0-12 kHz (librosa's filter defaults), log of max(x, 1e-5); the
+  diffusion model works on it scaled to [-1, 1] (`normalize_mel`).
+- `resample_sinc` is torchaudio's default windowed-sinc resampler (Hann window, 6 zero crossings, rolloff
+  0.99), which the reference uses for its 22.05 -> 24 kHz conditioning path and for loading WAV files.
+
+Both mels compute the same float32 arithmetic as the reference (filterbanks built in the same precision, the
+Tacotron STFT as a DFT-basis convolution, products in the same orientation), so they agree with it to float
+rounding of the convolution/FFT kernels, not merely to a tolerance.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -33,91 +40,162 @@ AR_SAMPLE_RATE = 22050
 VOCODER_SAMPLE_RATE = 24000
 N_FFT = 1024
 HOP = 256
+AR_MELS = 80
+VOCODER_MELS = 100
 AR_CLIP_SAMPLES = 132300  # 6 s at 22.05 kHz: the AR conditioning window
 DIFFUSION_CLIP_SAMPLES = 102400  # ~4.27 s at 24 kHz: the diffusion conditioning window
 TACOTRON_MEL_MIN = -11.512925148010254  # ln(1e-5)
 TACOTRON_MEL_MAX = 2.3143386840820312
-SILENCE_PEAK = 1e-4  # a clip whose peak is below this is treated as silent
+SILENCE_PEAK = 1e-4  # a clip whose peak is below this (-80 dBFS) is treated as silent
+RESAMPLERS = ("reference", "sinc", "soxr")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading and saving
 
 
-def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return str(getattr(source, "name", "<audio stream>"))
+
+
+def _decode_with_ffmpeg(source, name: str) -> tuple[np.ndarray, int]:
+    """Decode anything ffmpeg reads (m4a, aac, wma, ...) to float32 WAV in memory: (samples, channels), rate."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise AudioError(f"{path}: this format cannot be decoded here; install ffmpeg or convert it to WAV/FLAC")
-    proc = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-f", "wav", "-acodec", "pcm_f32le", "-"],
-                          capture_output=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
-        raise AudioError(f"{path}: not a readable audio file ({proc.stderr.decode(errors='replace').strip()[:200]})")
+        raise AudioError(f"{name}: not a readable audio file for libsndfile (which reads WAV, FLAC, OGG/Opus "
+                         "and MP3); if it is audio in another format, install ffmpeg or convert it to WAV")
+    if isinstance(source, (str, os.PathLike)):
+        args, stdin = ["-nostdin", "-i", str(source)], None
+    else:
+        args, stdin = ["-i", "pipe:0"], source.read()
+    proc = subprocess.run([ffmpeg, "-v", "error", *args, "-f", "wav", "-acodec", "pcm_f32le", "pipe:1"],
+                          input=stdin, capture_output=True, check=False)
+    if proc.returncode != 0 or len(proc.stdout) <= 44:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"{name}: not a readable audio file (ffmpeg: {detail[-1] if detail else 'no audio'})")
     import soundfile
 
-    data, sr = soundfile.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
-    return data, sr
+    return soundfile.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
 
 
-def load_audio(source: str | os.PathLike | BinaryIO, sample_rate: int) -> torch.Tensor:
-    """Read an audio file (wav/flac/ogg/mp3, others via ffmpeg if installed) as mono float32 at `sample_rate`.
+def _read(source, name: str) -> tuple[np.ndarray, int]:
+    """(samples, channels) float32 in the file's own scale, and the file's sample rate."""
+    import soundfile
 
-    Channels are averaged (the reference keeps only the first; for ordinary stereo clips this is the same
-    voice, without dropping half the signal). Samples are clipped to [-1, 1]. Returns (samples,).
+    try:
+        start = source.tell() if hasattr(source, "tell") else None
+    except OSError:  # a pipe: no going back for a second decoder
+        start = None
+    try:
+        return soundfile.read(source, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile reports by format: LibsndfileError, RuntimeError, TypeError, ...
+        log.debug("libsndfile cannot read %s (%s); trying ffmpeg", name, exc)
+    if start is not None:
+        source.seek(start)
+    return _decode_with_ffmpeg(source, name)
+
+
+def _soxr(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """soxr high quality, trimmed/padded to ceil(n * new/orig) samples like librosa.resample: (..., samples)."""
+    import soxr
+
+    length = math.ceil(wav.shape[-1] * (float(new_sr) / orig_sr))
+    out = np.ascontiguousarray(soxr.resample(np.ascontiguousarray(wav.T), orig_sr, new_sr, quality="HQ").T)
+    if out.shape[-1] < length:
+        out = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
+    return out[..., :length]
+
+
+def load_audio(source: str | os.PathLike | BinaryIO, sample_rate: int, resampler: str = "reference") -> torch.Tensor:
+    """Read an audio file (WAV, FLAC, OGG/Opus, MP3; anything else through ffmpeg when it is installed) as mono
+    float32 at `sample_rate`, clipped to [-1, 1]. Returns (samples,).
+
+    Multi-channel audio is averaged to mono. (The reference averages MP3s but keeps only the first channel of a
+    WAV; averaging keeps a voice recorded on either side of a stereo file, and equals the reference for mono
+    files and for stereo files whose channels match.)
+
+    `resampler`: "reference" (default) resamples as Tortoise does, so that a clip conditions the models exactly as
+    in the reference: MP3s with soxr HQ (the reference decodes them with `librosa.load(sr=...)`, whose default
+    resampler is soxr HQ), everything else with the torchaudio-equivalent windowed sinc (`resample_sinc`);
+    "sinc" or "soxr" force one of them (soxr is the better resampler in general).
+
+    Raises AudioError (naming the file) for a missing, unreadable, empty or non-finite file. Silence and length
+    are judged by `validate_clip`, since a quiet or short file may be fine for other uses.
     """
-    import soundfile
-
-    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
+    if resampler not in RESAMPLERS:
+        raise ValueError(f"unknown resampler {resampler!r} (choose from {', '.join(RESAMPLERS)})")
+    name = _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
+        if not path.exists():
             raise AudioError(f"audio file not found: {path}")
-    try:
-        data, sr = soundfile.read(source, dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile's errors are RuntimeError/LibsndfileError/TypeError by format
-        if isinstance(source, (str, os.PathLike)):
-            data, sr = _decode_with_ffmpeg(Path(source))
-        else:
-            raise AudioError(f"{name}: not a readable audio file ({exc})") from exc
-    if data.shape[0] == 0:
+        if not path.is_file():
+            raise AudioError(f"not an audio file (a folder or device): {path}")
+    data, sr = _read(source, name)  # (samples, channels)
+    if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"{name}: the file holds no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: the audio contains NaN or infinite samples")
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sr != sample_rate:
-        wav = resample_sinc(wav, sr, sample_rate)
-    return wav.clamp(-1.0, 1.0)
+        suffix = Path(name).suffix.lower()
+        if resampler == "soxr" or (resampler == "reference" and suffix == ".mp3"):
+            mono = _soxr(mono, sr, sample_rate)
+            wav = torch.from_numpy(mono.astype(np.float32, copy=False))
+        else:
+            wav = resample_sinc(torch.from_numpy(np.ascontiguousarray(mono)), sr, sample_rate)
+    else:
+        wav = torch.from_numpy(np.ascontiguousarray(mono))
+    peak = float(wav.abs().max())
+    if peak > 1.0:
+        log.warning("%s: samples reach %.2f, beyond [-1, 1]; clipping them", name, peak)
+    return wav.clamp_(-1.0, 1.0)
 
 
 def validate_clip(wav: torch.Tensor, sample_rate: int, min_seconds: float = 0.5, name: str = "clip") -> None:
-    """Raise AudioError for a clip unusable as a voice reference: empty, silent, too short, non-finite."""
+    """Raise AudioError for a clip unusable as a voice reference: empty, non-finite, shorter than
+    `min_seconds`, or silent (peak below SILENCE_PEAK). `wav`: (..., samples)."""
     if wav.numel() == 0:
         raise AudioError(f"{name} is empty")
     if not torch.isfinite(wav).all():
         raise AudioError(f"{name} contains NaN or infinite samples")
     seconds = wav.shape[-1] / sample_rate
     if seconds < min_seconds:
-        raise AudioError(f"{name} is too short ({seconds:.2f} s; at least {min_seconds} s, ideally 6-10 s)")
+        raise AudioError(f"{name} is too short ({seconds:.2f} s; at least {min_seconds:g} s, ideally 6-10 s)")
     if float(wav.abs().max()) < SILENCE_PEAK:
-        raise AudioError(f"{name} is silent")
+        raise AudioError(f"{name} is silent (peak below {SILENCE_PEAK:g})")
+
+
+_DEFAULT_SUBTYPE = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
 
 
 def save_audio(target: str | os.PathLike | BinaryIO, wav: torch.Tensor, sample_rate: int,
                format: str | None = None, subtype: str | None = None) -> None:
-    """Write mono audio in [-1, 1]. The format follows the file suffix (wav, flac, ogg, mp3), WAV for streams;
-    WAV is 16-bit PCM unless `subtype` says otherwise."""
+    """Write mono audio in [-1, 1] (samples are clipped) to a file, a binary stream, or "-" for stdout.
+
+    The format follows the file suffix (wav, flac, ogg/oga/opus, mp3) or `format`; WAV for streams. WAV and FLAC
+    are 16-bit PCM unless `subtype` says otherwise ("FLOAT" gives 32-bit float WAV, "PCM_24" 24-bit).
+    """
     import soundfile
 
-    data = wav.detach().float().cpu().clamp(-1, 1).reshape(-1).numpy()
+    data = wav.detach().float().cpu().reshape(-1).clamp(-1, 1).numpy()
+    if isinstance(target, (str, os.PathLike)) and str(target) == "-":
+        target = sys.stdout.buffer
     if format is None:
         suffix = Path(target).suffix.lower().lstrip(".") if isinstance(target, (str, os.PathLike)) else ""
         format = {"": "wav", "oga": "ogg", "opus": "ogg"}.get(suffix, suffix)
     format = format.upper()
     if subtype is None:
-        subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}.get(format)
+        opus = isinstance(target, (str, os.PathLike)) and Path(target).suffix.lower() == ".opus"
+        subtype = "OPUS" if opus else _DEFAULT_SUBTYPE.get(format)
     try:
         soundfile.write(target, data, sample_rate, format=format, subtype=subtype)
     except Exception as exc:
-        raise AudioError(f"cannot write {format.lower()} audio: {exc}") from exc
+        raise AudioError(f"cannot write {format.lower()} audio to {_describe(target)}: {exc}") from exc
+    if hasattr(target, "flush"):
+        target.flush()
 
 
 class WavStreamWriter:
@@ -170,122 +248,140 @@ def wav_header(sample_rate: int, channels: int = 1, bits: int = 16, data_bytes: 
 # Resampling
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Front ends run in float32 for half/bfloat16/integer input (the log-mel needs the range), else as given."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _restore(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Results come back in the input's floating dtype (float32 for integer input)."""
+    return x.to(dtype) if dtype.is_floating_point else x
+
+
 @functools.lru_cache(maxsize=16)
-def _sinc_kernel(orig: int, new: int, width_zeros: int, rolloff: float, device: str, dtype: torch.dtype):
-    base = min(orig, new) * rolloff
-    width = math.ceil(width_zeros * orig / base)
-    idx = torch.arange(-width, width + orig, dtype=dtype, device=device)[None, None] / orig
-    t = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None, None] / new + idx
-    t = (t * base).clamp(-width_zeros, width_zeros)
-    window = torch.cos(t * math.pi / width_zeros / 2) ** 2
+def _sinc_kernel(orig: int, new: int, zero_crossings: int, rolloff: float, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """Polyphase windowed-sinc kernel: (new phases, 1, taps) and the padding width, for gcd-reduced rates."""
+    cutoff = min(orig, new) * rolloff  # in units of the reduced rates
+    width = math.ceil(zero_crossings * orig / cutoff)
+    taps = torch.arange(-width, width + orig, dtype=dtype, device=device)[None, None] / orig
+    phases = torch.arange(0, -new, -1, dtype=dtype, device=device)[:, None, None] / new
+    t = ((phases + taps) * cutoff).clamp(-zero_crossings, zero_crossings)
+    # float32 operations in torchaudio's order, so that the taps round identically
+    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2  # Hann over +-zero_crossings
     t = t * math.pi
-    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * window * (base / orig)
-    return kernel, width
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
+    return sinc * (window * (cutoff / orig)), width
 
 
-def resample_sinc(wav: torch.Tensor, orig_sr: int, new_sr: int, zeros: int = 6, rolloff: float = 0.99) -> torch.Tensor:
-    """Band-limited windowed-sinc resampling (same result as torchaudio's default): (..., samples)."""
+def resample_sinc(wav: torch.Tensor, orig_sr: int, new_sr: int, zero_crossings: int = 6,
+                  rolloff: float = 0.99) -> torch.Tensor:
+    """Band-limited windowed-sinc resampling, numerically torchaudio's `functional.resample` default:
+    (..., samples) -> (..., ceil(samples * new_sr / orig_sr))."""
+    if int(orig_sr) != orig_sr or int(new_sr) != new_sr or orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive integers, not {orig_sr} and {new_sr}")
     if orig_sr == new_sr:
         return wav
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError("sample rates must be positive")
     g = math.gcd(int(orig_sr), int(new_sr))
     orig, new = int(orig_sr) // g, int(new_sr) // g
-    kernel, width = _sinc_kernel(orig, new, zeros, rolloff, str(wav.device), wav.dtype)
+    dtype = _compute_dtype(wav.dtype)
+    kernel, width = _sinc_kernel(orig, new, zero_crossings, float(rolloff), wav.device, dtype)
     shape = wav.shape
-    x = wav.reshape(-1, shape[-1])
+    x = wav.reshape(-1, shape[-1]).to(dtype)  # (signals, samples)
     length = x.shape[-1]
-    y = F.conv1d(F.pad(x, (width, width + orig))[:, None], kernel, stride=orig)
-    y = y.transpose(1, 2).reshape(x.shape[0], -1)
-    target = math.ceil(new * length / orig)
-    return y[:, :target].reshape(*shape[:-1], -1)
+    y = F.conv1d(F.pad(x, (width, width + orig))[:, None], kernel, stride=orig)  # (signals, new, blocks)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, :math.ceil(new * length / orig)]
+    return _restore(y.reshape(*shape[:-1], -1), wav.dtype)
 
 
 def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """High-quality resampling with soxr (for output audio; CPU)."""
+    """High-quality resampling with soxr (CPU; the result returns to wav's device): (..., samples)."""
     if orig_sr == new_sr:
         return wav
-    import soxr
-
-    out = soxr.resample(wav.detach().cpu().float().numpy().T, orig_sr, new_sr, quality="HQ")
-    return torch.from_numpy(np.ascontiguousarray(out.T)).to(wav.device)
+    flat = wav.detach().cpu().float().reshape(-1, wav.shape[-1]).numpy()
+    out = torch.from_numpy(_soxr(flat, int(orig_sr), int(new_sr)))
+    return _restore(out.reshape(*wav.shape[:-1], -1).to(wav.device), wav.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Filterbanks
+# Filterbanks and STFT bases (built once per device and dtype)
 
 
-def _htk_mel(f):
-    return 2595.0 * np.log10(1.0 + f / 700.0)
+def _ar_filterbank() -> torch.Tensor:
+    """HTK-scale triangles with Slaney area normalisation, in float32 like torchaudio's melscale_fbanks:
+    (n_freqs, 80)."""
+    freqs = torch.linspace(0, AR_SAMPLE_RATE // 2, N_FFT // 2 + 1)
+    mel_max = 2595.0 * math.log10(1.0 + 8000.0 / 700.0)
+    edges = 700.0 * (10.0 ** (torch.linspace(0.0, mel_max, AR_MELS + 2) / 2595.0) - 1.0)  # (82,) Hz
+    gaps = edges[1:] - edges[:-1]
+    offsets = edges[None, :] - freqs[:, None]  # (n_freqs, 82)
+    rising = -offsets[:, :-2] / gaps[:-1]
+    falling = offsets[:, 2:] / gaps[1:]
+    triangles = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return triangles * (2.0 / (edges[2:] - edges[:-2]))[None, :]
 
 
-def _htk_hz(m):
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def _slaney_mel(f):
-    f = np.asarray(f, dtype=np.float64)
-    lin = f / (200.0 / 3)
+def _slaney_hz_to_mel(f: np.ndarray) -> np.ndarray:
+    # linear (200/3 Hz per mel) below 1 kHz, logarithmic (27 mels per factor 6.4) above
     log_part = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
-    return np.where(f >= 1000.0, log_part, lin)
+    return np.where(f >= 1000.0, log_part, f / (200.0 / 3))
 
 
-def _slaney_hz(m):
-    m = np.asarray(m, dtype=np.float64)
-    lin = m * (200.0 / 3)
-    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0))
-    return np.where(m >= 15.0, log_part, lin)
+def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
 
 
-def _triangles(fft_freqs: np.ndarray, band_edges: np.ndarray) -> np.ndarray:
-    """Triangular filters with Slaney area normalisation: (n_bands, n_freqs)."""
-    diff = np.diff(band_edges)
-    ramps = band_edges[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / diff[:-1, None]
-    upper = ramps[2:] / diff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    return weights * (2.0 / (band_edges[2:] - band_edges[:-2]))[:, None]
-
-
-@functools.lru_cache(maxsize=None)
-def _ar_filterbank() -> np.ndarray:
-    # torchaudio's melscale_fbanks(htk, norm="slaney"): frequencies 0..sr//2 in n_fft//2+1 steps (float32 maths)
-    freqs = np.linspace(0, AR_SAMPLE_RATE // 2, N_FFT // 2 + 1, dtype=np.float32)
-    edges = _htk_hz(np.linspace(_htk_mel(0.0), _htk_mel(8000.0), 80 + 2)).astype(np.float32)
-    return _triangles(freqs.astype(np.float64), edges.astype(np.float64)).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def _vocoder_filterbank() -> np.ndarray:
-    # librosa.filters.mel(sr=24000, n_fft=1024, n_mels=100, fmin=0, fmax=12000): Slaney scale and norm
+def _vocoder_filterbank() -> torch.Tensor:
+    """Slaney-scale triangles with Slaney normalisation, rounded as librosa.filters.mel rounds them
+    (triangles stored as float32, then scaled): (100, n_freqs)."""
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / VOCODER_SAMPLE_RATE)
-    edges = _slaney_hz(np.linspace(_slaney_mel(0.0), _slaney_mel(12000.0), 100 + 2))
-    return _triangles(freqs, edges).astype(np.float32)
+    mel_edges = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(12000.0)),
+                            VOCODER_MELS + 2)
+    edges = _slaney_mel_to_hz(mel_edges)
+    gaps = np.diff(edges)
+    offsets = edges[:, None] - freqs[None, :]  # (102, n_freqs)
+    triangles = np.maximum(0.0, np.minimum(-offsets[:-2] / gaps[:-1, None], offsets[2:] / gaps[1:, None]))
+    triangles = triangles.astype(np.float32)
+    return torch.from_numpy((triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32))
+
+
+def _dft_basis() -> torch.Tensor:
+    """The Tacotron STFT as a convolution: Hann-windowed DFT rows, real parts then imaginary parts, rounded to
+    float32 before windowing as the reference does: (2 * n_freqs, 1, n_fft)."""
+    n_freqs = N_FFT // 2 + 1
+    dft = np.fft.fft(np.eye(N_FFT))[:n_freqs]
+    basis = torch.from_numpy(np.concatenate([dft.real, dft.imag])).float()
+    window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float64).float()
+    return (basis * window)[:, None, :]
 
 
 @functools.lru_cache(maxsize=8)
-def _tensors(device: str, dtype: torch.dtype):
+def _tensors(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {
-        "window": torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=device),
-        "ar_fb": torch.from_numpy(_ar_filterbank()).to(device, dtype),
-        "voc_fb": torch.from_numpy(_vocoder_filterbank()).to(device, dtype),
+        "window": torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=device),  # as torchaudio builds it
+        "ar_fb": _ar_filterbank().to(device, dtype),
+        "voc_fb": _vocoder_filterbank().to(device, dtype),
+        "dft": _dft_basis().to(device, dtype),
         "mel_norms": mel_norms().to(device, dtype),
     }
 
 
 @functools.lru_cache(maxsize=1)
-def mel_norms() -> torch.Tensor:
-    """The 80 per-band normalisers of the AR mel (Tortoise's `mel_norms.pth`)."""
+def _mel_norms() -> torch.Tensor:
     with resources.as_file(resources.files("hare") / "data" / "mel_norms.pth") as p:
         return torch.load(p, map_location="cpu", weights_only=True).float()
 
 
-def _spectrum(wav: torch.Tensor, power: float) -> torch.Tensor:
-    t = _tensors(str(wav.device), wav.dtype)
-    spec = torch.stft(wav, N_FFT, HOP, N_FFT, window=t["window"], center=True, pad_mode="reflect",
-                      return_complex=True)
-    mag = spec.abs()
-    return mag.pow(power) if power != 1 else mag
+def mel_norms() -> torch.Tensor:
+    """The 80 per-band normalisers of the AR mel (Tortoise's `mel_norms.pth`): (80,). A fresh copy."""
+    return _mel_norms().clone()
+
+
+def _flatten(wav: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """(..., samples) -> (signals, samples) in the compute dtype, and the leading shape."""
+    if wav.dim() == 0:
+        raise ValueError("expected audio of shape (..., samples), got a scalar")
+    return wav.reshape(-1, wav.shape[-1]).to(_compute_dtype(wav.dtype)), wav.shape[:-1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,28 +389,37 @@ def _spectrum(wav: torch.Tensor, power: float) -> torch.Tensor:
 
 
 def ar_mel_unnormalised(wav22: torch.Tensor) -> torch.Tensor:
-    """Log power mel (80 HTK bands, 0-8 kHz) of 22.05 kHz audio: (..., samples) -> (..., 80, frames)."""
-    t = _tensors(str(wav22.device), wav22.dtype)
-    mel = t["ar_fb"] @ _spectrum(wav22, 2.0)
-    return torch.log(mel.clamp(min=1e-5))
+    """Log power mel (80 HTK bands, 0-8 kHz) of 22.05 kHz audio: (..., samples) -> (..., 80, frames),
+    frames = samples // 256 + 1."""
+    x, lead = _flatten(wav22)
+    t = _tensors(x.device, x.dtype)
+    spec = torch.stft(x, N_FFT, HOP, N_FFT, window=t["window"], center=True, pad_mode="reflect",
+                      return_complex=True).abs().pow(2)  # (signals, n_freqs, frames)
+    mel = torch.matmul(spec.transpose(-1, -2), t["ar_fb"]).transpose(-1, -2)  # (signals, 80, frames)
+    return _restore(torch.log(mel.clamp(min=1e-5)).reshape(*lead, AR_MELS, -1), wav22.dtype)
 
 
 def ar_mel(wav22: torch.Tensor) -> torch.Tensor:
     """The AR/CLVP/VQ-VAE input: log mel divided by mel_norms: (..., samples) -> (..., 80, frames)."""
-    t = _tensors(str(wav22.device), wav22.dtype)
-    return ar_mel_unnormalised(wav22) / t["mel_norms"][:, None]
+    mel = ar_mel_unnormalised(wav22)
+    return mel / _tensors(mel.device, mel.dtype)["mel_norms"][:, None]
 
 
 def vocoder_mel(wav24: torch.Tensor) -> torch.Tensor:
-    """Log magnitude mel (100 Slaney bands, 0-12 kHz) of 24 kHz audio: (..., samples) -> (..., 100, frames)."""
-    t = _tensors(str(wav24.device), wav24.dtype)
-    mel = t["voc_fb"] @ _spectrum(wav24.clamp(-1, 1), 1.0)
-    return torch.log(mel.clamp(min=1e-5))
+    """Log magnitude mel (100 Slaney bands, 0-12 kHz) of 24 kHz audio, input clipped to [-1, 1]:
+    (..., samples) -> (..., 100, frames), frames = samples // 256 + 1."""
+    x, lead = _flatten(wav24)
+    t = _tensors(x.device, x.dtype)
+    x = F.pad(x.clamp(-1, 1)[:, None], (N_FFT // 2, N_FFT // 2), mode="reflect")  # (signals, 1, padded)
+    parts = F.conv1d(x, t["dft"], stride=HOP)  # (signals, 2 * n_freqs, frames): real then imaginary
+    real, imag = parts.chunk(2, dim=1)
+    mel = torch.matmul(t["voc_fb"], torch.sqrt(real ** 2 + imag ** 2))  # (signals, 100, frames)
+    return _restore(torch.log(mel.clamp(min=1e-5)).reshape(*lead, VOCODER_MELS, -1), wav24.dtype)
 
 
 def normalize_mel(mel: torch.Tensor) -> torch.Tensor:
     """Vocoder log-mel -> the diffusion model's [-1, 1] range."""
-    return 2 * (mel - TACOTRON_MEL_MIN) / (TACOTRON_MEL_MAX - TACOTRON_MEL_MIN) - 1
+    return 2 * ((mel - TACOTRON_MEL_MIN) / (TACOTRON_MEL_MAX - TACOTRON_MEL_MIN)) - 1
 
 
 def denormalize_mel(x: torch.Tensor) -> torch.Tensor:
@@ -322,24 +427,27 @@ def denormalize_mel(x: torch.Tensor) -> torch.Tensor:
     return (x + 1) / 2 * (TACOTRON_MEL_MAX - TACOTRON_MEL_MIN) + TACOTRON_MEL_MIN
 
 
-def _fit(wav: torch.Tensor, length: int, generator: torch.Generator | None = None, random_crop: bool = False):
+def pad_or_truncate(wav: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad at the end or cut to `length` samples: (..., samples) -> (..., length)."""
     n = wav.shape[-1]
-    if n > length:
-        start = 0
-        if random_crop:
-            start = int(torch.randint(0, n - length + 1, (1,), generator=generator))
-        return wav[..., start: start + length]
-    return F.pad(wav, (0, length - n))
+    return wav[..., :length] if n >= length else F.pad(wav, (0, length - n))
 
 
-def format_conditioning(wav22: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A 6 s AR conditioning window: a random crop (drawn from `generator`) of longer clips, zero padding of
-    shorter ones. (samples,) -> (132300,)"""
-    return _fit(wav22, AR_CLIP_SAMPLES, generator, random_crop=True)
+def format_conditioning(wav22: torch.Tensor, generator: torch.Generator | None = None,
+                        length: int = AR_CLIP_SAMPLES) -> torch.Tensor:
+    """The AR conditioning window (6 s): a random crop of longer clips, its start drawn uniformly from
+    `generator` (torch's default generator if None), or zero padding of shorter ones.
+    (..., samples) -> (..., length); a batch shares one crop start."""
+    gap = wav22.shape[-1] - length
+    if gap <= 0:
+        return pad_or_truncate(wav22, length)
+    device = generator.device if generator is not None else "cpu"
+    start = int(torch.randint(0, gap + 1, (1,), generator=generator, device=device))
+    return wav22[..., start:start + length]
 
 
 def diffusion_conditioning_mel(wav22: torch.Tensor) -> torch.Tensor:
-    """The diffusion decoder's voice input: resampled to 24 kHz, first ~4.27 s (zero padded), unnormalised
-    vocoder mel. (samples,) -> (100, 401)"""
+    """The diffusion decoder's voice input: 22.05 kHz audio resampled to 24 kHz with the reference's sinc
+    resampler, first 102400 samples (zero padded), unnormalised vocoder mel. (..., samples) -> (..., 100, 401)"""
     wav24 = resample_sinc(wav22, AR_SAMPLE_RATE, VOCODER_SAMPLE_RATE)
-    return vocoder_mel(_fit(wav24, DIFFUSION_CLIP_SAMPLES))
+    return vocoder_mel(pad_or_truncate(wav24, DIFFUSION_CLIP_SAMPLES))
