@@ -19,7 +19,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm evaluated in float32 whatever the input dtype (stable under fp16/bf16 autocast)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def group_norm(channels: int) -> GroupNorm32:

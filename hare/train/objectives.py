@@ -371,16 +371,17 @@ class DiffusionObjective(Objective):
         noise = torch.randn_like(x0)
         x_t = q_sample(x0, t, noise, self.options.trained_steps)
         cond_latent = model.conditioning_latent(batch["cond"])
-        aligned = model.aligned_conditioning(batch["codes"], cond_latent, frames,
-                                             drop_mask=model.random_drop_mask(b, x0.device))
+        drop = model.random_drop_mask(b, x0.device)
+        aligned = model.aligned_conditioning(batch["codes"], cond_latent, frames, drop_mask=drop)
         out = model(x_t, t, aligned).float()  # (batch, 200, frames) [eps | v]
         mask = batch["mask"][:, None].to(out.dtype)
         denom = mask.sum().clamp(min=1) * c
         mse = (((out[:, :c] - noise) ** 2) * mask).sum() / denom
-        vlb = vlb_term(out, x0.float(), x_t.float(), t, self.options.trained_steps).mean()
+        vlb = vlb_term(out, x0.float(), x_t.float(), t, self.options.trained_steps, mask=batch["mask"]).mean()
         losses = {"loss": mse + self.options.vlb_weight * vlb, "mse": mse.detach(), "vlb": vlb.detach()}
         if self.options.aux_mel_weight > 0:
-            aux = (((model.mel_head(aligned).float() - x0) ** 2) * mask).sum() / denom
+            # rows trained unconditioned predict nothing (the reference zeroes them)
+            aux = (((model.predict_mel(aligned, drop).float() - x0) ** 2) * mask).sum() / denom
             losses["loss"] = losses["loss"] + self.options.aux_mel_weight * aux
             losses["aux_mel"] = aux.detach()
         return losses
