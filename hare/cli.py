@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates-out", type=Path, metavar="DIR", help="also write every returned candidate here")
     s.add_argument("-k", "--keep", type=_positive_int, default=1, help="candidates to return (with --candidates-out)")
     s.add_argument("--report", type=Path, help="write a JSON report with per-stage timings here")
+    s.add_argument("--chunk-length", type=_positive_int, metavar="CHARS",
+                   help="long text is split into chunks of about CHARS characters (default 200, at most 1.5x; "
+                        "smaller chunks reach the first audio sooner with --stream)")
     s.add_argument("--stream", action="store_true",
                    help="write audio as each text chunk is ready (a WAV of open length on stdout with -o -)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -109,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     vr = vsub.add_parser("remove", help="delete a voice from the user library")
     vr.add_argument("name")
     _add_training_commands(sub)
+    _add_serve_command(sub)
     return p
 
 
@@ -141,6 +145,9 @@ def _overrides(args) -> dict:
     out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}
     if args.cond_free is not None:
         out["cond_free"] = args.cond_free == "on"
+    if args.chunk_length is not None:
+        out["split_desired_length"] = args.chunk_length
+        out["split_max_length"] = max(args.chunk_length * 3 // 2, args.chunk_length + 1)
     return out
 
 
@@ -335,6 +342,71 @@ def cmd_data(args) -> int:
     raise AssertionError(args.data_command)
 
 
+def _add_serve_command(sub) -> None:
+    from hare.pipeline import PRESETS, SAMPLERS
+
+    sv = sub.add_parser("serve", help="run the OpenAI-compatible speech server and web page",
+                        description="Serve POST /v1/audio/speech (OpenAI-compatible), the voice library API and a "
+                                    "web page at /. Needs the server extra: pip install 'hare-tts[server]'.")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    sv.add_argument("--model", default=None, help="model name (default: hare-mini when installed, else tortoise-v2)")
+    sv.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
+    sv.add_argument("--model-name", help="model id clients ask for (default: --model, or the folder's name)")
+    sv.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR",
+                    help="extra voice library folder (repeatable)")
+    sv.add_argument("--default-voice", help="voice for requests that name none (default: 'default' if present, "
+                                            "else 'random')")
+    sv.add_argument("--preset", choices=sorted(PRESETS), help="preset for requests that name none")
+    sv.add_argument("--candidates", type=_positive_int, help="AR candidates for every request (caps the work)")
+    sv.add_argument("--steps", type=_positive_int, help="diffusion steps for every request")
+    sv.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler for every request")
+    sv.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per text chunk")
+    sv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    sv.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU)")
+    sv.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    sv.add_argument("--api-key", help="require this key (Authorization: Bearer KEY) on every route but /health "
+                                      "(default: env HARE_API_KEY; none: open)")
+    sv.add_argument("--workers", type=_positive_int, default=1, help="synthesis threads (default 1)")
+    sv.add_argument("--max-queue", type=int, default=8, help="requests waiting for a worker before 503 (default 8)")
+    sv.add_argument("--max-input-chars", type=_positive_int, default=4096, help="longest input text (default 4096)")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest voice upload in MiB (default 20)")
+    sv.add_argument("-q", "--quiet", action="store_true", help="no progress bars while loading")
+
+
+def cmd_serve(args) -> int:
+    import hare
+    from hare import server
+    from hare.checkpoints import REGISTRY
+    from hare.pipeline import make_settings
+
+    if args.max_queue < 0:
+        raise UsageError("--max-queue must be >= 0")
+    if args.max_upload_mb <= 0:
+        raise UsageError("--max-upload-mb must be positive")
+    overrides = {k: v for k, v in {"num_candidates": args.candidates, "diffusion_steps": args.steps,
+                                   "sampler": args.sampler, "max_codes": args.max_codes}.items() if v is not None}
+    make_settings(args.preset or "fast", **overrides)  # bad combinations fail before the models load
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"the server needs its extra dependencies ({exc.name} is missing): "
+                         "pip install 'hare-tts[server]'") from None
+    model = args.model or ("hare-mini" if "hare-mini" in REGISTRY else "tortoise-v2")
+    api_key = args.api_key or os.environ.get("HARE_API_KEY") or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
+    tts = hare.load_model(model, models_dir=args.models_dir, device=args.device, voices_dirs=args.voices_dir,
+                          progress=not args.quiet, quantize=args.quantize, dtype=args.dtype)
+    name = args.model_name or (args.models_dir.name if args.models_dir is not None and args.model is None else model)
+    server.serve(tts, host=args.host, port=args.port, api_key=api_key, workers=args.workers,
+                 max_queue=args.max_queue, max_input_chars=args.max_input_chars,
+                 max_upload_bytes=int(args.max_upload_mb * 2**20), model_name=name, default_voice=args.default_voice,
+                 default_preset=args.preset, overrides=overrides, log_level="info")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -348,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "serve":
+            return cmd_serve(args)
     except HareError as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
