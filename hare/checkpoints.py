@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hare.convert import KIND_MODULES
-from hare.paths import hare_home
+from hare.paths import hare_home, sha256_file
 from hare.errors import CheckpointError
 from hare.errors import ModelNotFoundError as ModelNotFound
 
@@ -254,16 +254,6 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class HubSource:
     """Downloads official files with huggingface_hub (its own cache under $HARE_HOME/hub)."""
 
@@ -319,7 +309,7 @@ def fetch(kind: str, spec: ModelSpec, source: HubSource | None = None, models_ro
         ) from exc
     expected = source.sha256(filename)
     if expected is not None:
-        actual = _sha256(Path(downloaded))
+        actual = sha256_file(downloaded)
         if actual != expected:
             raise CheckpointError(
                 f"checksum mismatch for {filename}: got sha256 {actual}, the hub says {expected}; "

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from hare.errors import HareError
+from hare.paths import sha256_file
 from hare.train import TrainingError
 
 log = logging.getLogger(__name__)
@@ -404,11 +405,7 @@ def load_vqvae(path: str | os.PathLike):
 
 def vqvae_id(path: str | os.PathLike) -> str:
     """Identifies a VQ-VAE file's weights (cached codes are valid only for the VQ-VAE that made them)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 _WORKER: FeatureExtractor | None = None

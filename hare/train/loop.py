@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hare.errors import CheckpointError
+from hare.paths import sha256_file
 from hare.train import TrainingDiverged, TrainingError
 from hare.train.data import CachedCorpus, LengthBucketSampler, TrainingSet, save_report
 from hare.train.objectives import Objective, dataclass_from_dict, make_objective
@@ -350,14 +351,6 @@ def weights_fingerprint(model: nn.Module) -> str:
 # Checkpoint files
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_checkpoint(state: Mapping, path: Path) -> Path:
     """torch.save to a temporary file, then rename; a `.sha256` beside it is renamed in place first."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +359,7 @@ def write_checkpoint(state: Mapping, path: Path) -> Path:
         torch.save(dict(state), f)
         f.flush()
         os.fsync(f.fileno())
-    digest = _sha256_file(tmp)
+    digest = sha256_file(tmp)
     side = path.with_name(path.name + ".sha256")
     side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
     side_tmp.write_text(f"{digest}  {path.name}\n")
@@ -385,7 +378,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} has no checksum file ({side.name}); it was not written "
                               "completely and is not loaded")
     expected = side.read_text().split()[0] if side.read_text().strip() else ""
-    actual = _sha256_file(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt (SHA-256 {actual[:12]}... does not match the recorded "
                               f"{expected[:12]}...); not loaded")
