@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-def load_model(name_or_dir="tortoise-v2", **kwargs):
+def load_model(name_or_dir="hare-mini", **kwargs):
     """Load a TextToSpeech: a registered model name or a folder of model files (see hare.pipeline.load_model)."""
     from hare.pipeline import load_model as _load
 

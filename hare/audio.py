@@ -16,6 +16,7 @@ rounding of the convolution/FFT kernels, not merely to a tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
@@ -331,18 +332,22 @@ def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
 
 
-def _vocoder_filterbank() -> torch.Tensor:
-    """Slaney-scale triangles with Slaney normalisation, rounded as librosa.filters.mel rounds them
-    (triangles stored as float32, then scaled): (100, n_freqs)."""
-    freqs = np.fft.rfftfreq(N_FFT, 1.0 / VOCODER_SAMPLE_RATE)
-    mel_edges = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(12000.0)),
-                            VOCODER_MELS + 2)
+def _slaney_filterbank(sample_rate: int, n_mels: int, fmax: float) -> torch.Tensor:
+    """Slaney-scale triangles with Slaney normalisation from 0 Hz to `fmax`, rounded as librosa.filters.mel
+    rounds them (triangles stored as float32, then scaled): (n_mels, n_freqs)."""
+    freqs = np.fft.rfftfreq(N_FFT, 1.0 / sample_rate)
+    mel_edges = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmax)), n_mels + 2)
     edges = _slaney_mel_to_hz(mel_edges)
     gaps = np.diff(edges)
-    offsets = edges[:, None] - freqs[None, :]  # (102, n_freqs)
+    offsets = edges[:, None] - freqs[None, :]  # (n_mels + 2, n_freqs)
     triangles = np.maximum(0.0, np.minimum(-offsets[:-2] / gaps[:-1, None], offsets[2:] / gaps[1:, None]))
     triangles = triangles.astype(np.float32)
     return torch.from_numpy((triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32))
+
+
+def _vocoder_filterbank() -> torch.Tensor:
+    """UnivNet's 100 bands, 0-12 kHz at 24 kHz."""
+    return _slaney_filterbank(VOCODER_SAMPLE_RATE, VOCODER_MELS, 12000.0)
 
 
 def _dft_basis() -> torch.Tensor:
@@ -361,6 +366,7 @@ def _tensors(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor
         "window": torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=device),  # as torchaudio builds it
         "ar_fb": _ar_filterbank().to(device, dtype),
         "voc_fb": _vocoder_filterbank().to(device, dtype),
+        "hifi_fb": _slaney_filterbank(AR_SAMPLE_RATE, AR_MELS, 8000.0).to(device, dtype),
         "dft": _dft_basis().to(device, dtype),
         "mel_norms": mel_norms().to(device, dtype),
     }
@@ -415,6 +421,71 @@ def vocoder_mel(wav24: torch.Tensor) -> torch.Tensor:
     real, imag = parts.chunk(2, dim=1)
     mel = torch.matmul(t["voc_fb"], torch.sqrt(real ** 2 + imag ** 2))  # (signals, 100, frames)
     return _restore(torch.log(mel.clamp(min=1e-5)).reshape(*lead, VOCODER_MELS, -1), wav24.dtype)
+
+
+def hifigan_mel(wav22: torch.Tensor) -> torch.Tensor:
+    """HiFi-GAN's log magnitude mel (80 Slaney bands, 0-8 kHz) of 22.05 kHz audio, as its training code makes
+    it: reflect padding of (n_fft - hop) / 2 on each side, no centring, input clipped to [-1, 1].
+    (..., samples) -> (..., 80, frames), frames = samples // 256 (exactly 4 per speech code)."""
+    x, lead = _flatten(wav22)
+    t = _tensors(x.device, x.dtype)
+    pad = (N_FFT - HOP) // 2
+    x = x.clamp(-1, 1)[:, None]
+    if x.shape[-1] <= pad:  # reflect padding needs more samples than the pad
+        x = F.pad(x, (0, pad + 1 - x.shape[-1]))
+    x = F.pad(x, (pad, pad), mode="reflect")
+    parts = F.conv1d(x, t["dft"], stride=HOP)
+    real, imag = parts.chunk(2, dim=1)
+    mel = torch.matmul(t["hifi_fb"], torch.sqrt(real ** 2 + imag ** 2 + 1e-9))
+    return _restore(torch.log(mel.clamp(min=1e-5)).reshape(*lead, AR_MELS, -1), wav22.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class MelFormat:
+    """What a diffusion decoder produces and its vocoder reads: the Tortoise format (`univnet`: 100 bands at
+    24 kHz) or HiFi-GAN's (`hifigan`: 80 bands at 22.05 kHz). Both are log mels, normalised to [-1, 1] with
+    `normalize_mel` for the diffusion model."""
+
+    name: str
+    sample_rate: int
+    n_mels: int
+    conditioning_samples: int  # the voice clip length the diffusion conditioning sees (at `sample_rate`)
+
+    def frames_for_codes(self, num_codes: int) -> int:
+        """Mel frames spanned by `num_codes` speech codes (1024 samples of 22.05 kHz audio each)."""
+        return num_codes * 4 * self.sample_rate // AR_SAMPLE_RATE
+
+    @property
+    def frames_per_code(self) -> float:
+        return 4 * self.sample_rate / AR_SAMPLE_RATE
+
+    def mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log mel of audio at `sample_rate`."""
+        return vocoder_mel(wav) if self.name == "univnet" else hifigan_mel(wav)
+
+    def from_22k(self, wav22: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log mel of 22.05 kHz audio (resampled first when the format needs it)."""
+        if self.sample_rate != AR_SAMPLE_RATE:
+            wav22 = resample_sinc(wav22, AR_SAMPLE_RATE, self.sample_rate)
+        return self.mel(wav22)
+
+    def conditioning_mel(self, wav22: torch.Tensor) -> torch.Tensor:
+        """The diffusion decoder's voice input from a 22.05 kHz clip (first ~4.3 s, zero padded)."""
+        if self.name == "univnet":
+            return diffusion_conditioning_mel(wav22)
+        return hifigan_mel(pad_or_truncate(wav22, self.conditioning_samples))
+
+
+MEL_FORMATS = {
+    "univnet": MelFormat("univnet", VOCODER_SAMPLE_RATE, VOCODER_MELS, DIFFUSION_CLIP_SAMPLES),
+    "hifigan": MelFormat("hifigan", AR_SAMPLE_RATE, AR_MELS, 94208),  # 368 frames, ~4.27 s as Tortoise's
+}
+
+
+def mel_format(name: str) -> MelFormat:
+    if name not in MEL_FORMATS:
+        raise ValueError(f"unknown mel format {name!r}; known: {', '.join(MEL_FORMATS)}")
+    return MEL_FORMATS[name]
 
 
 def normalize_mel(mel: torch.Tensor) -> torch.Tensor:

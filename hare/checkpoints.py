@@ -8,6 +8,7 @@ none missing, shapes equal) and the error that names the offending keys.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import logging
@@ -122,10 +123,11 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
 def _check_tensor_dict(state_dict: Any, kind: str) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(f"{kind} checkpoint is not a state dict (got {type(state_dict).__name__})")
-    if kind == "vocoder" and "model_g" in state_dict:
-        state_dict = state_dict["model_g"]
+    wrapper = {"vocoder": "model_g", "hifigan": "generator"}.get(kind)  # training files nest the generator
+    if wrapper is not None and wrapper in state_dict:
+        state_dict = state_dict[wrapper]
         if not isinstance(state_dict, Mapping):
-            raise CheckpointError("vocoder checkpoint's 'model_g' entry is not a state dict")
+            raise CheckpointError(f"{kind} checkpoint's {wrapper!r} entry is not a state dict")
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{kind} checkpoint holds non-tensor entries: {_describe(sorted(map(str, not_tensors)))}")
@@ -179,17 +181,24 @@ def _config_from_json(config_cls, values: Mapping[str, Any]):
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise CheckpointError(f"config has unknown fields for {config_cls.__name__}: {', '.join(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return config_cls(**kwargs)
+    def frozen(v):  # JSON lists back to (nested) tuples
+        return tuple(frozen(x) for x in v) if isinstance(v, list) else v
+
+    return config_cls(**{k: frozen(v) for k, v in values.items()})
 
 
-def save(model: nn.Module, kind: str, config, path: str | os.PathLike) -> Path:
-    """Write `model` as `path` (.safetensors) plus a JSON config beside it; returns the weights path."""
+def save(model: nn.Module, kind: str, config, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as `path` (.safetensors) plus a JSON config beside it; returns the weights path.
+
+    `dtype` (e.g. torch.float16) stores the floating-point tensors smaller; `load` returns float32 models.
+    """
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     meta = {"kind": kind, "config_class": type(config).__name__, "config": _config_to_json(config)}
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(tensors, str(tmp), metadata={"hare": json.dumps(meta)})
@@ -220,6 +229,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         tensors = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    # weights stored in half precision (bundled models) are computed in float32
+    tensors = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
     model = _build_empty(module, config)
     load_strict(model, tensors, what=str(path), assign=True)
     return model.eval(), kind, config
@@ -242,6 +253,7 @@ class ModelSpec:
     revision: str | None = None  # pin a commit for reproducible downloads (None = main)
     files: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(OFFICIAL_FILES))
     package_dir: str | None = None  # a folder inside the `hare` package holding Hare safetensors
+    default_voice: str = "random"  # the voice used when none is asked for
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -250,7 +262,14 @@ REGISTRY: dict[str, ModelSpec] = {
         description="The official Tortoise TTS v2 weights (Hugging Face Manmay/tortoise-tts), converted once to safetensors.",
         repo_id="Manmay/tortoise-tts",
     ),
+    "hare-mini": ModelSpec(
+        name="hare-mini",
+        description="Hare's small model trained from scratch on CPU (ships inside the package; see its model card).",
+        package_dir="weights/hare-mini",
+        default_voice="default",
+    ),
 }
+DEFAULT_MODEL = "hare-mini"
 
 
 
@@ -294,7 +313,11 @@ def fetch(kind: str, spec: ModelSpec, source: HubSource | None = None, models_ro
     if target.is_file() and target.with_suffix(".json").is_file():
         return target
     if spec.package_dir is not None:
-        raise ModelNotFound(f"model {spec.name!r} ships no {kind} weights in the package ({spec.package_dir})")
+        bundled = _converted_path(package_path(spec.package_dir), kind)
+        if bundled.is_file() and bundled.with_suffix(".json").is_file():
+            return bundled
+        raise ModelNotFound(f"model {spec.name!r} ships no {kind} weights in the package "
+                            f"({package_path(spec.package_dir)})")
     if spec.repo_id is None:
         raise ModelNotFound(f"model {spec.name!r} has no download source for {kind}")
     filename = spec.files[kind]
@@ -338,6 +361,9 @@ def find_in_dir(directory: str | os.PathLike, kind: str) -> Path | None:
     return official if official.is_file() else None
 
 
+SUBSTITUTES = {"vocoder": ("hifigan",)}  # other networks that can fill a pipeline slot
+
+
 def load_kind_from_dir(directory: str | os.PathLike, kind: str) -> nn.Module:
     """Load `kind` from a folder of Hare safetensors or official-layout .pth files (official sizes)."""
     path = find_in_dir(directory, kind)
@@ -348,10 +374,19 @@ def load_kind_from_dir(directory: str | os.PathLike, kind: str) -> nn.Module:
         )
     if path.suffix == ".safetensors":
         model, found_kind, _ = load(path)
-        if found_kind != kind:
+        if found_kind != kind and found_kind not in SUBSTITUTES.get(kind, ()):
             raise CheckpointError(f"{path} holds a {found_kind} model, not {kind}")
         return model
     return load_official_file(kind, path)
+
+
+def files_digest(directory: Path, pattern: str = "*.safetensors") -> str:
+    """A short digest of the model files in `directory` (names and contents)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(directory).glob(pattern)):
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()[:12]
 
 
 def package_path(relative: str) -> Path:

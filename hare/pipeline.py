@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hare.errors import AudioError, ModelNotFoundError, SettingsError, TextError, VoiceError
+from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, VoiceError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ TAIL_CODES = (45, 45, 248)  # what it emits for a zero-padded tail; omitting the
 MAX_CALM_RUN = 8  # calm codes kept after speech ends ("breathing room") before the latents are cut
 
 
-def fix_candidates(codes: torch.Tensor, stop_token: int = 8193) -> torch.Tensor:
+def fix_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int = CALM_CODE,
+                   tail_codes: tuple[int, ...] = TAIL_CODES) -> torch.Tensor:
     """Tortoise's fix-up of sampled candidates (returns a new tensor).
 
     codes: (batch, length). In every row that contains `stop_token`, the first stop and everything after it
@@ -36,19 +38,19 @@ def fix_candidates(codes: torch.Tensor, stop_token: int = 8193) -> torch.Tensor:
     if not bool(has_stop.all()):
         log.warning("%d candidate(s) never emitted a stop token: the text may be too long to speak in one "
                     "chunk", int((~has_stop).sum()))
-    codes[seen_stop] = CALM_CODE
-    if codes.shape[1] >= len(TAIL_CODES):
-        tail = torch.tensor(TAIL_CODES, dtype=codes.dtype, device=codes.device)
-        codes[has_stop, -len(TAIL_CODES):] = tail
+    codes[seen_stop] = calm_code
+    if tail_codes and codes.shape[1] >= len(tail_codes):
+        tail = torch.tensor(tuple(tail_codes), dtype=codes.dtype, device=codes.device)
+        codes[has_stop, -len(tail_codes):] = tail
     return codes
 
 
-def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN) -> int:
+def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN, calm_code: int = CALM_CODE) -> int:
     """Number of leading codes to keep: cut at the first run of more than `max_calm_run` calm codes.
 
     codes: (length,). Returns the index of the (max_calm_run+1)-th consecutive calm code, or the full length.
     """
-    calm = (codes == CALM_CODE).to(torch.int64)
+    calm = (codes == calm_code).to(torch.int64)
     # run length ending at each position: position minus the index of the last non-calm code before it
     idx = torch.arange(codes.shape[0], device=codes.device)
     last_break = torch.where(calm.bool(), torch.full_like(idx, -1), idx).cummax(dim=0).values
@@ -86,6 +88,9 @@ class Settings:
     cond_free: bool = True
     cond_free_k: float = 2.0
     diffusion_temperature: float = 1.0
+    # shallow diffusion: start the reverse process at this fraction of the schedule from the decoder's own
+    # mel guess (`mel_head`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference)
+    diffusion_start: float = 1.0
     k: int = 1  # candidates returned (the best k by CLVP score)
     split_desired_length: int = 200
     split_max_length: int = 300
@@ -107,6 +112,7 @@ class Settings:
         need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
         need(self.cond_free_k >= 0, f"cond_free_k must be >= 0 (got {self.cond_free_k})")
         need(self.diffusion_temperature >= 0, f"diffusion_temperature must be >= 0 (got {self.diffusion_temperature})")
+        need(0 < self.diffusion_start <= 1, f"diffusion_start must be in (0, 1] (got {self.diffusion_start})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
         need(0 < self.split_desired_length <= self.split_max_length,
              "split lengths must satisfy 0 < desired <= max")
@@ -137,7 +143,7 @@ def make_settings(preset: str = "fast", **overrides) -> Settings:
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
-SAMPLE_RATE = 24000  # output audio
+SAMPLE_RATE = 24000  # output audio of the Tortoise models (TextToSpeech.sample_rate is per model)
 CONDITIONING_RATE = 22050  # reference clips are read at this rate
 
 
@@ -180,7 +186,8 @@ class TextToSpeech:
 
     def __init__(self, *, gpt, clvp, diffusion, vocoder, cvvp=None, rlg_auto=None, rlg_diffuser=None,
                  tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
-                 quantize: str | None = None, dtype: str = "fp32"):
+                 quantize: str | None = None, dtype: str = "fp32", default_voice: str = "random",
+                 default_settings: dict | None = None):
         from hare.text import Tokenizer
         from hare.voices import LatentCache, VoiceLibrary
 
@@ -189,12 +196,29 @@ class TextToSpeech:
         self.clvp = clvp.to(self.device).eval()
         self.diffusion = diffusion.to(self.device).eval()
         self.vocoder = vocoder.to(self.device).eval()
+        from hare import audio
+
+        self.mel_format = audio.mel_format(getattr(diffusion.config, "mel_format", "univnet"))
+        voc_mels = getattr(getattr(vocoder, "config", None), "n_mels", self.mel_format.n_mels)
+        if voc_mels != self.mel_format.n_mels:
+            raise CheckpointError(f"the vocoder reads {voc_mels}-band mels but the diffusion decoder makes "
+                                  f"{self.mel_format.n_mels}-band {self.mel_format.name!r} mels")
+        self.sample_rate = self.mel_format.sample_rate  # of the output audio
+        gc = self.gpt.config
+        if not all(0 <= c < gc.start_mel_token for c in (gc.calm_code, *gc.tail_codes)):
+            raise CheckpointError(f"the GPT's calm/tail codes {gc.calm_code}/{gc.tail_codes} are not speech codes "
+                                  f"(0..{gc.start_mel_token - 1})")
         self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser}
         self._loader = loader  # kind -> module, for optional models loaded on first use
         self.tokenizer = tokenizer or Tokenizer()
         self.voices = voices or VoiceLibrary.default()
         self.latent_cache = LatentCache()
         self.model_id = model_id
+        self.default_voice = default_voice  # used when `voice` is None
+        # the model's own sampling defaults (a small model may want other values than the presets'); they
+        # apply under every preset, and explicit keyword arguments win over them
+        self.default_settings = dict(default_settings or {})
+        make_settings("fast", **self.default_settings)  # reject unknown or invalid names now
         if dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
         self.dtype = dtype
@@ -243,7 +267,7 @@ class TextToSpeech:
         if not clips:
             raise VoiceError("no reference clips given")
         ar_mels = torch.stack([audio.ar_mel(audio.format_conditioning(c, generator=generator)) for c in clips])
-        diff_mels = torch.stack([audio.diffusion_conditioning_mel(c) for c in clips])
+        diff_mels = torch.stack([self.mel_format.conditioning_mel(c) for c in clips])
         ar = self.gpt.conditioning_latent(ar_mels.unsqueeze(0).to(self.device))
         diff = self.diffusion.conditioning_latent(diff_mels.unsqueeze(0).to(self.device))
         return ar, diff, ar_mels
@@ -264,12 +288,17 @@ class TextToSpeech:
             raise VoiceError(f"voice {voice.name!r} has no usable audio clip ({len(voice.clips)} unusable)")
         return clips
 
-    def voice_latents(self, voice: str = "random", generator: torch.Generator | None = None):
+    def voice_latents(self, voice: str | None = None, generator: torch.Generator | None = None):
         """Latents for a voice spec (`name`, folder, `a&b` mix, or `random`): (ar, diffusion, cvvp mels or None)."""
         from hare.voices import load_latents_file
 
-        voices = self.voices.parse(voice)
+        voices = self.voices.parse(self.default_voice if voice is None else voice)
         if voices is None:  # random voice from the latent generators
+            try:
+                self._optional_model("rlg_auto")
+            except (ModelNotFoundError, CheckpointError) as exc:
+                raise VoiceError(f"this model cannot make a random voice ({exc}); pick a voice from the library"
+                                 + (", e.g. 'default'" if "default" in self.voices.names() else "")) from None
             ar = self._optional_model("rlg_auto").generate(1, generator=generator)
             diff = self._optional_model("rlg_diffuser").generate(1, generator=generator)
             return ar.to(self.device), diff.to(self.device), None
@@ -294,9 +323,10 @@ class TextToSpeech:
         return ar, diff, (torch.cat(mels) if mels else None)
 
     # -- synthesis ------------------------------------------------------------------------------------
-    def tts(self, text: str, voice: str = "random", preset: str = "fast", *, seed: int | None = None,
+    def tts(self, text: str, voice: str | None = None, preset: str = "fast", *, seed: int | None = None,
             progress: bool = False, **overrides) -> Speech:
-        """Speak `text` in `voice`; returns the best candidate's 24 kHz audio (and the k best in `.candidates`)."""
+        """Speak `text` in `voice`; returns the best candidate's audio at `self.sample_rate` (24 kHz for Tortoise)
+        and the k best in `.candidates`."""
         chunks = []
         candidates = None
         result = None
@@ -305,10 +335,10 @@ class TextToSpeech:
             candidates = [c for c in result.candidates] if candidates is None else [
                 torch.cat([a, b]) for a, b in zip(candidates, result.candidates)]
         assert result is not None
-        return Speech(audio=torch.cat(chunks), sample_rate=SAMPLE_RATE, candidates=candidates,
+        return Speech(audio=torch.cat(chunks), sample_rate=self.sample_rate, candidates=candidates,
                       timings=result.timings, settings=result.settings)
 
-    def stream(self, text: str, voice: str = "random", preset: str = "fast", *, seed: int | None = None,
+    def stream(self, text: str, voice: str | None = None, preset: str = "fast", *, seed: int | None = None,
                progress: bool = False, **overrides):
         """Yield a `Speech` per text chunk as soon as it is ready (timings accumulate across chunks)."""
         yield from self._chunks(text, voice, preset, seed, progress, overrides)
@@ -316,7 +346,7 @@ class TextToSpeech:
     def _chunks(self, text, voice, preset, seed, progress, overrides):
         from hare.text import split_text
 
-        settings = make_settings(preset, **overrides)
+        settings = make_settings(preset, **{**self.default_settings, **overrides})
         if not isinstance(text, str) or not text.strip():
             raise TextError("the text is empty: give something to say")
         pieces = split_text(text, settings.split_desired_length, settings.split_max_length)
@@ -329,12 +359,13 @@ class TextToSpeech:
         timer = _Timer(timings, self.device)
         with timer("conditioning"):
             ar_latent, diff_latent, cond_mels = self.voice_latents(voice, generator=generator)
-        info = {"preset": preset, "seed": seed, "voice": str(voice), "chunks": len(pieces),
+        info = {"preset": preset, "seed": seed, "voice": str(self.default_voice if voice is None else voice),
+                "chunks": len(pieces),
                 **dataclasses.asdict(settings)}
         for i, tokens in enumerate(token_lists):
             audios = self._synthesize(tokens, ar_latent, diff_latent, cond_mels, settings, generator, timer,
                                       progress, desc=f"chunk {i + 1}/{len(pieces)}")
-            yield Speech(audio=audios[0], sample_rate=SAMPLE_RATE, candidates=audios, timings=dict(timings),
+            yield Speech(audio=audios[0], sample_rate=self.sample_rate, candidates=audios, timings=dict(timings),
                          settings=info)
 
     @torch.inference_mode()
@@ -355,21 +386,25 @@ class TextToSpeech:
             codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, batch, sampling, generator,
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
         with timer("rerank"), self._autocast():
-            codes = fix_candidates(codes, self.gpt.config.stop_mel_token)
+            gc = self.gpt.config
+            codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
             scores = self.clvp.similarity(text, codes)
             if settings.cvvp_amount > 0 and cond_mels is not None:
                 cvvp = self._optional_model("cvvp")
                 voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(dev), codes) for m in cond_mels]).mean(0)
                 scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
             best = codes[scores.topk(settings.k).indices]
-        with timer("latents"), self._autocast():
-            latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1), best)
-        latents = latents.float()
+        if self.diffusion.config.conditioning_input == "codes":  # a decoder trained on codes (hare-mini)
+            latents = best
+        else:
+            with timer("latents"), self._autocast():
+                latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
+                                                  best).float()
         outputs = []
         for j in range(settings.k):
-            keep = calm_cut(best[j])
+            keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
             lat = latents[j: j + 1, :keep]
-            frames = diffusion_frames(keep)
+            frames = self.mel_format.frames_for_codes(keep)
             with timer("diffusion"):
                 mel = self._diffuse(lat, diff_latent, frames, settings, generator, progress, desc)
             with timer("vocoder"):
@@ -382,11 +417,13 @@ class TextToSpeech:
 
         aligned = self.diffusion.aligned_conditioning(latents, diff_latent, frames)
         shape = (1, self.diffusion.config.in_channels, frames)
+        prior = self.diffusion.predict_mel(aligned).float() if settings.diffusion_start < 1 else None
         return schedulers.sample(
             self.diffusion, aligned, shape, sampler=settings.sampler, steps=settings.diffusion_steps,
             cond_free=settings.cond_free, cond_free_k=settings.cond_free_k,
             temperature=settings.diffusion_temperature, generator=generator,
             progress=_bar(progress, f"{desc}: diffusion", settings.diffusion_steps),
+            start=settings.diffusion_start, prior=prior,
         )
 
 
@@ -402,13 +439,16 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: str | os.PathLike | None = None,
+def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str | os.PathLike | None = None,
                device=None, voices_dirs=(), progress: bool = False, quantize: str | None = None,
                dtype: str = "fp32") -> TextToSpeech:
     """Load a TextToSpeech by registered name (downloaded and converted once) or from a folder of model files.
 
     A folder may hold official-layout Tortoise files (autoregressive.pth, clvp2.pth, ...) or Hare safetensors
-    (autoregressive.safetensors + .json, ...). `models_dir` overrides where the files are looked for.
+    (autoregressive.safetensors + .json, ...), a `voices/` library (its voice `default`, if any, becomes the
+    default voice) and a `model.json` ({"default_voice": ..., "settings": {...}}: the model's own defaults
+    under every preset). `models_dir` overrides where the files are looked for. The default model, `hare-mini`,
+    ships inside the package; `tortoise-v2` is downloaded once from the Hugging Face hub.
     """
     from hare import checkpoints
     from hare.voices import VoiceLibrary
@@ -416,11 +456,18 @@ def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: st
     directory = models_dir if models_dir is not None else (
         name_or_dir if Path(name_or_dir).is_dir() else None)
     bundled_voices = []
+    model_dir = None  # a folder whose model.json may set the default voice and settings
     if directory is not None:
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelNotFoundError(f"models folder not found: {directory}")
         model_id = f"dir-{directory.resolve()}"
+        model_dir = directory
+        default_voice = "random"
+        if (directory / "voices").is_dir():
+            bundled_voices.append(directory / "voices")
+            if (directory / "voices" / "default").is_dir():
+                default_voice = "default"
 
         def loader(kind):
             return checkpoints.load_kind_from_dir(directory, kind)
@@ -431,12 +478,24 @@ def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: st
             raise ModelNotFoundError(
                 f"unknown model {name!r}; known models: {', '.join(checkpoints.REGISTRY)} (or pass a folder)")
         model_id = name
+        default_voice = spec.default_voice
         if spec.package_dir is not None:
             bundled_voices.append(checkpoints.package_path(spec.package_dir) / "voices")
+            # bundled weights change with the package: key the voice-latent cache on their contents
+            model_id = f"{name}-{checkpoints.files_digest(checkpoints.package_path(spec.package_dir))}"
+            model_dir = checkpoints.package_path(spec.package_dir)
 
         def loader(kind):
             return checkpoints.load(checkpoints.fetch(kind, spec))[0]
 
+    defaults = {}
+    if model_dir is not None and (model_dir / "model.json").is_file():
+        try:
+            meta = json.loads((model_dir / "model.json").read_text())
+            defaults = dict(meta.get("settings", {}))
+            default_voice = meta.get("default_voice", default_voice)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"invalid {model_dir / 'model.json'}: {exc}") from None
     bar = _bar(progress, "loading models", len(checkpoints.INFERENCE_KINDS))
     models = {}
     for kind in checkpoints.INFERENCE_KINDS:
@@ -447,4 +506,5 @@ def load_model(name_or_dir: str | os.PathLike = "tortoise-v2", *, models_dir: st
         bar.close()
     return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],
                         vocoder=models["vocoder"], voices=VoiceLibrary.default(voices_dirs, bundled_voices),
-                        model_id=model_id, device=device, loader=loader, quantize=quantize, dtype=dtype)
+                        model_id=model_id, device=device, loader=loader, quantize=quantize, dtype=dtype,
+                        default_voice=default_voice, default_settings=defaults)

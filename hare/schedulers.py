@@ -267,7 +267,8 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | tuple[torch.Ten
 def denoise_loop(model_fn: ModelFn, shape, sampler: str | Sampler = "ddpm", steps: int = 30,
                  cond_free_k: float = 2.0, temperature: float = 1.0, generator: torch.Generator | None = None,
                  progress=None, *, noise: torch.Tensor | None = None, device=None,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, prior: torch.Tensor | None = None,
+                 start: float = 1.0) -> torch.Tensor:
     """Sample a (batch, C, frames) tensor with any sampler from `model_fn(x, t) -> output`.
 
     `t` is the (batch,) original timestep. The output is (batch, 2C, frames) [eps | v], or a pair
@@ -275,14 +276,34 @@ def denoise_loop(model_fn: ModelFn, shape, sampler: str | Sampler = "ddpm", step
     or a `Sampler` (then set to `steps`). `x` reaches the model in `dtype`; the sampler's arithmetic is float32.
     `noise` (optional) replaces the initial N(0, temperature^2) draw. `progress` (tqdm-like) advances per step
     and is closed at the end.
+
+    Shallow diffusion (DiffSinger's mechanism): with a `prior` guess of the result and `start` < 1, sampling
+    begins at the first kept step at or below `start` of the trained schedule, from the prior noised to that
+    step (x_t = sqrt(abar_t) prior + sqrt(1 - abar_t) noise), so fewer steps run and the result stays close
+    to the prior's structure. `start=1` (the default) is the full reverse process.
     """
+    if not 0 < start <= 1:
+        raise SettingsError(f"start must be in (0, 1] (got {start})")
+    if start < 1 and prior is None:
+        raise SettingsError("shallow diffusion (start < 1) needs a prior")
     s = make_sampler(sampler, steps) if isinstance(sampler, str) else sampler
     if not isinstance(sampler, str):
         s.set_timesteps(steps)
     device = torch.device(device) if device is not None else (noise.device if noise is not None else torch.device("cpu"))
     try:
         x = noise.to(device, torch.float32) if noise is not None else s.initial_noise(shape, temperature, generator, device)
+        first = 0
+        if start < 1:
+            limit = start * (s.trained_steps - 1)
+            kept = s.timesteps.tolist()
+            first = next((i for i, t in enumerate(kept) if t <= limit), len(kept) - 1)
+            ac = float(s.base_alphas_cumprod[kept[first]])
+            x = math.sqrt(ac) * prior.to(device, torch.float32) + math.sqrt(1.0 - ac) * x
+            if progress is not None:
+                progress.update(first)
         for i, t in enumerate(s.timesteps.tolist()):
+            if i < first:
+                continue
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
             out = model_fn(x.to(dtype), tt)
             if isinstance(out, tuple):
@@ -300,12 +321,13 @@ def denoise_loop(model_fn: ModelFn, shape, sampler: str | Sampler = "ddpm", step
 def sample(model, aligned: torch.Tensor, shape, *, sampler: str | Sampler = "ddpm", steps: int = 30,
            cond_free: bool = True, cond_free_k: float = 2.0, temperature: float = 1.0,
            generator: torch.Generator | None = None, progress=None,
-           noise: torch.Tensor | None = None) -> torch.Tensor:
+           noise: torch.Tensor | None = None, start: float = 1.0, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Draw a normalised mel of `shape` (batch, C, frames) from the diffusion decoder `model`.
 
     `aligned` (batch, channels, frames) is the per-frame conditioning from `model.aligned_conditioning`
     (computed once). With `cond_free`, every step runs the conditioned and unconditioned branches as one
-    batched forward (`model.guided`) and mixes them with the ramped `cond_free_k`.
+    batched forward (`model.guided`) and mixes them with the ramped `cond_free_k`. `start` < 1 runs shallow
+    diffusion from `prior` (see `denoise_loop`).
     """
     if cond_free:
         def model_fn(x, t):
@@ -314,7 +336,7 @@ def sample(model, aligned: torch.Tensor, shape, *, sampler: str | Sampler = "ddp
         def model_fn(x, t):
             return model(x, t, aligned)
     return denoise_loop(model_fn, shape, sampler, steps, cond_free_k, temperature, generator, progress,
-                        noise=noise, device=aligned.device, dtype=aligned.dtype)
+                        noise=noise, device=aligned.device, dtype=aligned.dtype, prior=prior, start=start)
 
 
 # ---------------------------------------------------------------------------------------------------

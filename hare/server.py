@@ -569,8 +569,12 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
         return {"text": text, "kwargs": kwargs, "format": formats[fmt], "speed": float(body.speed),
                 "stream": stream, "sse": body.stream_format == "sse"}
 
-    def finish(audio: torch.Tensor, speed: float) -> np.ndarray:
+    def finish(audio: torch.Tensor, speed: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         audio = audio.detach().float().cpu().reshape(-1)
+        if sample_rate != SAMPLE_RATE:  # every response is 24 kHz, as OpenAI's (hare-mini makes 22.05 kHz)
+            from hare.audio import resample_sinc
+
+            audio = resample_sinc(audio, sample_rate, SAMPLE_RATE)
         if speed != 1.0:
             audio = time_stretch(audio, speed)
         return audio.clamp(-1, 1).numpy()
@@ -599,7 +603,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
             generator = tts.stream(job["text"], **job["kwargs"])
             try:
                 for last in generator:
-                    pieces.append(finish(last.audio, job["speed"]))
+                    pieces.append(finish(last.audio, job["speed"], last.sample_rate))
                     if cancel.is_set():
                         raise Cancelled("client disconnected")
             finally:
@@ -625,7 +629,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
             generator = tts.stream(job["text"], **job["kwargs"])
             try:
                 for speech in generator:
-                    data = fmt.stream_piece(finish(speech.audio, job["speed"]))
+                    data = fmt.stream_piece(finish(speech.audio, job["speed"], speech.sample_rate))
                     loop.call_soon_threadsafe(pieces.put_nowait, ("audio", data, speech))
                     if cancel.is_set():
                         return

@@ -180,3 +180,35 @@ def test_vlb_vanishes_for_the_exact_model_and_respects_the_mask():
     for b, n in enumerate((6, 4, 3, 6)):
         alone = schedulers.vlb_term(out[b:b + 1, :, :n], x0[b:b + 1, :, :n], xt[b:b + 1, :, :n], t[b:b + 1])
         assert masked[b].item() == pytest.approx(alone.item(), rel=1e-5)
+
+
+class CountingModel(PointModel):
+    def __init__(self, target):
+        super().__init__(target)
+        self.calls = []
+
+    def __call__(self, x, t, aligned):
+        self.calls.append(int(t[0]))
+        return super().__call__(x, t, aligned)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++2m"])
+def test_shallow_diffusion_starts_from_the_prior(name):
+    """start < 1: only the kept steps at or below start * trained steps run, beginning at the noised prior."""
+    target = torch.linspace(-0.8, 0.8, 12).view(1, 2, 6)
+    model = CountingModel(target)
+    out = schedulers.sample(model, torch.zeros(1, 1, 6), (1, 2, 6), sampler=name, steps=20, cond_free=False,
+                            generator=torch.Generator().manual_seed(0), start=0.4, prior=target + 0.3)
+    assert model.calls and max(model.calls) <= 0.4 * 3999 and len(model.calls) < 20
+    assert torch.allclose(out, target, atol=3e-2)
+    full = CountingModel(target)
+    schedulers.sample(full, torch.zeros(1, 1, 6), (1, 2, 6), sampler=name, steps=20, cond_free=False,
+                      generator=torch.Generator().manual_seed(0), start=1.0, prior=target)
+    assert len(full.calls) == 20  # start=1: the whole reverse process, the prior unused
+
+
+def test_shallow_diffusion_checks_its_arguments():
+    with pytest.raises(SettingsError, match="needs a prior"):
+        schedulers.denoise_loop(lambda x, t: x, (1, 1, 2), "ddim", 5, start=0.5)
+    with pytest.raises(SettingsError, match=r"start must be in \(0, 1\]"):
+        schedulers.denoise_loop(lambda x, t: x, (1, 1, 2), "ddim", 5, start=0.0, prior=torch.zeros(1, 1, 2))

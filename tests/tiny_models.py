@@ -65,3 +65,39 @@ def save_official_layout(models: dict, directory: Path) -> Path:
     for kind, model in models.items():
         checkpoints.save(model, kind, model.config, directory / f"{kind}.safetensors")
     return directory
+
+
+def tiny_mini_models(seed: int = 0) -> dict:
+    """hare-mini's layout at toy size: a codes-conditioned diffusion decoder making HiFi-GAN mels, a HiFi-GAN."""
+    from hare.models.configs import DiffusionConfig, GPTConfig, HiFiGANConfig
+
+    torch.manual_seed(seed)
+    models = tiny_models(seed)
+    gpt_cfg = GPTConfig(layers=1, dim=GPT_DIM, heads=2, max_mel_tokens=80, max_text_tokens=200, mel_vocab=66,
+                        start_mel_token=64, stop_mel_token=65, cond_attn_blocks=1, calm_code=3,
+                        tail_codes=(3, 3, 5))
+    models["autoregressive"] = checkpoints.build("autoregressive", gpt_cfg).eval()
+    with torch.no_grad():
+        models["autoregressive"].mel_head.bias[65] += 3.0
+    diff_cfg = DiffusionConfig(channels=DIFF_CH, layers=1, in_channels=80, out_channels=160, latent_channels=GPT_DIM,
+                               num_codes=65, heads=2, mel_format="hifigan", conditioning_input="codes")
+    models["diffusion_decoder"] = checkpoints.build("diffusion_decoder", diff_cfg).eval()
+    voc_cfg = HiFiGANConfig(initial_channels=16, resblock_kernels=(3,), resblock_dilations=((1, 3),))
+    models["vocoder"] = checkpoints.build("hifigan", voc_cfg).eval()
+    from hare.models.configs import CLVPConfig
+
+    clvp_cfg = CLVPConfig(text_dim=32, speech_dim=32, latent_dim=32, speech_vocab=64, text_depth=1, speech_depth=1,
+                          text_heads=2, speech_heads=2)
+    models["clvp2"] = checkpoints.build("clvp2", clvp_cfg).eval()
+    return models
+
+
+def save_models_dir(models: dict, directory: Path, kinds=("autoregressive", "clvp2", "diffusion_decoder")) -> Path:
+    """Hare safetensors of `models` in a folder as `load_model(dir)` reads it (the vocoder under its slot name)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind in kinds:
+        checkpoints.save(models[kind], kind, models[kind].config, directory / kind)
+    voc = models["vocoder"]
+    voc_kind = "hifigan" if type(voc).__name__ == "HiFiGAN" else "vocoder"
+    checkpoints.save(voc, voc_kind, voc.config, directory / "vocoder")
+    return directory

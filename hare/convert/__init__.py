@@ -22,4 +22,5 @@ KIND_MODULES = {
     "rlg_auto": "hare.convert.rlg",
     "rlg_diffuser": "hare.convert.rlg",
     "vqvae": "hare.convert.vqvae",  # no official Tortoise file: Hare checkpoints or the DLAS dvae.pth
+    "hifigan": "hare.convert.hifigan",  # hare-mini's vocoder (jik876 HiFi-GAN V1 generator files)
 }

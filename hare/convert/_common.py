@@ -39,3 +39,25 @@ def with_reference_defaults(kwargs: dict, defaults: dict, reference_class: str) 
     if unknown:
         raise TypeError(f"unknown {reference_class} arguments: {sorted(unknown)}")
     return {**defaults, **kwargs}
+
+
+def fold_weight_norm(sd: dict) -> dict:
+    """w = g * v / ||v||, the norm over every dim but 0 (torch's weight_norm default, also for ConvTranspose)."""
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(".weight_g"):
+            continue
+        if key.endswith(".weight_v"):
+            base = key[: -len("_v")]
+            g = sd.get(base + "_g")
+            if g is None:
+                out[key] = value  # unpaired: left for the strict check to report
+                continue
+            dims = tuple(range(1, value.dim()))
+            out[base] = g * value / value.norm(dim=dims, keepdim=True)
+            continue
+        out[key] = value
+    for key in sd:
+        if key.endswith(".weight_g") and key[: -len("_g")] + "_v" not in sd:
+            out[key] = sd[key]
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hare.convert._common import rename, with_reference_defaults
+from hare.convert._common import fold_weight_norm as _fold_weight_norm, rename, with_reference_defaults
 from hare.models.configs import VocoderConfig
 from hare.models.vocoder import UnivNet
 
@@ -23,28 +23,6 @@ def config_from_reference(kwargs: dict) -> VocoderConfig:
 
 def build(config: VocoderConfig) -> UnivNet:
     return UnivNet(config)
-
-
-def _fold_weight_norm(sd: dict) -> dict:
-    """w = g * v / ||v||, the norm over every dim but 0 (torch's weight_norm default, also for ConvTranspose)."""
-    out = {}
-    for key, value in sd.items():
-        if key.endswith(".weight_g"):
-            continue
-        if key.endswith(".weight_v"):
-            base = key[: -len("_v")]
-            g = sd.get(base + "_g")
-            if g is None:
-                out[key] = value  # unpaired: left for the strict check to report
-                continue
-            dims = tuple(range(1, value.dim()))
-            out[base] = g * value / value.norm(dim=dims, keepdim=True)
-            continue
-        out[key] = value
-    for key in sd:
-        if key.endswith(".weight_g") and key[: -len("_g")] + "_v" not in sd:
-            out[key] = sd[key]
-    return out
 
 
 _RULES = [

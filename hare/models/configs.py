@@ -30,6 +30,10 @@ class GPTConfig:
     cond_attn_blocks: int = 6
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1  # GPT-2's attention/residual dropout while training
+    # what the VQ-VAE the codes come from emits for silence and for a zero-padded tail (the official dvae's
+    # values; a model trained on another VQ-VAE records its own, see `hare.mini.silence_codes`)
+    calm_code: int = 83
+    tail_codes: tuple[int, ...] = (45, 45, 248)
 
     @property
     def text_positions(self) -> int:
@@ -86,6 +90,8 @@ class DiffusionConfig:
     dropout: float = 0.0
     unconditioned_percentage: float = 0.0  # training-time conditioning dropout (for cond-free guidance)
     layer_drop: float = 0.0  # training-time probability of skipping a trunk block (never the first or last)
+    mel_format: str = "univnet"  # what it produces: "univnet" (100 bands, 24 kHz) or "hifigan" (80, 22.05 kHz)
+    conditioning_input: str = "latents"  # what inference feeds it: the GPT's "latents" or the speech "codes"
 
 
 @dataclass(frozen=True)
@@ -126,3 +132,17 @@ class VQVAEConfig:
     ema_decay: float = 0.99
     ema_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
     restart_after: int = 100  # restart a code unused for this many training steps (0: never)
+
+
+@dataclass(frozen=True)
+class HiFiGANConfig:
+    """HiFi-GAN V1 generator (Kong et al. 2020): 80-band 22.05 kHz log-mel -> waveform. Hare-mini's vocoder,
+    imported from the MIT-licensed "universal" weights (see `hare.convert.hifigan`)."""
+
+    n_mels: int = 80
+    initial_channels: int = 512
+    upsample_rates: tuple[int, ...] = (8, 8, 2, 2)
+    upsample_kernels: tuple[int, ...] = (16, 16, 4, 4)
+    resblock_kernels: tuple[int, ...] = (3, 7, 11)
+    resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    sample_rate: int = 22050

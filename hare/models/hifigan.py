@@ -1,0 +1,87 @@
+"""HiFi-GAN V1 generator: the vocoder hare-mini uses (80-band 22.05 kHz mels, hop 256).
+
+The structure follows the paper (Kong et al., "HiFi-GAN", 2020): a 7-tap input convolution, four transposed
+convolutions upsampling 8·8·2·2 = 256x, each followed by a multi-receptive-field fusion of three residual
+stacks (kernels 3/7/11, dilations 1/3/5), then a 7-tap output convolution and tanh. Weight norm is folded
+into plain weights when imported (`hare.convert.hifigan`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hare.models.configs import HiFiGANConfig
+
+SLOPE = 0.1  # leaky ReLU slope inside the network (the final activation uses torch's default 0.01)
+
+
+class _DilatedStack(nn.Module):
+    """Pairs of (dilated conv, plain conv), each pair added back onto its input."""
+
+    def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.dilated = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2) for d in dilations)
+        self.plain = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2) for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for a, b in zip(self.dilated, self.plain):
+            x = x + b(F.leaky_relu(a(F.leaky_relu(x, SLOPE)), SLOPE))
+        return x
+
+
+class _Stage(nn.Module):
+    """One upsampling step and its multi-receptive-field fusion (mean of the stacks)."""
+
+    def __init__(self, c_in: int, c_out: int, rate: int, kernel: int, config: HiFiGANConfig):
+        super().__init__()
+        self.up = nn.ConvTranspose1d(c_in, c_out, kernel, stride=rate, padding=(kernel - rate) // 2)
+        self.stacks = nn.ModuleList(
+            _DilatedStack(c_out, k, tuple(d)) for k, d in zip(config.resblock_kernels, config.resblock_dilations))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(F.leaky_relu(x, SLOPE))
+        total = self.stacks[0](x)
+        for stack in self.stacks[1:]:
+            total = total + stack(x)
+        return total / len(self.stacks)
+
+
+class HiFiGAN(nn.Module):
+    def __init__(self, config: HiFiGANConfig | None = None):
+        super().__init__()
+        self.config = config = config or HiFiGANConfig()
+        if len(config.upsample_rates) != len(config.upsample_kernels):
+            raise ValueError("upsample_rates and upsample_kernels must have the same length")
+        c = config.initial_channels
+        self.inp = nn.Conv1d(config.n_mels, c, 7, padding=3)
+        self.stages = nn.ModuleList()
+        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernels)):
+            self.stages.append(_Stage(c // 2 ** i, c // 2 ** (i + 1), rate, kernel, config))
+        self.out = nn.Conv1d(c // 2 ** len(config.upsample_rates), 1, 7, padding=3)
+
+    @property
+    def hop_length(self) -> int:
+        hop = 1
+        for r in self.config.upsample_rates:
+            hop *= r
+        return hop
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) natural-log magnitude mel -> (batch, 1, frames * 256) audio in [-1, 1]."""
+        x = self.inp(mel)
+        for stage in self.stages:
+            x = stage(x)
+        return torch.tanh(self.out(F.leaky_relu(x)))
+
+    @torch.inference_mode()
+    def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(batch, n_mels, frames) -> (batch, samples); `generator` is unused (no noise input)."""
+        return self.forward(mel.to(self.inp.weight.dtype))[:, 0]

@@ -1,0 +1,172 @@
+"""hare-mini's layout (codes-conditioned diffusion, HiFi-GAN mels and vocoder, its own silence codes) on toy
+networks, the models-folder conventions it uses, and the bundled model itself when it is in the checkout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import soundfile
+import torch
+
+import hare
+from hare import audio, checkpoints
+from hare.errors import CheckpointError, ModelNotFoundError
+from hare.pipeline import TextToSpeech, calm_cut, fix_candidates
+from hare.voices import VoiceLibrary
+
+from tiny_models import save_models_dir, tiny_mini_models, write_voice
+
+SHRINK = dict(num_candidates=2, diffusion_steps=3, max_codes=20)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def mini_models():
+    return tiny_mini_models()
+
+
+def _tts(models, voices=None):
+    return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],
+                        vocoder=models["vocoder"], voices=VoiceLibrary([voices] if voices else []),
+                        model_id="mini-test", device="cpu")
+
+
+def test_codes_conditioned_hifigan_pipeline(tmp_path, mini_models, monkeypatch):
+    import hare.pipeline as P
+
+    write_voice(tmp_path / "v" / "ann")
+    tts = _tts(mini_models, tmp_path / "v")
+    assert tts.sample_rate == 22050 and tts.mel_format.name == "hifigan"
+    seen = {}
+
+    def spy(codes, *a, **k):  # the GPT's own calm code reaches the cut
+        seen["calm"] = k.get("calm_code")
+        seen["keep"] = calm_cut(codes, *a, **k)
+        return seen["keep"]
+
+    monkeypatch.setattr(P, "calm_cut", spy)
+    out = tts.tts("A small test.", voice="ann", preset="ultra_fast", seed=1, **SHRINK)
+    assert out.sample_rate == 22050 and torch.isfinite(out.audio).all()
+    assert seen["calm"] == 3
+    assert out.audio.numel() == seen["keep"] * 4 * 256  # 4 HiFi-GAN frames per code, 256 samples per frame
+    assert "latents" not in out.timings  # a codes-conditioned decoder needs no GPT latents
+
+
+def test_fix_candidates_uses_the_models_silence_codes():
+    codes = torch.tensor([[5, 6, 65, 9, 9, 9, 9]])
+    fixed = fix_candidates(codes, stop_token=65, calm_code=3, tail_codes=(3, 4))
+    assert fixed.tolist() == [[5, 6, 3, 3, 3, 3, 4]]
+
+
+def test_mismatched_vocoder_is_refused(mini_models):
+    from tiny_models import tiny_models
+
+    univnet = tiny_models()["vocoder"]
+    with pytest.raises(CheckpointError, match="vocoder reads 100-band"):
+        TextToSpeech(gpt=mini_models["autoregressive"], clvp=mini_models["clvp2"],
+                     diffusion=mini_models["diffusion_decoder"], vocoder=univnet, device="cpu")
+
+
+def test_calm_code_outside_the_vocabulary_is_refused(mini_models):
+    import dataclasses
+
+    gpt = checkpoints.build("autoregressive", dataclasses.replace(mini_models["autoregressive"].config, calm_code=83))
+    with pytest.raises(CheckpointError, match="calm/tail codes"):
+        TextToSpeech(gpt=gpt, clvp=mini_models["clvp2"], diffusion=mini_models["diffusion_decoder"],
+                     vocoder=mini_models["vocoder"], device="cpu")
+
+
+def test_models_folder_with_a_default_voice(tmp_path, mini_models):
+    folder = save_models_dir(mini_models, tmp_path / "m")
+    write_voice(folder / "voices" / "default")
+    tts = hare.load_model(folder)
+    assert tts.default_voice == "default"
+    out = tts.tts("Who is speaking?", preset="ultra_fast", seed=0, **SHRINK)  # no voice given
+    assert out.settings["voice"] == "default" and out.audio.numel() > 0
+    # fp16 storage loads as float32
+    checkpoints.save(mini_models["vocoder"], "hifigan", mini_models["vocoder"].config, folder / "vocoder",
+                     dtype=torch.float16)
+    voc = checkpoints.load_kind_from_dir(folder, "vocoder")
+    assert all(p.dtype == torch.float32 for p in voc.parameters())
+
+
+def test_silence_codes_come_from_the_vqvae():
+    from hare.mini import silence_codes
+    from hare.models.configs import VQVAEConfig
+
+    torch.manual_seed(0)
+    vq = checkpoints.build("vqvae", VQVAEConfig(num_codes=32, hidden=16, codebook_dim=8, resblocks=1))
+    calm, tail = silence_codes(vq)
+    assert 0 <= calm < 32 and len(tail) == 3 and all(0 <= c < 32 for c in tail)
+    with torch.no_grad():
+        codes = vq.encode(audio.ar_mel(torch.zeros(1, 44100)))[0]
+    assert calm == int(codes.mode().values)
+
+
+# -- the bundled model ---------------------------------------------------------------------------------
+
+MINI = checkpoints.package_path("weights/hare-mini")
+shipped = pytest.mark.skipif(not (MINI / "autoregressive.safetensors").is_file(),
+                             reason="hare-mini is not in this checkout")
+
+
+@shipped
+def test_hare_mini_is_the_default_and_small():
+    assert checkpoints.DEFAULT_MODEL == "hare-mini" and "hare-mini" in checkpoints.REGISTRY
+    total = sum(p.stat().st_size for p in MINI.rglob("*") if p.is_file())
+    assert total < 60 * 2**20, f"hare-mini is {total / 2**20:.1f} MB"
+    for kind in ("autoregressive", "clvp2", "diffusion_decoder", "vocoder", "vqvae"):
+        assert (MINI / f"{kind}.safetensors").is_file() and (MINI / f"{kind}.json").is_file()
+    assert (MINI / "MODEL_CARD.md").is_file()
+    assert list((MINI / "voices" / "default").glob("*.wav"))
+
+
+@shipped
+def test_hare_mini_speaks_with_its_default_voice():
+    tts = hare.load_model()
+    assert tts.default_voice == "default" and tts.sample_rate == 22050
+    out = tts.tts("Hello there.", preset="ultra_fast", seed=0, num_candidates=4)
+    seconds = out.audio.numel() / out.sample_rate
+    assert 0.3 < seconds < 6 and torch.isfinite(out.audio).all() and out.audio.abs().max() > 0.01
+
+
+@shipped
+def test_hare_speak_uses_hare_mini_without_options(tmp_path):
+    wav = tmp_path / "out.wav"
+    proc = subprocess.run([sys.executable, "-m", "hare.cli", "speak", "Good morning.", "-o", str(wav),
+                           "--preset", "ultra_fast", "--candidates", "4", "--seed", "1", "-q",
+                           "--report", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    data, sr = soundfile.read(wav)
+    assert sr == 22050 and len(data) > 0.3 * sr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["voice"] == "default"
+
+
+def test_unknown_bundled_files_are_reported(tmp_path):
+    spec = checkpoints.ModelSpec(name="ghost", description="", package_dir="weights/no-such-model")
+    with pytest.raises(ModelNotFoundError, match="ships no autoregressive weights"):
+        checkpoints.fetch("autoregressive", spec, models_root=tmp_path)
+
+
+def test_model_json_sets_defaults(tmp_path, mini_models):
+    folder = save_models_dir(mini_models, tmp_path / "m")
+    write_voice(tmp_path / "v" / "zoe")
+    (folder / "model.json").write_text(json.dumps({"settings": {"repetition_penalty": 1.3, "num_candidates": 2}}))
+    tts = hare.load_model(folder, voices_dirs=[tmp_path / "v"])
+    out = tts.tts("Defaults.", voice="zoe", preset="ultra_fast", seed=0, diffusion_steps=2, max_codes=10)
+    assert out.settings["repetition_penalty"] == 1.3 and out.settings["num_candidates"] == 2
+    out = tts.tts("Defaults.", voice="zoe", preset="ultra_fast", seed=0, diffusion_steps=2, max_codes=10,
+                  repetition_penalty=1.0)  # an explicit value wins
+    assert out.settings["repetition_penalty"] == 1.0
+    (folder / "model.json").write_text(json.dumps({"settings": {"no_such_setting": 1}}))
+    with pytest.raises(Exception, match="no_such_setting"):
+        hare.load_model(folder)
