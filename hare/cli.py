@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("text", nargs="?", help="the text to speak")
     src.add_argument("-f", "--file", type=Path, help="read the text from FILE ('-' for stdin)")
-    s.add_argument("--voice", default="random",
-                   help="voice name from the library, a folder of clips, 'a&b' to mix, or 'random' (default)")
+    s.add_argument("--voice", default=None,
+                   help="voice name from the library, a folder of clips, 'a&b' to mix, or 'random' "
+                        "(default: the model's own, 'default' for hare-mini)")
     s.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR",
                    help="extra voice library folder (repeatable)")
     s.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="quality/speed preset (default: fast)")
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cvvp-amount", type=_float_in(0.0, 1.0), help="weight of the CVVP voice score in reranking")
     s.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per chunk (default 500)")
     s.add_argument("--seed", type=int, help="random seed (same seed, same audio)")
-    s.add_argument("--model", default=None, help="model name (default: tortoise-v2)")
+    s.add_argument("--model", default=None, help="model name: hare-mini (default, in the package) or tortoise-v2")
     s.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
     s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     s.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     vr.add_argument("name")
     _add_training_commands(sub)
     _add_serve_command(sub)
+    _add_eval_command(sub)
     return p
 
 
@@ -157,6 +159,7 @@ def cmd_speak(args) -> int:
     import hare
     from hare.audio import save_audio
 
+    from hare.checkpoints import DEFAULT_MODEL, REGISTRY, package_path
     from hare.pipeline import make_settings
     from hare.text import Tokenizer, split_text
     from hare.voices import VoiceLibrary
@@ -166,16 +169,20 @@ def cmd_speak(args) -> int:
         raise UsageError(f"output folder does not exist: {Path(args.output).parent}")
     # cheap checks first, so that a typo fails in milliseconds instead of after loading the models
     # a value with a path separator is a folder of clips (use ./NAME for a folder in the current directory)
-    voice = Path(args.voice) if os.sep in args.voice else args.voice
+    voice = None if args.voice is None else Path(args.voice) if os.sep in args.voice else args.voice
     settings = make_settings(args.preset, **_overrides(args))
     if not text or not text.strip():
         raise UsageError("the text is empty: give something to say")
     tokenizer = Tokenizer()
     for chunk in split_text(text, settings.split_desired_length, settings.split_max_length) or [text]:
         tokenizer.encode(chunk)
-    VoiceLibrary.default(extra=args.voices_dir).parse(voice)
+    if voice is not None:  # the model's own voices count too (a models folder's voices/, a bundled model's)
+        spec = REGISTRY.get(args.model or DEFAULT_MODEL)
+        bundled = ([args.models_dir / "voices"] if args.models_dir is not None
+                   else [package_path(spec.package_dir) / "voices"] if spec and spec.package_dir else [])
+        VoiceLibrary.default(extra=args.voices_dir, bundled=bundled).parse(voice)
     t0 = time.perf_counter()
-    tts = hare.load_model(args.model or "tortoise-v2", models_dir=args.models_dir, device=args.device,
+    tts = hare.load_model(args.model or DEFAULT_MODEL, models_dir=args.models_dir, device=args.device,
                           voices_dirs=args.voices_dir, progress=not args.quiet, quantize=args.quantize,
                           dtype=args.dtype)
     load_s = time.perf_counter() - t0
@@ -187,7 +194,7 @@ def cmd_speak(args) -> int:
 
         start = time.perf_counter()
         parts = []
-        with WavStreamWriter(sys.stdout.buffer if args.output == "-" else args.output, 24000) as writer:
+        with WavStreamWriter(sys.stdout.buffer if args.output == "-" else args.output, tts.sample_rate) as writer:
             for part in tts.stream(text, **kwargs):
                 writer.write(part.audio)
                 if first_audio_s is None:
@@ -289,9 +296,69 @@ def _add_training_commands(sub) -> None:
     ck.add_argument("--format", default="auto", choices=("auto", "ljspeech", "libritts", "csv"))
     ck.add_argument("--min-seconds", type=float, default=0.0)
     ck.add_argument("--max-seconds", type=float, default=None)
+    es = dsub.add_parser("eval-suite", help="make an evaluation suite from synthetic speakers",
+                         description="Each speaker reads the test sentences (real/) and the prompt texts (ref/).")
+    es.add_argument("out_dir", type=Path)
+    es.add_argument("--sentences", type=Path, required=True, help="test sentences, one per line")
+    es.add_argument("--ref-sentences", type=Path, help="prompt texts (default: the first 3 of Hare's list)")
+    es.add_argument("--speaker", action="append", required=True, metavar="SPEC",
+                    help="flite:<voice>, espeak:<voice> or piper:joe (repeatable)")
     pr = dsub.add_parser("prepare", help="validate and cache the features a training config needs")
     pr.add_argument("config", type=Path)
     pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+
+
+def _add_eval_command(sub) -> None:
+    from hare.evaluate import ASR_ENGINES
+    from hare.pipeline import PRESETS
+
+    e = sub.add_parser("eval", help="score a model (and the real voices) for WER, speaker similarity and RTF",
+                       description="Evaluate intelligibility (WER), speaker similarity and speed on a suite "
+                                   "(SUITE/sentences.txt, SUITE/voices/<name>/{real,ref}/*.wav).")
+    e.add_argument("suite", type=Path, help="evaluation suite folder (see `hare data eval-suite`)")
+    e.add_argument("--model", default=None,
+                   help="model name or folder to evaluate (default: hare-mini); 'none' scores only the real voices")
+    e.add_argument("--models-dir", type=Path, help="folder of model files")
+    e.add_argument("--preset", action="append", choices=sorted(PRESETS), default=[],
+                   help="preset(s) to evaluate (repeatable; default ultra_fast)")
+    e.add_argument("--voice", action="append", default=[], help="only these suite voices (repeatable)")
+    e.add_argument("--asr", action="append", choices=ASR_ENGINES, default=[],
+                   help="speech recogniser(s) for WER (repeatable; default pocketsphinx)")
+    e.add_argument("--no-similarity", action="store_true", help="skip speaker similarity (resemblyzer)")
+    e.add_argument("--limit", type=_positive_int, help="only the first N sentences")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first sentence (the next ones add 1)")
+    e.add_argument("--candidates", type=_positive_int, help="autoregressive candidates (preset decides)")
+    e.add_argument("--json", type=Path, help="write the full results (with transcripts) here")
+    e.add_argument("--audio-out", type=Path, metavar="DIR", help="keep the synthesised audio here")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_eval(args) -> int:
+    import hare
+    from hare import evaluate
+    from hare.checkpoints import DEFAULT_MODEL
+
+    suite = evaluate.Suite.load(args.suite)
+    asr = args.asr or ["pocketsphinx"]
+    presets = args.preset or ["ultra_fast"]
+    tts, name = None, None
+    if (args.model or "").lower() != "none":
+        name = args.model or (args.models_dir.name if args.models_dir else DEFAULT_MODEL)
+        tts = hare.load_model(args.model or DEFAULT_MODEL, models_dir=args.models_dir, progress=not args.quiet)
+    overrides = {"num_candidates": args.candidates} if args.candidates else {}
+    rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
+                             asr=asr, similarity=not args.no_similarity, seed=args.seed, limit=args.limit,
+                             out_dir=args.audio_out, progress=not args.quiet, **overrides)
+    print(evaluate.format_table(rows, asr))
+    matrix = evaluate.similarity_matrix(rows)
+    if matrix:
+        print()
+        print("Speaker similarity (cosine, resemblyzer) of each row to every voice's real recordings:")
+        print(matrix)
+    if args.json is not None:
+        evaluate.write_report(rows, args.json, meta={"suite": str(args.suite), "model": name, "presets": presets,
+                                                     "asr": asr, "seed": args.seed, "limit": args.limit})
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -332,6 +399,19 @@ def cmd_data(args) -> int:
         for reason, examples in sorted(report.examples.items()):
             print(f"  {reason}: {', '.join(examples)}")
         return 0
+    if args.data_command == "eval-suite":
+        from hare.evaluate import make_synth_suite
+
+        sentences = synth.read_sentences(args.sentences)
+        refs = synth.read_sentences(args.ref_sentences or synth.DEFAULT_SENTENCES)
+        if not args.ref_sentences:
+            refs = refs[:3]
+        overlap = set(sentences) & set(refs)
+        if overlap:
+            raise UsageError(f"prompt texts must differ from the test sentences (shared: {sorted(overlap)[0]!r})")
+        suite = make_synth_suite(args.out_dir, sentences, args.speaker, refs, progress=True)
+        print(f"wrote suite {suite.root}: {len(suite.sentences)} sentences, voices {', '.join(suite.voices)}")
+        return 0
     if args.data_command == "prepare":
         from hare.train.loop import TrainConfig, prepare_data
 
@@ -350,7 +430,7 @@ def _add_serve_command(sub) -> None:
                                     "web page at /. Needs the server extra: pip install 'hare-tts[server]'.")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
-    sv.add_argument("--model", default=None, help="model name (default: hare-mini when installed, else tortoise-v2)")
+    sv.add_argument("--model", default=None, help="model name (default: hare-mini)")
     sv.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
     sv.add_argument("--model-name", help="model id clients ask for (default: --model, or the folder's name)")
     sv.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR",
@@ -377,7 +457,7 @@ def _add_serve_command(sub) -> None:
 def cmd_serve(args) -> int:
     import hare
     from hare import server
-    from hare.checkpoints import REGISTRY
+    from hare.checkpoints import DEFAULT_MODEL
     from hare.pipeline import make_settings
 
     if args.max_queue < 0:
@@ -393,7 +473,7 @@ def cmd_serve(args) -> int:
     except ImportError as exc:
         raise UsageError(f"the server needs its extra dependencies ({exc.name} is missing): "
                          "pip install 'hare-tts[server]'") from None
-    model = args.model or ("hare-mini" if "hare-mini" in REGISTRY else "tortoise-v2")
+    model = args.model or DEFAULT_MODEL
     api_key = args.api_key or os.environ.get("HARE_API_KEY") or None
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
@@ -422,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "eval":
+            return cmd_eval(args)
     except HareError as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2
