@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hare-installed
 
-.PHONY: test venv clean e2e
+.PHONY: test venv clean e2e demo
 
 venv: $(STAMP)
 
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# hare-mini, the model inside the package, speaking with its bundled voice: writes demo.wav
+DEMO_TEXT := Hello! This is Hare, a small text to speech model that was trained on two processor cores.
+demo: $(STAMP)
+	$(VENV)/bin/hare speak "$(DEMO_TEXT)" -o demo.wav --seed 0
 
 # The whole pipeline at official size, offline: random official-size weights in the official file layout.
 E2E_TEXT := The expressiveness of autoregressive transformers is literally nuts! I absolutely adore them.

@@ -299,3 +299,34 @@ def test_fine_tune_starts_from_hare_safetensors(corpus, tmp_path):
     wrong = make_config(corpus, "gpt", tmp_path / "c", data={"eval": None}, train={"init": str(first.exported)})
     with pytest.raises(TrainingError, match="holds a clvp2 model"):
         train(TrainConfig.from_dict(wrong))
+
+
+def test_export_checkpoint_matches_the_final_export(corpus, tmp_path):
+    """`export_checkpoint` of the last checkpoint = what the run exported (EMA weights included)."""
+    from hare.train.loop import export_checkpoint
+
+    cfg = make_config(corpus, "diffusion", tmp_path / "run", train={"steps": 2, "save_every": 2, "ema": 0.9})
+    result = train(TrainConfig.from_dict(cfg))
+    path = export_checkpoint(result.last_checkpoint, tmp_path / "export")
+    _assert_same_weights(load_file(str(path)), _final_tensors(tmp_path / "run", "diffusion_decoder"))
+    raw = load_file(str(export_checkpoint(result.last_checkpoint, tmp_path / "raw", ema=False)))
+    assert any(not torch.equal(raw[k], v) for k, v in _final_tensors(tmp_path / "run", "diffusion_decoder").items())
+    with pytest.raises(TrainingError, match="cannot read training checkpoint"):
+        export_checkpoint(tmp_path / "missing.pt", tmp_path / "x")
+
+
+def test_diffusion_trains_on_hifigan_mels_with_the_aux_loss(corpus, tmp_path):
+    """hare-mini's decoder: 80-band HiFi-GAN mels as the target, conditioned on codes, aux mel loss."""
+    model = dict(MODELS["diffusion"], in_channels=80, out_channels=160, mel_format="hifigan",
+                 conditioning_input="codes")
+    cfg = make_config(corpus, "diffusion", tmp_path / "run", model=model,
+                      options={"aux_mel_weight": 1.0, "cond_frames": 32},
+                      train={"steps": 2, "save_every": 0, "eval_every": 0})
+    result = train(TrainConfig.from_dict(cfg))
+    m, kind, config = checkpoints.load(result.exported)
+    assert config.mel_format == "hifigan" and config.conditioning_input == "codes"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("aux_mel" in r for r in rows if r["kind"] == "train")
+    bad = make_config(corpus, "diffusion", tmp_path / "bad", model=dict(model, in_channels=100))
+    with pytest.raises(TrainingError, match="in_channels must be 80"):
+        train(TrainConfig.from_dict(bad))

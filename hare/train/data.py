@@ -48,10 +48,11 @@ CODE_SAMPLES = 1024  # 22.05 kHz samples per speech code
 # Features the cache can hold (one safetensors file per utterance):
 #   ar_mel   (80, frames)   float16  normalised 22.05 kHz mel (`hare.audio.ar_mel`), hop 256
 #   diff_mel (100, frames)  float16  unnormalised 24 kHz log-mel (the vocoder/diffusion front end), hop 256
+#   hifi_mel (80, frames)   float16  unnormalised 22.05 kHz HiFi-GAN log-mel (`hare.audio.hifigan_mel`), hop 256
 #   wav24    (samples,)     int16    24 kHz audio
 #   codes    (n,)           int16    VQ-VAE codes of ar_mel (needs a VQ-VAE)
 #   samples22 ()            int64    clip length in 22.05 kHz samples (always stored)
-FEATURES = ("ar_mel", "diff_mel", "wav24", "codes")
+FEATURES = ("ar_mel", "diff_mel", "hifi_mel", "wav24", "codes")
 
 SKIP_REASONS = (
     "malformed row", "missing file", "unreadable audio", "empty text", "audio too long", "audio too short",
@@ -377,6 +378,8 @@ class FeatureExtractor:
                 out["ar_mel"] = _mel2d(audio.ar_mel(wav22)).half()
             if "diff_mel" in missing:
                 out["diff_mel"] = _mel2d(audio.vocoder_mel(wav24)).half()
+            if "hifi_mel" in missing:
+                out["hifi_mel"] = _mel2d(audio.hifigan_mel(wav22)).half()
             if "wav24" in missing:
                 out["wav24"] = (wav24.reshape(-1).clamp(-1, 1) * 32767).round().to(torch.int16)
         if "codes" in missing:

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import time
@@ -937,3 +938,27 @@ def train(config: TrainConfig | str | os.PathLike, resume: bool | str = False,
         d = getattr(trainer, "dist", None)
         if d is not None and d.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, ema: bool = True) -> Path:
+    """A training checkpoint (`checkpoints/step_*.pt`) -> Hare safetensors of its main network in `out_dir`
+    (the EMA weights when the run keeps them), as `export` writes at the end of training."""
+    from hare import checkpoints
+    from hare.checkpoints import load_strict
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        cfg = state["config"]
+        obj = make_objective(state["objective"], cfg.get("model"), cfg.get("options"))
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise TrainingError(f"cannot read training checkpoint {checkpoint}: {exc}") from None
+    models = obj.build_models()
+    obj.prepare_for_training(models)
+    for name, module in models.items():
+        load_strict(module, state["models"][name], what=f"checkpoint {checkpoint} ({name})")
+    if ema and state.get("ema"):
+        main = models[obj.main_model()]
+        own = main.state_dict()
+        main.load_state_dict({k: v.to(own[k].dtype) for k, v in state["ema"]["shadow"].items()})
+    module, kind, config = obj.export(models)
+    return checkpoints.save(module, kind, config, Path(out_dir) / kind)

