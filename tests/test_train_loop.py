@@ -330,3 +330,18 @@ def test_diffusion_trains_on_hifigan_mels_with_the_aux_loss(corpus, tmp_path):
     bad = make_config(corpus, "diffusion", tmp_path / "bad", model=dict(model, in_channels=100))
     with pytest.raises(TrainingError, match="in_channels must be 80"):
         train(TrainConfig.from_dict(bad))
+
+
+def test_export_checkpoint_of_a_fine_tune_uses_the_trained_config(corpus, tmp_path):
+    """A run started from other weights (`train.init`) trains their config, not the file's model section."""
+    from hare.train.loop import export_checkpoint
+
+    big = dict(MODELS["clvp"], text_depth=2)
+    first = train(TrainConfig.from_dict(make_config(corpus, "clvp", tmp_path / "a", model=big, data={"eval": None},
+                                                    train={"steps": 1, "save_every": 0})))
+    cfg = make_config(corpus, "clvp", tmp_path / "b", data={"eval": None},
+                      train={"steps": 2, "save_every": 2, "init": str(first.exported)})
+    cfg["model"] = {}  # the file names no sizes: they come from the initial weights
+    result = train(TrainConfig.from_dict(cfg))
+    path = export_checkpoint(result.last_checkpoint, tmp_path / "export")
+    _assert_same_weights(load_file(str(path)), _final_tensors(tmp_path / "b", "clvp2"))

@@ -949,7 +949,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         cfg = state["config"]
-        obj = make_objective(state["objective"], cfg.get("model"), cfg.get("options"))
+        # the network's own config as trained (with `train.init` it differs from the config file's model section)
+        obj = make_objective(state["objective"], state.get("model_config") or cfg.get("model"), cfg.get("options"))
     except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
         raise TrainingError(f"cannot read training checkpoint {checkpoint}: {exc}") from None
     models = obj.build_models()
