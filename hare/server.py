@@ -43,6 +43,9 @@ from hare.errors import (AudioError, CheckpointError, HareError, ModelNotFoundEr
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
+# OpenAI's built-in voice names: a request naming one that the library lacks gets the default voice
+OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer",
+                           "verse", "marin", "cedar"})
 CLIP_RATE = 22050  # voice clips are checked at the conditioning rate
 MAX_JSON_BYTES = 1 << 20  # request bodies other than voice uploads
 MAX_UPLOAD_FILES = 16
@@ -539,6 +542,8 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
         if not isinstance(voice, str):
             raise APIError(400, "voice must be a name or {\"id\": name}", param="voice", code="invalid_voice")
         voice = voice.strip()
+        if voice.lower() in OPENAI_VOICES and voice not in tts.voices.names():
+            voice = fallback_voice()  # unmodified OpenAI clients always name one of OpenAI's own voices
         try:
             parts = tts.voices.parse(voice)  # unknown names, bad names and traversal attempts fail here
         except VoiceError as exc:

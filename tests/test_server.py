@@ -712,3 +712,14 @@ def test_real_pipeline_tiny_models(tmp_path, monkeypatch):
                                              "response_format": "pcm", "stream_format": "sse", "seed": 5})
         assert r.status_code == 200 and r.headers["x-hare-seed"] == "5"
         assert_error(c.post("/v1/audio/speech", json={"input": "Hi.", "voice": "missing"}), 400, "voice_not_found")
+
+
+def test_openai_voice_names_fall_back_to_the_default_voice(client, fake, library, tmp_path):
+    """Unmodified OpenAI clients send `alloy`, `nova`...: without such a voice in the library, the default."""
+    assert speak(client, input="Hello.", voice="alloy").status_code == 200
+    assert speak(client, input="Hello.", voice="Nova").status_code == 200
+    assert [k["voice"] for k in fake.seen_kwargs] == ["default", "default"]
+    (tmp_path / "voices" / "echo").mkdir()
+    write_clip(tmp_path / "voices" / "echo" / "e.wav")
+    assert speak(client, input="Hello.", voice="echo").status_code == 200  # a real voice of that name wins
+    assert fake.seen_kwargs[-1]["voice"] == "echo"
