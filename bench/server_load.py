@@ -17,7 +17,6 @@ Prints a JSON report (also written with --out). Every request has a timeout and 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -38,25 +37,10 @@ def rss_mb() -> float:
     return float("nan")
 
 
-@contextlib.contextmanager
 def live_server(app):
-    """uvicorn serving `app` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    import uvicorn
+    from hare.server import running_server
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and server.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    return running_server(app, log_level="error")
 
 
 def fire(url: str, n: int, body: dict, timeout: float) -> dict:

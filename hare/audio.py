@@ -463,12 +463,6 @@ class MelFormat:
         """Unnormalised log mel of audio at `sample_rate`."""
         return vocoder_mel(wav) if self.name == "univnet" else hifigan_mel(wav)
 
-    def from_22k(self, wav22: torch.Tensor) -> torch.Tensor:
-        """Unnormalised log mel of 22.05 kHz audio (resampled first when the format needs it)."""
-        if self.sample_rate != AR_SAMPLE_RATE:
-            wav22 = resample_sinc(wav22, AR_SAMPLE_RATE, self.sample_rate)
-        return self.mel(wav22)
-
     def conditioning_mel(self, wav22: torch.Tensor) -> torch.Tensor:
         """The diffusion decoder's voice input from a 22.05 kHz clip (first ~4.3 s, zero padded)."""
         if self.name == "univnet":

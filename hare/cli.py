@@ -46,6 +46,16 @@ def _float_in(lo: float, hi: float):
     return parse
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Which model to load and how (shared by `speak` and `serve`)."""
+    p.add_argument("--model", default=None, help="model name: hare-mini (default, in the package) or tortoise-v2")
+    p.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs)")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2 (argparse's convention)
         self.exit(2, f"hare: error: {message}\n")
@@ -83,12 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cvvp-amount", type=_float_in(0.0, 1.0), help="weight of the CVVP voice score in reranking")
     s.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per chunk (default 500)")
     s.add_argument("--seed", type=int, help="random seed (same seed, same audio)")
-    s.add_argument("--model", default=None, help="model name: hare-mini (default, in the package) or tortoise-v2")
-    s.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
-    s.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    s.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
-    s.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs)")
+    _add_model_options(s)
     s.add_argument("-o", "--output", default="hare.wav", help="output file, '-' for WAV on stdout (default hare.wav)")
     s.add_argument("--candidates-out", type=Path, metavar="DIR", help="also write every returned candidate here")
     s.add_argument("-k", "--keep", type=_positive_int, default=1, help="candidates to return (with --candidates-out)")
@@ -430,8 +435,7 @@ def _add_serve_command(sub) -> None:
                                     "web page at /. Needs the server extra: pip install 'hare-tts[server]'.")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
-    sv.add_argument("--model", default=None, help="model name (default: hare-mini)")
-    sv.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
+    _add_model_options(sv)
     sv.add_argument("--model-name", help="model id clients ask for (default: --model, or the folder's name)")
     sv.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR",
                     help="extra voice library folder (repeatable)")
@@ -442,9 +446,6 @@ def _add_serve_command(sub) -> None:
     sv.add_argument("--steps", type=_positive_int, help="diffusion steps for every request")
     sv.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler for every request")
     sv.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per text chunk")
-    sv.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    sv.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU)")
-    sv.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     sv.add_argument("--api-key", help="require this key (Authorization: Bearer KEY) on every route but /health "
                                       "(default: env HARE_API_KEY; none: open)")
     sv.add_argument("--workers", type=_positive_int, default=1, help="synthesis threads (default 1)")

@@ -314,11 +314,10 @@ def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequ
     sentences = suite.sentences[:limit] if limit else suite.sentences
     recognizers = [recognizer(a) for a in asr]
     encoder = SpeakerEncoder() if similarity else None
+    real = {name: [_load(p) for p in v.real[: len(sentences)]] for name, v in suite.voices.items() if v.real}
     real_embeddings = {}
     if encoder is not None:
-        for name, v in suite.voices.items():
-            if v.real:
-                real_embeddings[name] = encoder.embed(_load(p) for p in v.real[: len(sentences)])
+        real_embeddings = {name: encoder.embed(clips) for name, clips in real.items()}
 
     def score(system, voice, preset, clips, seconds_spent, sim_clips=None):
         transcripts = {r.name: [r.transcribe(w, sr) for w, sr in clips] for r in recognizers}
@@ -335,11 +334,10 @@ def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequ
     rows = []
     for name in names:
         v = suite.voices[name]
-        if v.real:
+        if name in real:
             # the source's similarity row compares its *prompt* clips (other sentences) with the recordings,
             # so that its own-voice value is a same-speaker ceiling, not 1.0
-            rows.append(score("source", name, None, [_load(p) for p in v.real[: len(sentences)]], None,
-                              sim_clips=[_load(p) for p in v.ref]))
+            rows.append(score("source", name, None, real[name], None, sim_clips=[_load(p) for p in v.ref]))
             log.info("source %s: %s", name, rows[-1].wer)
     if tts is None:
         return rows

@@ -71,15 +71,13 @@ def assemble(runs: Path, out_dir: Path = PACKAGE_DIR, voice_clips: list[Path] = 
     """
     written = []
     dirs = {net: (run_dirs or {}).get(net, runs / net) for net in NETWORKS}
-    vqvae = checkpoints.load(dirs["vqvae"] / "final" / "vqvae.safetensors")[0]
-    calm, tail = silence_codes(vqvae)
-    for run, (kind, name) in NETWORKS.items():
-        src = dirs[run] / "final" / f"{kind}.safetensors"
-        model, loaded_kind, config = checkpoints.load(src)
-        if loaded_kind == "autoregressive":  # record this VQ-VAE's silence codes with the GPT
+    loaded = {net: checkpoints.load(dirs[net] / "final" / f"{kind}.safetensors") for net, (kind, _) in NETWORKS.items()}
+    calm, tail = silence_codes(loaded["vqvae"][0])
+    for net, (model, kind, config) in loaded.items():
+        if kind == "autoregressive":  # record this VQ-VAE's silence codes with the GPT
             config = dataclasses.replace(config, calm_code=calm, tail_codes=tail)
             model.config = config
-        written.append(checkpoints.save(model, loaded_kind, config, out_dir / name, dtype=torch.float16))
+        written.append(checkpoints.save(model, kind, config, out_dir / NETWORKS[net][1], dtype=torch.float16))
     if voice_clips:
         voice = out_dir / "voices" / "default"
         if voice.exists():

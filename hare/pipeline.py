@@ -60,8 +60,10 @@ def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN, calm_code: i
 
 
 def diffusion_frames(num_codes: int) -> int:
-    """24 kHz mel frames the diffusion decoder produces for `num_codes` speech codes."""
-    return num_codes * 4 * 24000 // 22050
+    """24 kHz mel frames Tortoise's diffusion decoder produces for `num_codes` speech codes."""
+    from hare.audio import MEL_FORMATS
+
+    return MEL_FORMATS["univnet"].frames_for_codes(num_codes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,11 +297,11 @@ class TextToSpeech:
         voices = self.voices.parse(self.default_voice if voice is None else voice)
         if voices is None:  # random voice from the latent generators
             try:
-                self._optional_model("rlg_auto")
+                rlg_auto = self._optional_model("rlg_auto")
             except (ModelNotFoundError, CheckpointError) as exc:
                 raise VoiceError(f"this model cannot make a random voice ({exc}); pick a voice from the library"
                                  + (", e.g. 'default'" if "default" in self.voices.names() else "")) from None
-            ar = self._optional_model("rlg_auto").generate(1, generator=generator)
+            ar = rlg_auto.generate(1, generator=generator)
             diff = self._optional_model("rlg_diffuser").generate(1, generator=generator)
             return ar.to(self.device), diff.to(self.device), None
         ars, diffs, mels = [], [], []

@@ -18,6 +18,7 @@ Errors are JSON in OpenAI's shape: `{"error": {"message", "type", "param", "code
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -897,3 +898,25 @@ def serve(tts, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "i
 
     app = create_app(tts, **app_options)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+@contextlib.contextmanager
+def running_server(app, *, log_level: str = "warning", start_timeout: float = 30.0, stop_timeout: float = 15.0):
+    """uvicorn serving `app` on 127.0.0.1 (a free port) in a background thread; yields the base URL and
+    stops the server on exit (for tests, benchmarks and embedding)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not (server.started and server.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(stop_timeout)

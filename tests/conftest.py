@@ -14,3 +14,20 @@ def manifest_path() -> Path:
     if not MANIFEST.is_file():
         pytest.skip(f"state-dict manifest not found at {MANIFEST}")
     return MANIFEST
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny torch ops: thread wake-ups would dominate on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch):
+    """$HARE_HOME in the test's own folder (no voice library, caches or models of the user's)."""
+    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))

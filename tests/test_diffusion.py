@@ -69,15 +69,6 @@ def test_layer_drop_skips_inner_trunk_blocks_only_in_training():
     assert all(v > 0 for v in grads())
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny forwards: thread wake-ups would dominate on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sampling_loop_batches_guidance_like_two_forwards(one_thread):
     from hare import schedulers
 

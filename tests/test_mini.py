@@ -22,9 +22,7 @@ from tiny_models import save_models_dir, tiny_mini_models, write_voice
 SHRINK = dict(num_candidates=2, diffusion_steps=3, max_codes=20)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ from tiny_models import save_official_layout, tiny_models, tiny_tts, write_voice
 SHRINK = dict(num_candidates=3, diffusion_steps=4, max_codes=30)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.fixture(scope="module")

@@ -112,15 +112,6 @@ def _ode_solution(x_T):
 X_T = torch.randn(1, 1, 4000, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture
-def one_thread():
-    """4000 tiny steps: thread wake-ups would dominate on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ddim_with_all_steps_solves_the_ode_and_ddpm_samples_the_data(one_thread):
     ddim = schedulers.denoise_loop(gaussian_model, X_T.shape, "ddim", 4000, noise=X_T)
     assert (ddim - _ode_solution(X_T)).abs().max() < 5e-3

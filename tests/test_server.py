@@ -8,7 +8,6 @@ sine per text chunk, so these tests are fast and independent of the networks.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import re
@@ -30,7 +29,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hare.audio import wav_header  # noqa: E402
 from hare.errors import TextError  # noqa: E402
 from hare.pipeline import Speech, make_settings  # noqa: E402
-from hare.server import available_formats, create_app, time_stretch  # noqa: E402
+from hare.server import available_formats, create_app, running_server, time_stretch  # noqa: E402
 from hare.voices import VoiceLibrary  # noqa: E402
 
 SR = 24000
@@ -540,24 +539,8 @@ def test_cli_serve_options_and_errors(monkeypatch, tmp_path, capsys):
 # A real server on loopback: concurrency, overload, disconnects, streaming, the openai client
 
 
-@contextlib.contextmanager
 def live_server(app):
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not (server.started and server.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return running_server(app, log_level="warning", start_timeout=20, stop_timeout=10)
 
 
 def wait_until(predicate, timeout=10.0):

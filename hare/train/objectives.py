@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare.audio import MEL_FORMATS
 from hare.models.configs import CLVPConfig, DiffusionConfig, GPTConfig, VocoderConfig, VQVAEConfig
 from hare.train import TrainingError
-from hare.train.data import AR_RATE, CODE_SAMPLES, VOCODER_RATE, pad_stack, random_crop
+from hare.train.data import AR_RATE, CODE_SAMPLES, pad_stack, random_crop
 
-HOP = 256
-DIFFUSION_FRAMES_PER_CODE = CODE_SAMPLES * VOCODER_RATE / (AR_RATE * HOP)  # 4.3537...
+DIFFUSION_FRAMES_PER_CODE = MEL_FORMATS["univnet"].frames_per_code  # 4.3537... (Tortoise's 24 kHz mel)
 
 
 @dataclass(frozen=True)
