@@ -98,11 +98,24 @@ def next_codes(logits: torch.Tensor, seen: torch.Tensor, settings: SamplingSetti
         return scores.argmax(dim=-1)
     if settings.temperature != 1.0:
         scores = scores / settings.temperature
-    scores = top_p_filter(top_k_filter(scores, settings.top_k), settings.top_p)
-    probs = scores.softmax(dim=-1)
+    ids = None
+    k = settings.top_k
+    if 0 < k < scores.shape[-1]:
+        # top-k as a selection: top-p and the draw then work on the k survivors only, the same distribution
+        # as filtering the whole vocabulary (top_k_filter) without sorting and drawing from 8k ids per row
+        top, ids = scores.topk(k, dim=-1)
+        kth = top[..., -1:]
+        ties = int((scores >= kth).sum(dim=-1).max())
+        if ties > k:  # ids tied with the k-th are kept too, as top_k_filter keeps them
+            top, ids = scores.topk(ties, dim=-1)
+            top = top.masked_fill(top < kth, float("-inf"))
+        scores = top
+    probs = top_p_filter(scores, settings.top_p).softmax(dim=-1)
     gen_device = generator.device if generator is not None else probs.device
-    picked = torch.multinomial(probs.to(gen_device), 1, generator=generator)[:, 0]
-    return picked.to(logits.device)
+    picked = torch.multinomial(probs.to(gen_device), 1, generator=generator).to(logits.device)
+    if ids is not None:
+        picked = ids.gather(-1, picked)
+    return picked[:, 0]
 
 
 def code_limit(gpt, settings: SamplingSettings) -> int:

@@ -50,7 +50,10 @@ def test_expanded_cache_decodes_each_row_independently():
     text = torch.tensor([[4, 8, 15, 16]])
     codes = torch.tensor([[1, 2, 3], [400, 500, 600], [8191, 0, 77]])  # one sequence per row
     logits, cache = gpt.prefill(cond, text, batch=3, max_codes=5)
-    assert cache.k.shape == (2, 3, 4, gpt.prompt_length(4) + 5, 8) and cache.batch == 3
+    # the prompt's keys/values are stored once for all rows, each row has its own room for 5 codes
+    assert cache.prefix_k.shape == (2, 1, 4, gpt.prompt_length(4), 8)
+    assert cache.k.shape == (2, 3, 4, 5, 8) and cache.batch == 3
+    assert cache.capacity == gpt.prompt_length(4) + 5 and cache.length == gpt.prompt_length(4)
     per_step = [logits]
     for i in range(codes.shape[1]):
         per_step.append(gpt.decode_step(codes[:, i], i + 1, cache))

@@ -155,3 +155,18 @@ def test_stop_handling_on_a_real_model():
             first = row.index(8193)
             assert all(c == 8193 for c in row[first:])
     assert stopped > 0
+
+
+def test_top_k_selection_draws_from_the_same_distribution_as_full_filtering():
+    # next_codes samples among the top-k survivors only; its distribution must be that of filtering the whole
+    # vocabulary with top_k_filter then top_p_filter (ids tied with the k-th included)
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 40, generator=gen) * 2
+    logits[0, 7] = logits[0, 3] = logits[0].sort(descending=True).values[4]  # ties at the 5th place
+    settings = SamplingSettings(temperature=0.9, top_p=0.85, top_k=5, repetition_penalty=1.0)
+    expected = top_p_filter(top_k_filter(logits / 0.9, 5), 0.85).softmax(dim=-1)[0]
+    n = 40000
+    draws = next_codes(logits.expand(n, -1), torch.zeros(n, 40, dtype=torch.bool), settings, gen)
+    freq = torch.bincount(draws, minlength=40).float() / n
+    assert set(draws.unique().tolist()) == set(torch.nonzero(expected).flatten().tolist())
+    assert torch.allclose(freq, expected, atol=0.012), (freq, expected)

@@ -9,8 +9,8 @@ has no position, and the stack has no position table of its own). The stack's fi
 by a second one (`final_norm`) before the text and mel heads.
 
 Decoding keeps every layer's keys and values in one preallocated `KVCache`: `prefill` runs the prompt
-once, for a single sequence, and copies its cache to every candidate; `decode_step` then adds one code per
-candidate. Speech positions are the training ones: the start token sits at position 0 and the i-th
+once, for a single sequence, and shares its keys/values with every candidate (stored once, read once per
+step); `decode_step` then adds one code per candidate. Speech positions are the training ones: the start token sits at position 0 and the i-th
 generated code at position i (the reference's own cached path is one position off; its uncached path,
 which the fixtures pin, is not).
 """
@@ -30,12 +30,23 @@ from hare.models.layers import AttentionBlock
 
 
 class KVCache:
-    """Keys and values of every layer, (layers, batch, heads, capacity, head_dim), filled up to `length`."""
+    """Keys and values of every layer, filled up to `length` positions.
 
-    def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, dtype, device):
-        self.k = torch.zeros(layers, batch, heads, capacity, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0
+    Rows may share a prefix (the prompt, after `expand`): its keys/values are stored once,
+    `prefix_k`/`prefix_v` of shape (layers, 1, heads, prefix_length, head_dim), and `k`/`v` of shape
+    (layers, batch, heads, capacity - prefix_length, head_dim) hold each row's own positions after it. Without
+    a prefix, `k`/`v` hold every position.
+    """
+
+    def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, dtype, device,
+                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.prefix_k, self.prefix_v = prefix if prefix is not None else (None, None)
+        self.prefix_length = 0 if prefix is None else prefix[0].shape[3]
+        own = capacity - self.prefix_length
+        # uninitialised: a position is always written before any query can see it
+        self.k = torch.empty(layers, batch, heads, own, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.length = self.prefix_length
 
     @property
     def batch(self) -> int:
@@ -43,20 +54,61 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.prefix_length + self.k.shape[3]
 
     def expand(self, batch: int, capacity: int) -> "KVCache":
-        """A cache for `batch` sequences that share this batch-1 cache's contents, with room for `capacity`."""
-        if self.batch != 1:
-            raise ValueError("only a batch-1 cache can be expanded")
+        """A cache for `batch` rows that share this batch-1 cache's contents as their prefix (stored once),
+        with room for `capacity` positions in all."""
+        if self.batch != 1 or self.prefix_length:
+            raise ValueError("only a batch-1 cache without a prefix can be expanded")
         if capacity < self.length:
             raise ValueError(f"capacity {capacity} is smaller than the cached length {self.length}")
         layers, _, heads, _, head_dim = self.k.shape
-        new = KVCache(layers, batch, heads, capacity, head_dim, self.k.dtype, self.k.device)
-        new.k[:, :, :, : self.length] = self.k[:, :, :, : self.length]  # broadcast over the batch
-        new.v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
-        new.length = self.length
-        return new
+        prefix = (self.k[:, :, :, : self.length], self.v[:, :, :, : self.length])
+        return KVCache(layers, batch, heads, capacity, head_dim, self.k.dtype, self.k.device, prefix=prefix)
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write keys/values (batch, heads, s, head_dim) of positions length .. length + s - 1."""
+        start = self.length - self.prefix_length
+        self.k[layer, :, :, start: start + k.shape[2]] = k
+        self.v[layer, :, :, start: start + k.shape[2]] = v
+
+    def keys_values(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys/values of positions 0 .. end - 1 for every row: (batch, heads, end, head_dim)."""
+        own = end - self.prefix_length
+        if not self.prefix_length:
+            return self.k[layer, :, :, :own], self.v[layer, :, :, :own]
+        b = self.batch
+        k = torch.cat([self.prefix_k[layer].expand(b, -1, -1, -1), self.k[layer, :, :, :own]], dim=2)
+        v = torch.cat([self.prefix_v[layer].expand(b, -1, -1, -1), self.v[layer, :, :, :own]], dim=2)
+        return k, v
+
+
+def _attention_with_lse(q, k, v):
+    """(output, log-sum-exp of the scaled scores) of softmax attention without a mask, on the CPU."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
+
+
+def _shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> torch.Tensor:
+    """One new position per row attending to the shared prefix and to the row's own positions before `end`.
+
+    q: (batch, heads, 1, head_dim) -> (batch, heads, 1, head_dim). The same softmax attention as over the
+    concatenated keys, computed as two parts merged by their log-sum-exp, so that the prefix's keys and
+    values are read once for all rows instead of once per row (decoding is memory-bound on the CPU).
+    """
+    own = end - cache.prefix_length
+    k, v = cache.k[layer, :, :, :own], cache.v[layer, :, :, :own]
+    if q.device.type != "cpu":  # GPUs have the bandwidth: one fused call over the concatenated keys
+        return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
+    b, h, _, d = q.shape
+    shared_q = q.reshape(b, h, d).transpose(0, 1).unsqueeze(0)  # (1, heads, batch, d): rows as queries
+    out_p, lse_p = _attention_with_lse(shared_q, cache.prefix_k[layer], cache.prefix_v[layer])
+    out_p = out_p[0].transpose(0, 1).unsqueeze(2)  # (batch, heads, 1, d)
+    lse_p = lse_p[0].transpose(0, 1).unsqueeze(-1)  # (batch, heads, 1)
+    out_o, lse_o = _attention_with_lse(q, k, v)
+    top = torch.maximum(lse_p, lse_o)
+    w_p, w_o = (lse_p - top).exp(), (lse_o - top).exp()
+    return ((out_p * w_p[..., None] + out_o * w_o[..., None]) / (w_p + w_o)[..., None]).to(q.dtype)
 
 
 class Block(nn.Module):
@@ -84,16 +136,16 @@ class Block(nn.Module):
             h = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
         else:
             start, end = cache.length, cache.length + s
-            cache.k[layer, :, :, start:end] = k
-            cache.v[layer, :, :, start:end] = v
+            cache.store(layer, k, v)
             if start == 0:  # the prompt: plain causal attention over itself
                 h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif s == 1 and cache.prefix_length:  # one new position per row, after the shared prompt
+                h = _shared_prefix_attention(q, cache, layer, end)
             elif s == 1:  # one new position sees everything before it
-                h = F.scaled_dot_product_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end])
+                h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
             else:  # a chunk: causal within itself, full view of what is cached before it
                 mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                h = F.scaled_dot_product_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end],
-                                                   attn_mask=mask)
+                h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end), attn_mask=mask)
         h = h.transpose(1, 2).reshape(b, s, d)
         x = x + F.dropout(self.attn_out(h), drop, self.training)
         m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))

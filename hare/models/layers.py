@@ -65,11 +65,24 @@ class RelativePositionBias(nn.Module):
         self.max_distance = max_distance
         self.embedding = nn.Embedding(num_buckets, heads)
 
+        self._cached: tuple[tuple, torch.Tensor] | None = None
+
     def forward(self, length: int) -> torch.Tensor:
-        """Returns the additive attention bias, shape (1, heads, length, length)."""
-        buckets = relative_position_buckets(length, self.num_buckets, self.max_distance, self.embedding.weight.device)
+        """Returns the additive attention bias, shape (1, heads, length, length), contiguous.
+
+        Without autograd the bias of the last length is kept (a diffusion sampler asks for the same one in
+        every layer of every step); the key includes the weight's version, so an update invalidates it.
+        """
+        w = self.embedding.weight
+        key = (length, w.device, w.dtype, w._version)
+        if self._cached is not None and self._cached[0] == key and not torch.is_grad_enabled():
+            return self._cached[1]
+        buckets = relative_position_buckets(length, self.num_buckets, self.max_distance, w.device)
         bias = self.embedding(buckets)  # (length, length, heads)
-        return (bias * self.scale).permute(2, 0, 1).unsqueeze(0)
+        bias = (bias * self.scale).permute(2, 0, 1).unsqueeze(0).contiguous()  # contiguous: SDPA's fused kernel
+        if not torch.is_grad_enabled():
+            self._cached = (key, bias)
+        return bias
 
 
 class AttentionBlock(nn.Module):
@@ -86,13 +99,22 @@ class AttentionBlock(nn.Module):
         head_dim = channels // heads
         self.rel_pos = RelativePositionBias(heads, scale=head_dim**0.5) if relative_position else None
 
+    # `hare.models.packed.pack_linears` may swap these 1x1 convs for packed linears over time-major rows
+    POINTWISE_PACKABLE = ("qkv", "proj")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, channels, time)
         b, c, t = x.shape
-        qkv = self.qkv(self.norm(x))  # (b, 3c, t), channels grouped per head as [q k v]
-        qkv = qkv.reshape(b, self.heads, 3, c // self.heads, t).permute(2, 0, 1, 4, 3)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (b, heads, t, head_dim)
+        convs = isinstance(self.qkv, nn.Conv1d)
+        if convs:  # (b, 3c, t), channels grouped per head as [q k v], then a time-major copy
+            qkv = self.qkv(self.norm(x)).transpose(1, 2).contiguous()
+        else:  # packed for inference: the 1x1 conv as a linear layer straight to time-major rows
+            qkv = self.qkv(self.norm(x).transpose(1, 2))
+        # time-major, so that q, k, v have a contiguous head_dim (SDPA's fused CPU kernel needs it; with
+        # the head_dim strided it falls back to the unfused math path, ~2x slower here)
+        q, k, v = qkv.view(b, t, self.heads, 3, c // self.heads).permute(3, 0, 2, 1, 4)  # (b, heads, t, hd)
         bias = self.rel_pos(t).to(q.dtype) if self.rel_pos is not None else None
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (b, heads, t, head_dim)
-        h = h.permute(0, 1, 3, 2).reshape(b, c, t)
-        return x + self.proj(h)
+        if convs:
+            return x + self.proj(h.permute(0, 1, 3, 2).reshape(b, c, t))
+        return x + self.proj(h.transpose(1, 2).reshape(b, t, c)).transpose(1, 2)

@@ -1,0 +1,120 @@
+"""oneDNN-packed linear layers (hare.models.packed) compute what the plain layers compute, to float rounding."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hare.models.layers import AttentionBlock
+from hare.models.packed import PackedLinear, pack_linears, packing_available
+from hare.pipeline import TextToSpeech
+
+from tiny_models import tiny_models, write_voice
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build cannot pack for oneDNN")
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 7, 5)])
+def test_packed_linear_matches_linear(bias, shape):
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 11, bias=bias)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = lin(x)
+        got = PackedLinear(lin, batch_hint=3)(x)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=TOL)
+
+
+def test_packed_linear_is_inference_only_and_float32():
+    lin = PackedLinear(nn.Linear(4, 3))
+    with pytest.raises(RuntimeError, match="inference"):
+        lin(torch.randn(2, 4, requires_grad=True))
+    with pytest.raises(RuntimeError, match="float32"):
+        lin(torch.randn(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        PackedLinear(nn.Conv1d(4, 3, 3))  # not a 1x1 convolution
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_attention_block_packed_time_major(relative):
+    torch.manual_seed(1)
+    block = AttentionBlock(32, 4, relative_position=relative).eval()
+    if relative:
+        nn.init.normal_(block.rel_pos.embedding.weight)
+    x = torch.randn(2, 32, 19)
+    with torch.no_grad():
+        expected = block(x)
+        assert pack_linears(block) == 2  # qkv and proj, the 1x1 convs
+        assert isinstance(block.qkv, PackedLinear) and isinstance(block.proj, PackedLinear)
+        got = block(x)
+    assert torch.allclose(got, expected, atol=TOL)
+
+
+def test_pack_linears_replaces_every_plain_linear_and_leaves_others():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.Conv1d(8, 8, 1)))
+    assert pack_linears(model) == 2
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert isinstance(model[2][1], nn.Conv1d)  # a 1x1 conv only where its module says it can run time-major
+
+
+def test_packed_networks_match_plain_ones():
+    plain = tiny_models(seed=5)
+    packed = copy.deepcopy(plain)
+    for kind in ("autoregressive", "clvp2", "diffusion_decoder"):
+        assert pack_linears(packed[kind]) > 0
+    g = torch.Generator().manual_seed(0)
+    cond, text = torch.randn(1, 32, generator=g), torch.tensor([[20, 2, 31, 40, 7, 0]])
+    codes = torch.randint(0, 8192, (3, 12), generator=g)
+    with torch.no_grad():
+        # GPT: prompt + cached decode steps, and the teacher-forced latents
+        (l1, c1), (l2, c2) = (m["autoregressive"].prefill(cond, text, 3, 12) for m in (plain, packed))
+        assert torch.allclose(l1, l2, atol=1e-4)
+        for i in range(4):
+            a = plain["autoregressive"].decode_step(codes[:, i], i + 1, c1)
+            b = packed["autoregressive"].decode_step(codes[:, i], i + 1, c2)
+            assert torch.allclose(a, b, atol=1e-4), i
+        la = plain["autoregressive"].speech_latents(cond.expand(3, -1), text.expand(3, -1), codes)
+        lb = packed["autoregressive"].speech_latents(cond.expand(3, -1), text.expand(3, -1), codes)
+        assert torch.allclose(la, lb, atol=1e-4)
+        # CLVP scores
+        assert torch.allclose(plain["clvp2"].similarity(text, codes), packed["clvp2"].similarity(text, codes),
+                              atol=1e-4)
+        # one diffusion step
+        d1, d2 = plain["diffusion_decoder"], packed["diffusion_decoder"]
+        latents = torch.randn(1, 12, 32, generator=g)
+        aligned = d1.aligned_conditioning(latents, torch.randn(1, 64, generator=g), 40)
+        x, t = torch.randn(1, 100, 40, generator=g), torch.tensor([700])
+        assert torch.allclose(d1(x, t, aligned), d2(x, t, aligned), atol=1e-4)
+
+
+def test_pipeline_packs_only_when_asked_and_float32(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARE_HOME", str(tmp_path))
+
+    def make(**kw):
+        m = tiny_models(seed=6)
+        return TextToSpeech(gpt=m["autoregressive"], clvp=m["clvp2"], diffusion=m["diffusion_decoder"],
+                            vocoder=m["vocoder"], device="cpu", **kw)
+
+    plain, packed = make(), make(pack=True)
+    assert not plain.packed and packed.packed
+    assert isinstance(packed.gpt.blocks[0].qkv, PackedLinear)
+    int8 = make(pack=True, quantize="int8")  # the quantised GPT keeps its int8 layers; the diffusion is packed
+    assert not isinstance(int8.gpt.blocks[0].qkv, PackedLinear)
+    assert isinstance(int8.diffusion.time_in, PackedLinear)
+    from hare.voices import VoiceLibrary
+
+    write_voice(tmp_path / "v" / "alice")
+    outs = []
+    for tts in (plain, packed):
+        tts.voices = VoiceLibrary([tmp_path / "v"])
+        outs.append(tts.tts("Packed or not.", voice="alice", preset="ultra_fast", num_candidates=2, max_codes=12,
+                            diffusion_steps=4, seed=0))
+    a, b = outs
+    assert a.audio.shape == b.audio.shape
+    assert torch.allclose(a.audio, b.audio, atol=1e-3)
