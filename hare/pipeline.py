@@ -230,14 +230,15 @@ class TextToSpeech:
         self.packed = pack and self._pack()
 
     def _pack(self) -> bool:
-        """oneDNN-packed float32 linears on the CPU (`hare.models.packed`), in place: the GPT and CLVP when they
-        run float32 and unquantised, the diffusion decoder (always float32). False when nothing was packed."""
+        """oneDNN-packed float32 linears on the CPU (`hare.models.packed`), in place: the diffusion decoder
+        (always float32), and the GPT and CLVP when they run float32 (after int8 quantisation, what is left
+        in float: the attention blocks' 1x1 convolutions). False when nothing was packed."""
         from hare.models.packed import pack_linears, packing_available
 
         if self.device.type != "cpu" or not packing_available():
             return False
         targets = [self.diffusion]
-        if self.quantize is None and self.dtype == "fp32":
+        if self.dtype == "fp32":
             targets += [self.gpt, self.clvp]
         return sum(pack_linears(m) for m in targets) > 0
 

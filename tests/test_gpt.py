@@ -51,8 +51,8 @@ def test_expanded_cache_decodes_each_row_independently():
     codes = torch.tensor([[1, 2, 3], [400, 500, 600], [8191, 0, 77]])  # one sequence per row
     logits, cache = gpt.prefill(cond, text, batch=3, max_codes=5)
     # the prompt's keys/values are stored once for all rows, each row has its own room for 5 codes
-    assert cache.prefix_k.shape == (2, 1, 4, gpt.prompt_length(4), 8)
-    assert cache.k.shape == (2, 3, 4, 5, 8) and cache.batch == 3
+    assert cache.prefix_k.shape == (2, 1, gpt.prompt_length(4), 4, 8)  # (layers, 1, positions, heads, head_dim)
+    assert cache.k.shape == (2, 3, 5, 4, 8) and cache.batch == 3
     assert cache.capacity == gpt.prompt_length(4) + 5 and cache.length == gpt.prompt_length(4)
     per_step = [logits]
     for i in range(codes.shape[1]):
@@ -173,3 +173,18 @@ def test_reference_defaults():
     assert (c.text_positions, c.mel_positions) == (122, 253)
     with pytest.raises(TypeError):
         config_from_reference({"model_dimension": 3})
+
+
+def test_a_chunk_after_the_shared_prompt_sees_the_prompt_and_itself_causally():
+    gpt = _gpt()
+    cond, text = torch.randn(1, 32), torch.tensor([[4, 8, 15]])
+    codes = torch.tensor([[11, 22, 33]])
+    _, cache = gpt.prefill(cond, text, batch=2, max_codes=6)
+    with torch.no_grad():  # two codes in one pass (the cache's chunk path), then one more step
+        x = gpt.mel_embedding(codes[:, :2].expand(2, -1)) + gpt.mel_pos.weight[1:3]
+        chunk = gpt.mel_head(gpt.final_norm(gpt._stack(x, cache)))
+        last = gpt.decode_step(codes[0, 2].repeat(2), 3, cache)
+    full = _full_mel_logits(gpt, cond, text, codes)
+    for row in range(2):
+        assert torch.allclose(chunk[row, 0], full[1], atol=1e-4) and torch.allclose(chunk[row, 1], full[2], atol=1e-4)
+        assert torch.allclose(last[row], full[3], atol=1e-4)

@@ -105,8 +105,11 @@ def test_pipeline_packs_only_when_asked_and_float32(tmp_path, monkeypatch):
     assert not plain.packed and packed.packed
     assert isinstance(packed.gpt.blocks[0].qkv, PackedLinear)
     int8 = make(pack=True, quantize="int8")  # the quantised GPT keeps its int8 layers; the diffusion is packed
-    assert not isinstance(int8.gpt.blocks[0].qkv, PackedLinear)
+    assert not isinstance(int8.gpt.blocks[0].qkv, (PackedLinear, torch.nn.Linear))
+    assert isinstance(int8.gpt.cond_blocks[0].qkv, PackedLinear)  # a 1x1 conv, left in float by quantisation
     assert isinstance(int8.diffusion.time_in, PackedLinear)
+    bf16 = make(pack=True, dtype="bf16")  # autocast runs the GPT and CLVP: they stay plain
+    assert isinstance(bf16.gpt.blocks[0].qkv, torch.nn.Linear) and isinstance(bf16.diffusion.time_in, PackedLinear)
     from hare.voices import VoiceLibrary
 
     write_voice(tmp_path / "v" / "alice")

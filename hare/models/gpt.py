@@ -30,21 +30,22 @@ from hare.models.layers import AttentionBlock
 
 
 class KVCache:
-    """Keys and values of every layer, filled up to `length` positions.
+    """Keys and values of every layer, filled up to `length` positions, stored position-major
+    (..., position, heads, head_dim) so that adding a position writes one contiguous block per row.
 
     Rows may share a prefix (the prompt, after `expand`): its keys/values are stored once,
-    `prefix_k`/`prefix_v` of shape (layers, 1, heads, prefix_length, head_dim), and `k`/`v` of shape
-    (layers, batch, heads, capacity - prefix_length, head_dim) hold each row's own positions after it. Without
-    a prefix, `k`/`v` hold every position.
+    `prefix_k`/`prefix_v` of shape (layers, 1, prefix_length, heads, head_dim), and `k`/`v` of shape
+    (layers, batch, capacity - prefix_length, heads, head_dim) hold each row's own positions after it.
+    Without a prefix, `k`/`v` hold every position.
     """
 
     def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, dtype, device,
                  prefix: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.prefix_k, self.prefix_v = prefix if prefix is not None else (None, None)
-        self.prefix_length = 0 if prefix is None else prefix[0].shape[3]
+        self.prefix_length = 0 if prefix is None else prefix[0].shape[2]
         own = capacity - self.prefix_length
         # uninitialised: a position is always written before any query can see it
-        self.k = torch.empty(layers, batch, heads, own, head_dim, dtype=dtype, device=device)
+        self.k = torch.empty(layers, batch, own, heads, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
         self.length = self.prefix_length
 
@@ -54,7 +55,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.prefix_length + self.k.shape[3]
+        return self.prefix_length + self.k.shape[2]
 
     def expand(self, batch: int, capacity: int) -> "KVCache":
         """A cache for `batch` rows that share this batch-1 cache's contents as their prefix (stored once),
@@ -63,25 +64,33 @@ class KVCache:
             raise ValueError("only a batch-1 cache without a prefix can be expanded")
         if capacity < self.length:
             raise ValueError(f"capacity {capacity} is smaller than the cached length {self.length}")
-        layers, _, heads, _, head_dim = self.k.shape
-        prefix = (self.k[:, :, :, : self.length], self.v[:, :, :, : self.length])
+        layers, _, _, heads, head_dim = self.k.shape
+        prefix = (self.k[:, :, : self.length], self.v[:, :, : self.length])
         return KVCache(layers, batch, heads, capacity, head_dim, self.k.dtype, self.k.device, prefix=prefix)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write keys/values (batch, heads, s, head_dim) of positions length .. length + s - 1."""
+        """Write keys/values (batch, s, heads, head_dim) of positions length .. length + s - 1."""
         start = self.length - self.prefix_length
-        self.k[layer, :, :, start: start + k.shape[2]] = k
-        self.v[layer, :, :, start: start + k.shape[2]] = v
+        self.k[layer, :, start: start + k.shape[1]] = k
+        self.v[layer, :, start: start + k.shape[1]] = v
+
+    def own(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's own keys/values of positions prefix_length .. end - 1: (batch, heads, n, head_dim) views."""
+        n = end - self.prefix_length
+        return self.k[layer, :, :n].transpose(1, 2), self.v[layer, :, :n].transpose(1, 2)
+
+    def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared prefix's keys/values: (1, heads, prefix_length, head_dim) views."""
+        return self.prefix_k[layer].transpose(1, 2), self.prefix_v[layer].transpose(1, 2)
 
     def keys_values(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All keys/values of positions 0 .. end - 1 for every row: (batch, heads, end, head_dim)."""
-        own = end - self.prefix_length
+        k, v = self.own(layer, end)
         if not self.prefix_length:
-            return self.k[layer, :, :, :own], self.v[layer, :, :, :own]
+            return k, v
+        pk, pv = self.prefix(layer)
         b = self.batch
-        k = torch.cat([self.prefix_k[layer].expand(b, -1, -1, -1), self.k[layer, :, :, :own]], dim=2)
-        v = torch.cat([self.prefix_v[layer].expand(b, -1, -1, -1), self.v[layer, :, :, :own]], dim=2)
-        return k, v
+        return (torch.cat([pk.expand(b, -1, -1, -1), k], dim=2), torch.cat([pv.expand(b, -1, -1, -1), v], dim=2))
 
 
 def _attention_with_lse(q, k, v):
@@ -96,19 +105,18 @@ def _shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, end: i
     concatenated keys, computed as two parts merged by their log-sum-exp, so that the prefix's keys and
     values are read once for all rows instead of once per row (decoding is memory-bound on the CPU).
     """
-    own = end - cache.prefix_length
-    k, v = cache.k[layer, :, :, :own], cache.v[layer, :, :, :own]
     if q.device.type != "cpu":  # GPUs have the bandwidth: one fused call over the concatenated keys
         return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
+    k, v = cache.own(layer, end)
     b, h, _, d = q.shape
     shared_q = q.reshape(b, h, d).transpose(0, 1).unsqueeze(0)  # (1, heads, batch, d): rows as queries
-    out_p, lse_p = _attention_with_lse(shared_q, cache.prefix_k[layer], cache.prefix_v[layer])
+    out_p, lse_p = _attention_with_lse(shared_q, *cache.prefix(layer))
     out_p = out_p[0].transpose(0, 1).unsqueeze(2)  # (batch, heads, 1, d)
     lse_p = lse_p[0].transpose(0, 1).unsqueeze(-1)  # (batch, heads, 1)
     out_o, lse_o = _attention_with_lse(q, k, v)
-    top = torch.maximum(lse_p, lse_o)
-    w_p, w_o = (lse_p - top).exp(), (lse_o - top).exp()
-    return ((out_p * w_p[..., None] + out_o * w_o[..., None]) / (w_p + w_o)[..., None]).to(q.dtype)
+    # softmax weights of the two parts: e^lse_p / (e^lse_p + e^lse_o) = sigmoid(lse_p - lse_o), and the rest
+    share_p = torch.sigmoid(lse_p - lse_o).unsqueeze(-1)
+    return torch.lerp(out_o, out_p, share_p if share_p.dtype == out_o.dtype else share_p.to(out_o.dtype))
 
 
 class Block(nn.Module):
@@ -129,14 +137,15 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # x: (batch, seq, dim); with a cache, x holds the positions from cache.length on (their keys/values are stored)
         b, s, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(b, s, self.heads, d // self.heads) for t in self.qkv(self.ln1(x)).split(d, dim=2))
+        if cache is not None:
+            cache.store(layer, k, v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, seq, head_dim)
         drop = self.dropout if self.training else 0.0
         if cache is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
         else:
             start, end = cache.length, cache.length + s
-            cache.store(layer, k, v)
             if start == 0:  # the prompt: plain causal attention over itself
                 h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             elif s == 1 and cache.prefix_length:  # one new position per row, after the shared prompt
@@ -146,10 +155,10 @@ class Block(nn.Module):
             else:  # a chunk: causal within itself, full view of what is cached before it
                 mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end), attn_mask=mask)
-        h = h.transpose(1, 2).reshape(b, s, d)
-        x = x + F.dropout(self.attn_out(h), drop, self.training)
+        a = self.attn_out(h.transpose(1, 2).reshape(b, s, d))
+        x = x + (F.dropout(a, drop) if drop else a)  # (no dropout call at inference: decoding is op-bound)
         m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-        return x + F.dropout(m, drop, self.training)
+        return x + (F.dropout(m, drop) if drop else m)
 
 
 class GPTOutput(NamedTuple):
