@@ -80,3 +80,16 @@ def test_bad_speed_options(models):
         _tts(models, quantize="int4")
     with pytest.raises(SettingsError):
         _tts(models, dtype="fp8")
+
+
+def test_bf16_cached_decode_within_tolerance(models):
+    # the decode path (shared-prompt cache, two attention parts merged) under bf16 autocast
+    gpt = models["autoregressive"]
+    cond, text = torch.randn(1, 32, generator=torch.Generator().manual_seed(4)), torch.tensor([[5, 9, 17]])
+    codes = torch.tensor([[1, 2, 3], [40, 50, 60]])
+    outs = []
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, cache = gpt.prefill(cond, text, 2, 5)
+            outs.append(torch.stack([gpt.decode_step(codes[:, i], i + 1, cache).float() for i in range(3)]))
+    assert _close(outs[0], outs[1], BF16_LOGIT_TOL)

@@ -64,8 +64,7 @@ class RelativePositionBias(nn.Module):
         self.num_buckets = num_buckets
         self.max_distance = max_distance
         self.embedding = nn.Embedding(num_buckets, heads)
-
-        self._cached: tuple[tuple, torch.Tensor] | None = None
+        self._cached: tuple[tuple, torch.Tensor] | None = None  # (key, bias) of the last length, inference only
 
     def forward(self, length: int) -> torch.Tensor:
         """Returns the additive attention bias, shape (1, heads, length, length), contiguous.
