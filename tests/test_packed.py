@@ -121,3 +121,27 @@ def test_pipeline_packs_only_when_asked_and_float32(tmp_path, monkeypatch):
     a, b = outs
     assert a.audio.shape == b.audio.shape
     assert torch.allclose(a.audio, b.audio, atol=1e-3)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_training_linear_matches_linear_forward_and_backward(bias):
+    from hare.models.packed import OneDNNLinear, onednn_training_linears
+
+    torch.manual_seed(2)
+    plain = nn.Linear(6, 9, bias=bias)
+    fast = copy.deepcopy(plain)
+    assert onednn_training_linears(nn.Sequential(fast)) == 1 and isinstance(fast, OneDNNLinear)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(4, 5, 6)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = plain(xa), fast(xb)
+    assert torch.allclose(ya, yb, atol=TOL)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.allclose(xa.grad, xb.grad, atol=1e-5)
+    for pa, pb in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the plain path (bf16 out)
+        assert fast(x).dtype == torch.bfloat16
+    assert isinstance(fast, nn.Linear)  # a drop-in for code that checks the type

@@ -345,3 +345,29 @@ def test_export_checkpoint_of_a_fine_tune_uses_the_trained_config(corpus, tmp_pa
     result = train(TrainConfig.from_dict(cfg))
     path = export_checkpoint(result.last_checkpoint, tmp_path / "export")
     _assert_same_weights(load_file(str(path)), _final_tensors(tmp_path / "b", "clvp2"))
+
+
+def test_cpu_kernels_train_the_same_weights_as_plain_linears(corpus, tmp_path, caplog):
+    # train.cpu_kernels auto (the default on a CPU: linear layers on oneDNN) against off: same losses and
+    # weights to float rounding
+    from hare.models.packed import packing_available
+    from hare.train.loop import TrainingError
+
+    if not packing_available():
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    runs = {}
+    for mode in ("auto", "off"):
+        cfg = make_config(corpus, "gpt", tmp_path / mode, train={"steps": 3, "save_every": 0, "cpu_kernels": mode})
+        caplog.clear()
+        with caplog.at_level("INFO", logger="hare.train.loop"):
+            runs[mode] = train(TrainConfig.from_dict(cfg))
+        assert ("run on oneDNN" in caplog.text) == (mode == "auto")
+    (a, _, _), (b, _, _) = (checkpoints.load(runs[m].exported) for m in ("auto", "off"))
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(pa, pb, atol=1e-4), name
+    losses = {m: [json.loads(line)["loss"] for line in (tmp_path / m / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["kind"] == "train"] for m in runs}
+    assert losses["auto"] == pytest.approx(losses["off"], rel=1e-4)
+    bad = make_config(corpus, "gpt", tmp_path / "bad", train={"cpu_kernels": "sometimes"})
+    with pytest.raises(TrainingError, match="cpu_kernels"):
+        TrainConfig.from_dict(bad).check()

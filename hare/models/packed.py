@@ -1,10 +1,15 @@
-"""Linear layers with oneDNN pre-packed weights, for fast float32 inference on x86 CPUs.
+"""Linear layers on oneDNN: pre-packed weights for fast float32 inference on x86 CPUs, and a training variant.
 
 PyTorch's CPU `nn.Linear` goes to a BLAS (MKL) that re-reads the weight in its plain layout on every call.
 oneDNN can instead keep the weight in its own blocked layout, packed once. On the 2-core AMD EPYC (AVX-512)
 machine this project is benchmarked on, that runs the GPT's decode-step linears (16 rows against 1024x4096
 weights) about 4x faster and large linears about 2x faster, with float32 results that differ from the BLAS
 ones only by summation order (about 1e-6 relative; `tests/test_packed.py` checks it).
+
+For training, `onednn_training_linears(module)` makes every `nn.Linear` run its float32 CPU matmuls, forward
+and backward, on oneDNN (unpacked: the weights change every step): the same parameters, state dict and
+results to float rounding, about 1.5x faster per linear layer here (`hare train` turns it on for CPU runs
+without autocast; `train.cpu_kernels: off` turns it off).
 
 `pack_linears(module)` swaps every `nn.Linear` of an inference model for a `PackedLinear` in place and frees
 the plain weight (the packed copy replaces it; no memory is added). It is inference-only: a packed module
@@ -100,3 +105,53 @@ def pack_linears(module: nn.Module, batch_hint: int = 16) -> int:
     for parent, name in slots:
         setattr(parent, name, PackedLinear(getattr(parent, name), batch_hint))
     return len(slots)
+
+
+class _OneDNNLinearFunction(torch.autograd.Function):
+    """y = x W^T + b with the three matmuls (forward, input and weight gradients) on oneDNN. x: (n, in)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _packed_linear(x, weight, bias)  # a plain weight works too (oneDNN reorders it per call)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _packed_linear(grad, weight.t().contiguous(), None)  # grad @ W
+        if ctx.needs_input_grad[1]:
+            grad_w = _packed_linear(grad.t().contiguous(), x.t().contiguous(), None)  # grad^T @ x
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=0)
+        return grad_x, grad_w, grad_b
+
+
+class OneDNNLinear(nn.Linear):
+    """An `nn.Linear` (same parameters and state dict) whose float32 CPU matmuls run on oneDNN, with autograd.
+
+    Anything else (another device or dtype, autocast, an empty input) goes through `F.linear`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or torch.is_autocast_enabled("cpu") or x.numel() == 0):
+            return F.linear(x, self.weight, self.bias)
+        y = _OneDNNLinearFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def onednn_training_linears(module: nn.Module) -> int:
+    """Turn every plain `nn.Linear` inside `module` into a `OneDNNLinear` in place (its class only: parameters,
+    hooks and state dict stay as they are); returns how many. A no-op count of 0 if oneDNN is unavailable."""
+    if not packing_available():
+        return 0
+    count = 0
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = OneDNNLinear
+            count += 1
+    return count

@@ -108,6 +108,7 @@ class RunSettings:
     init: str | None = None  # fine-tune from: official .pth, Hare .safetensors, or a model name (tortoise-v2)
     init_kwargs: dict | None = None  # reference constructor arguments of a non-official-size .pth (null = official)
     device: str = "auto"
+    cpu_kernels: str = "auto"  # auto: linear layers on oneDNN when training float32 on a CPU (hare.models.packed) | off
     progress: bool = True
     tensorboard: bool = True
 
@@ -167,6 +168,8 @@ class TrainConfig:
             raise TrainingError(f"optim.schedule must be constant, cosine, linear or multistep, not {o.schedule!r}")
         if r.amp not in ("auto", "off", "bf16", "fp16"):
             raise TrainingError(f"train.amp must be auto, off, bf16 or fp16, not {r.amp!r}")
+        if r.cpu_kernels not in ("auto", "off"):
+            raise TrainingError(f"train.cpu_kernels must be auto or off, not {r.cpu_kernels!r}")
         if r.ema not in ("auto", None) and not (isinstance(r.ema, (int, float)) and 0 < r.ema < 1):
             raise TrainingError(f"train.ema must be auto, null, or a decay in (0, 1), not {r.ema!r}")
 
@@ -550,6 +553,12 @@ class Trainer:
             amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if d.device.type == "cuda" else "off"
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(d.device.type) if self.amp_dtype == torch.float16 else None
+        if cfg.train.cpu_kernels == "auto" and d.device.type == "cpu" and self.amp_dtype is None:
+            from hare.models.packed import onednn_training_linears
+
+            n = sum(onednn_training_linears(m) for m in self.models.values())
+            if n:
+                log.info("%d linear layers run on oneDNN (train.cpu_kernels: off to disable)", n)
         decay = obj.default_ema if cfg.train.ema == "auto" else cfg.train.ema
         self.ema = EMA(self.models[obj.main_model()], float(decay)) if decay else None
 
