@@ -51,8 +51,8 @@ def test_expanded_cache_decodes_each_row_independently():
     codes = torch.tensor([[1, 2, 3], [400, 500, 600], [8191, 0, 77]])  # one sequence per row
     logits, cache = gpt.prefill(cond, text, batch=3, max_codes=5)
     # the prompt's keys/values are stored once for all rows, each row has its own room for 5 codes
-    assert cache.prefix_k.shape == (2, 1, gpt.prompt_length(4), 4, 8)  # (layers, 1, positions, heads, head_dim)
-    assert cache.k.shape == (2, 3, 5, 4, 8) and cache.batch == 3
+    assert cache.prefix_k.shape == (2, 1, 4, gpt.prompt_length(4), 8)  # (layers, 1, heads, positions, head_dim)
+    assert cache.k.shape == (2, 3, 4, 5, 8) and cache.batch == 3
     assert cache.capacity == gpt.prompt_length(4) + 5 and cache.length == gpt.prompt_length(4)
     per_step = [logits]
     for i in range(codes.shape[1]):

@@ -31,6 +31,19 @@ def test_packed_linear_matches_linear(bias, shape):
     assert torch.allclose(got, expected, atol=TOL)
 
 
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0])
+def test_packed_linear_fused_gelu_matches_gelu_of_linear(scale):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 96)
+    x = torch.randn(4, 3, 64) * scale
+    with torch.no_grad():
+        expected = nn.functional.gelu(lin(x), approximate="tanh")
+        got = PackedLinear(lin, batch_hint=4)(x, gelu_tanh=True)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=TOL * max(1.0, scale), rtol=1e-5)
+    assert not torch.allclose(got, nn.functional.gelu(expected), atol=1e-3)  # the activation was applied once
+
+
 def test_packed_linear_is_inference_only_and_float32():
     lin = PackedLinear(nn.Linear(4, 3))
     with pytest.raises(RuntimeError, match="inference"):

@@ -27,25 +27,27 @@ from torch import nn
 from hare.errors import TextError
 from hare.models.configs import GPTConfig
 from hare.models.layers import AttentionBlock
+from hare.models.packed import PackedLinear
 
 
 class KVCache:
-    """Keys and values of every layer, filled up to `length` positions, stored position-major
-    (..., position, heads, head_dim) so that adding a position writes one contiguous block per row.
+    """Keys and values of every layer, filled up to `length` positions, stored head-major
+    (..., heads, position, head_dim) so that attention reads each row's and head's keys as one run.
 
     Rows may share a prefix (the prompt, after `expand`): its keys/values are stored once,
-    `prefix_k`/`prefix_v` of shape (layers, 1, prefix_length, heads, head_dim), and `k`/`v` of shape
-    (layers, batch, capacity - prefix_length, heads, head_dim) hold each row's own positions after it.
+    `prefix_k`/`prefix_v` of shape (layers, 1, heads, prefix_length, head_dim), and `k`/`v` of shape
+    (layers, batch, heads, capacity - prefix_length, head_dim) hold each row's own positions after it.
     Without a prefix, `k`/`v` hold every position.
     """
 
     def __init__(self, layers: int, batch: int, heads: int, capacity: int, head_dim: int, dtype, device,
                  prefix: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.prefix_k, self.prefix_v = prefix if prefix is not None else (None, None)
-        self.prefix_length = 0 if prefix is None else prefix[0].shape[2]
+        self.prefix_length = 0 if prefix is None else prefix[0].shape[3]
         own = capacity - self.prefix_length
-        # uninitialised: a position is always written before any query can see it
-        self.k = torch.empty(layers, batch, own, heads, head_dim, dtype=dtype, device=device)
+        # uninitialised: a position is always written before any query can see it. Head-major, so that
+        # attention reads each (row, head)'s keys as one contiguous run.
+        self.k = torch.empty(layers, batch, heads, own, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
         self.length = self.prefix_length
 
@@ -55,7 +57,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.prefix_length + self.k.shape[2]
+        return self.prefix_length + self.k.shape[3]
 
     def expand(self, batch: int, capacity: int) -> "KVCache":
         """A cache for `batch` rows that share this batch-1 cache's contents as their prefix (stored once),
@@ -64,24 +66,24 @@ class KVCache:
             raise ValueError("only a batch-1 cache without a prefix can be expanded")
         if capacity < self.length:
             raise ValueError(f"capacity {capacity} is smaller than the cached length {self.length}")
-        layers, _, _, heads, head_dim = self.k.shape
-        prefix = (self.k[:, :, : self.length], self.v[:, :, : self.length])
+        layers, _, heads, _, head_dim = self.k.shape
+        prefix = (self.k[..., : self.length, :].contiguous(), self.v[..., : self.length, :].contiguous())
         return KVCache(layers, batch, heads, capacity, head_dim, self.k.dtype, self.k.device, prefix=prefix)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write keys/values (batch, s, heads, head_dim) of positions length .. length + s - 1."""
         start = self.length - self.prefix_length
-        self.k[layer, :, start: start + k.shape[1]] = k
-        self.v[layer, :, start: start + k.shape[1]] = v
+        self.k[layer, :, :, start: start + k.shape[1]] = k.transpose(1, 2)
+        self.v[layer, :, :, start: start + k.shape[1]] = v.transpose(1, 2)
 
     def own(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's own keys/values of positions prefix_length .. end - 1: (batch, heads, n, head_dim) views."""
         n = end - self.prefix_length
-        return self.k[layer, :, :n].transpose(1, 2), self.v[layer, :, :n].transpose(1, 2)
+        return self.k[layer, :, :, :n], self.v[layer, :, :, :n]
 
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shared prefix's keys/values: (1, heads, prefix_length, head_dim) views."""
-        return self.prefix_k[layer].transpose(1, 2), self.prefix_v[layer].transpose(1, 2)
+        """The shared prefix's keys/values: (1, heads, prefix_length, head_dim), contiguous."""
+        return self.prefix_k[layer], self.prefix_v[layer]
 
     def keys_values(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All keys/values of positions 0 .. end - 1 for every row: (batch, heads, end, head_dim)."""
@@ -157,7 +159,10 @@ class Block(nn.Module):
                 h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end), attn_mask=mask)
         a = self.attn_out(h.transpose(1, 2).reshape(b, s, d))
         x = x + (F.dropout(a, drop) if drop else a)  # (no dropout call at inference: decoding is op-bound)
-        m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        if isinstance(self.fc, PackedLinear):  # inference on oneDNN: the GELU fused into the matmul
+            m = self.proj(self.fc(self.ln2(x), gelu_tanh=True))
+        else:
+            m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
         return x + (F.dropout(m, drop) if drop else m)
 
 

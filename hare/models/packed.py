@@ -30,7 +30,10 @@ def _pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), batch_hint)
 
 
-def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                   gelu_tanh: bool = False) -> torch.Tensor:
+    if gelu_tanh:  # the activation in the matmul's epilogue: no second pass over the output
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "tanh")
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -65,12 +68,13 @@ class PackedLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.register_buffer("bias", bias, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
+        """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul."""
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise RuntimeError(f"a packed linear layer runs float32 on the CPU (got {x.dtype} on {x.device})")
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("a packed linear layer is for inference: it has no gradients")
-        y = _packed_linear(x.reshape(-1, self.in_features), self.packed, self.bias)
+        y = _packed_linear(x.reshape(-1, self.in_features), self.packed, self.bias, gelu_tanh)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
