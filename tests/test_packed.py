@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from hare.models.layers import AttentionBlock
-from hare.models.packed import PackedLinear, pack_linears, packing_available
+from hare.models.diffusion import ResBlock
+from hare.models.packed import PackedLinear, WinogradConv1d, pack_linears, packing_available
 from hare.pipeline import TextToSpeech
 
 from tiny_models import tiny_models, write_voice
@@ -67,6 +68,47 @@ def test_attention_block_packed_time_major(relative):
         assert isinstance(block.qkv, PackedLinear) and isinstance(block.proj, PackedLinear)
         got = block(x)
     assert torch.allclose(got, expected, atol=TOL)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 8, 37])
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_conv_matches_conv(frames, bias):
+    torch.manual_seed(frames)
+    conv = nn.Conv1d(48, 40, 3, padding=1, bias=bias)
+    x = torch.randn(2, 48, frames) * 3
+    with torch.no_grad():
+        expected = conv(x)
+        got = WinogradConv1d(conv)(x)
+    assert got.shape == expected.shape == (2, 40, frames)
+    assert torch.allclose(got, expected, atol=TOL * 10, rtol=1e-5)
+    # every output frame depends on its own neighbourhood only: no wrap-around at either end
+    x2 = x.clone()
+    x2[..., -1] += 1.0
+    with torch.no_grad():
+        changed = (WinogradConv1d(conv)(x2) - got).abs().amax(dim=(0, 1)) > 1e-4
+    assert changed.tolist() == [i >= frames - 2 for i in range(frames)]
+
+
+def test_winograd_conv_refuses_what_it_cannot_compute():
+    for conv in (nn.Conv1d(4, 4, 3), nn.Conv1d(4, 4, 3, padding=1, stride=2), nn.Conv1d(4, 4, 5, padding=2),
+                 nn.Conv1d(4, 4, 3, padding=1, dilation=2), nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect")):
+        with pytest.raises(ValueError):
+            WinogradConv1d(conv)
+    w = WinogradConv1d(nn.Conv1d(4, 4, 3, padding=1))
+    with pytest.raises(RuntimeError, match="inference"):
+        w(torch.randn(1, 4, 5, requires_grad=True))
+
+
+def test_pack_linears_swaps_the_diffusion_resblock_conv_for_winograd():
+    torch.manual_seed(0)
+    block = ResBlock(32, dropout=0.0).eval()
+    x, emb = torch.randn(2, 32, 11), torch.randn(2, 32)
+    with torch.no_grad():
+        expected = block(x, emb)
+        assert pack_linears(block) == 2  # the time-embedding linear and the 3-wide conv (the 1x1 conv stays)
+        assert isinstance(block.conv_out, WinogradConv1d) and isinstance(block.emb, PackedLinear)
+        assert type(block.conv_in) is nn.Conv1d
+        assert torch.allclose(block(x, emb), expected, atol=1e-4)
 
 
 def test_pack_linears_replaces_every_plain_linear_and_leaves_others():
@@ -158,3 +200,37 @@ def test_onednn_training_linear_matches_linear_forward_and_backward(bias):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the plain path (bf16 out)
         assert fast(x).dtype == torch.bfloat16
     assert isinstance(fast, nn.Linear)  # a drop-in for code that checks the type
+
+
+def _diffusion_fixture_cases():
+    import json
+
+    from conftest import FIXTURES
+
+    if not FIXTURES.is_dir():
+        return []
+    return [p for p in sorted(FIXTURES.iterdir()) if (p / "meta.json").is_file()
+            and json.loads((p / "meta.json").read_text())["model"] == "DiffusionTts"]
+
+
+@pytest.mark.parametrize("case", _diffusion_fixture_cases(), ids=lambda p: p.name)
+def test_packed_diffusion_decoder_reproduces_the_reference_fixture(case):
+    """The packed decoder (Winograd 3-wide convs, packed linears and 1x1 convs) within the fixture tolerance."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from fixture_runners._util import load_converted
+
+    meta = json.loads((case / "meta.json").read_text())
+    tensors = load_file(str(case / "io.safetensors"))
+    model = load_converted(case, meta, "diffusion_decoder").eval()
+    assert pack_linears(model) > 0
+    assert any(isinstance(m, WinogradConv1d) for m in model.modules())
+    x, t = tensors["input.x"], tensors["input.t"].long()
+    frames = int(meta.get("expected_seq_len", x.shape[-1]))
+    with torch.no_grad():
+        cond = model.conditioning_latent(tensors["input.cond_mels"])
+        aligned = model.aligned_conditioning(tensors["input.latents"], cond, frames)
+        eps = model(x, t, aligned)
+    assert torch.allclose(eps, tensors["output.eps"], atol=1e-4, rtol=1e-4)

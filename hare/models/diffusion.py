@@ -37,6 +37,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-1x1 conv, then scale/shift from the time embedding, SiLU, 3-wide conv; identity skip."""
 
+    # `hare.models.packed.pack_linears` may swap the 3-wide conv for a Winograd one on packed matmuls
+    WINOGRAD_PACKABLE = ("conv_out",)
+
     def __init__(self, channels: int, dropout: float):
         super().__init__()
         self.norm_in = group_norm(channels)
