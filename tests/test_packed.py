@@ -70,7 +70,7 @@ def test_attention_block_packed_time_major(relative):
     assert torch.allclose(got, expected, atol=TOL)
 
 
-@pytest.mark.parametrize("frames", [1, 2, 3, 8, 37])
+@pytest.mark.parametrize("frames", [1, 2, 3, 4, 5, 8, 37])
 @pytest.mark.parametrize("bias", [True, False])
 def test_winograd_conv_matches_conv(frames, bias):
     torch.manual_seed(frames)
