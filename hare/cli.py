@@ -315,7 +315,7 @@ def _add_training_commands(sub) -> None:
 
 def _add_eval_command(sub) -> None:
     from hare.evaluate import ASR_ENGINES
-    from hare.pipeline import PRESETS
+    from hare.pipeline import PRESETS, SAMPLERS
 
     e = sub.add_parser("eval", help="score a model (and the real voices) for WER, speaker similarity and RTF",
                        description="Evaluate intelligibility (WER), speaker similarity and speed on a suite "
@@ -333,6 +333,11 @@ def _add_eval_command(sub) -> None:
     e.add_argument("--limit", type=_positive_int, help="only the first N sentences")
     e.add_argument("--seed", type=int, default=0, help="seed of the first sentence (the next ones add 1)")
     e.add_argument("--candidates", type=_positive_int, help="autoregressive candidates (preset decides)")
+    e.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: the preset's, ddpm)")
+    e.add_argument("--steps", type=_positive_int, help="diffusion steps (preset decides)")
+    e.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
+    e.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="precision of the AR, rerank and latent stages (default fp32)")
     e.add_argument("--json", type=Path, help="write the full results (with transcripts) here")
     e.add_argument("--audio-out", type=Path, metavar="DIR", help="keep the synthesised audio here")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -349,8 +354,17 @@ def cmd_eval(args) -> int:
     tts, name = None, None
     if (args.model or "").lower() != "none":
         name = args.model or (args.models_dir.name if args.models_dir else DEFAULT_MODEL)
-        tts = hare.load_model(args.model or DEFAULT_MODEL, models_dir=args.models_dir, progress=not args.quiet)
+        tts = hare.load_model(args.model or DEFAULT_MODEL, models_dir=args.models_dir, progress=not args.quiet,
+                              quantize=args.quantize, dtype=args.dtype)
+        # the speed options in the row's system name, so that a table of several runs tells them apart
+        options = [f"{args.sampler or 'ddpm'}/{args.steps}" if args.steps else args.sampler, args.quantize,
+                   args.dtype if args.dtype != "fp32" else None]
+        name = " ".join([name] + [o for o in options if o])
     overrides = {"num_candidates": args.candidates} if args.candidates else {}
+    if args.sampler:
+        overrides["sampler"] = args.sampler
+    if args.steps:
+        overrides["diffusion_steps"] = args.steps
     rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
                              asr=asr, similarity=not args.no_similarity, seed=args.seed, limit=args.limit,
                              out_dir=args.audio_out, progress=not args.quiet, **overrides)
@@ -362,7 +376,9 @@ def cmd_eval(args) -> int:
         print(matrix)
     if args.json is not None:
         evaluate.write_report(rows, args.json, meta={"suite": str(args.suite), "model": name, "presets": presets,
-                                                     "asr": asr, "seed": args.seed, "limit": args.limit})
+                                                     "asr": asr, "seed": args.seed, "limit": args.limit,
+                                                     "sampler": args.sampler, "steps": args.steps,
+                                                     "quantize": args.quantize, "dtype": args.dtype})
     return 0
 
 

@@ -162,8 +162,10 @@ class DDPM(Sampler):
         super().set_timesteps(n)
         b, ac, ac_prev = self.betas_np, self.alphas_cumprod, self.alphas_cumprod_prev
         self.posterior_variance = b * (1 - ac_prev) / (1 - ac)
-        # log of the posterior variance with its first entry (0) replaced by the second
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        # log of the posterior variance with its first entry (0) replaced by the second; with a single step there
+        # is no second: that step adds no noise, so its variance only has to be finite (beta's, the range's top)
+        pv = self.posterior_variance
+        self.posterior_log_variance_clipped = np.log(np.append(pv[1] if len(pv) > 1 else b[0], pv[1:]))
         self.posterior_mean_coef1 = b * np.sqrt(ac_prev) / (1 - ac)
         self.posterior_mean_coef2 = (1 - ac_prev) * np.sqrt(1 - b) / (1 - ac)
 

@@ -127,6 +127,24 @@ def test_hare_eval_runs_a_model(synth_suite, tmp_path, capsys):
     assert list((tmp_path / "a").rglob("*.wav"))
 
 
+@needs_flite
+def test_hare_eval_scores_speed_options(synth_suite, tmp_path, capsys):
+    """The fast-path options can be scored too; each run's rows and report say which options they used."""
+    from tiny_models import save_models_dir, tiny_mini_models
+
+    models = save_models_dir(tiny_mini_models(), tmp_path / "m")
+    out = tmp_path / "r.json"
+    code = main(["eval", str(synth_suite), "--models-dir", str(models), "--voice", "flite-rms", "--limit", "1",
+                 "--no-similarity", "--candidates", "2", "--sampler", "dpm++2m", "--steps", "3",
+                 "--quantize", "int8", "--json", str(out), "-q"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    model_rows = [r for r in report["rows"] if r["system"] != "source"]
+    assert len(model_rows) == 1 and model_rows[0]["system"] == "m dpm++2m/3 int8"
+    assert report["meta"]["sampler"] == "dpm++2m" and report["meta"]["steps"] == 3
+    assert report["meta"]["quantize"] == "int8" and report["meta"]["dtype"] == "fp32"
+
+
 def test_hare_eval_rejects_unknown_voices(tmp_path, capsys):
     root = _suite(tmp_path, ["one"], {"a": 1})
     assert main(["eval", str(root), "--model", "none", "--voice", "zed", "--no-similarity"]) == 2

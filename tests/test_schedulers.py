@@ -87,7 +87,8 @@ class PointModel:
         return out, out
 
 
-@pytest.mark.parametrize("name,steps", [("ddpm", 30), ("ddim", 10), ("dpm++2m", 10), ("dpm++2m", 5)])
+@pytest.mark.parametrize("name,steps", [("ddpm", 30), ("ddpm", 1), ("ddim", 10), ("ddim", 1), ("dpm++2m", 10),
+                                        ("dpm++2m", 5), ("dpm++2m", 1)])
 def test_samplers_recover_the_point(name, steps):
     target = torch.linspace(-0.8, 0.8, 12).view(1, 2, 6)
     out = schedulers.sample(PointModel(target), torch.zeros(1, 1, 6), (1, 2, 6), sampler=name, steps=steps,
