@@ -1,0 +1,76 @@
+"""How far each diffusion speed option lands from the 200-step DDPM output, on the same weights, codes and seed.
+
+    python bench/options.py [--model hare-mini] [--models-dir DIR] [--seed 0] [--start 1.0]
+
+Runs the pipeline once (ultra_fast, fp32) to fix the chosen candidate, then decodes that candidate's mel with
+each sampler setting from the same starting noise (a generator seeded the same way) and prints the difference
+to `ddpm` with 200 steps: RMS and max of the difference in the decoder's normalised mel units, and RMS relative
+to the reference mel's spread. Two 200-step DDPM runs with different seeds give the scale of plain sampling
+noise. `--start 1.0` runs the full reverse process (as Tortoise); a model's own default (hare-mini's shallow
+diffusion) is `--start model`. No timing here: bench/pipeline.py measures speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import torch
+
+TEXT = "The old stone bridge crossed the river just below the village."
+OPTIONS = (("ddpm", 200), ("ddpm", 80), ("ddpm", 30), ("ddim", 30), ("ddim", 10), ("dpm++2m", 20),
+           ("dpm++2m", 10), ("dpm++2m", 5))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="hare-mini")
+    ap.add_argument("--models-dir", default=None)
+    ap.add_argument("--text", default=TEXT)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", default="1.0", help="diffusion start in (0, 1], or 'model' for the model's default")
+    args = ap.parse_args(argv)
+
+    import hare
+
+    tts = hare.load_model(args.model, models_dir=args.models_dir)
+    captured = {}
+    diffuse = tts._diffuse
+
+    def capture(latents, diff_latent, frames, settings, generator, progress, desc):
+        captured.update(latents=latents, diff_latent=diff_latent, frames=frames, settings=settings)
+        return diffuse(latents, diff_latent, frames, settings, generator, progress, desc)
+
+    tts._diffuse = capture
+    tts.tts(args.text, preset="ultra_fast", seed=args.seed, diffusion_steps=1)
+    tts._diffuse = diffuse
+    base = captured["settings"]
+    start = base.diffusion_start if args.start == "model" else float(args.start)
+
+    def mel(sampler: str, steps: int, seed: int) -> torch.Tensor:
+        settings = dataclasses.replace(base, sampler=sampler, diffusion_steps=steps, diffusion_start=start)
+        with torch.inference_mode():
+            return diffuse(captured["latents"], captured["diff_latent"], captured["frames"], settings,
+                           torch.Generator().manual_seed(seed), False, "").float()
+
+    ref = mel("ddpm", 200, args.seed)
+    spread = ref.std().item()
+    print(f"model {args.model}, {captured['frames']} mel frames, diffusion start {start}, seed {args.seed}; "
+          f"reference: ddpm 200 steps (mel std {spread:.3f})")
+    print(f"{'sampler':<10}{'steps':>6}{'rms diff':>11}{'max diff':>11}{'rms / std':>11}")
+
+    def row(name, steps, m):
+        d = m - ref
+        rms = d.pow(2).mean().sqrt().item()
+        print(f"{name:<10}{steps:>6}{rms:>11.4f}{d.abs().max().item():>11.4f}{rms / spread:>11.3f}")
+
+    row("ddpm*", 200, mel("ddpm", 200, args.seed + 1))
+    for sampler, steps in OPTIONS[1:]:
+        row(sampler, steps, mel(sampler, steps, args.seed))
+    print("* another seed: the spread of plain DDPM sampling noise")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
