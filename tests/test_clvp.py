@@ -49,3 +49,16 @@ def test_cvvp_similarity_shape():
     m = checkpoints.build("cvvp", checkpoints.config_for("cvvp", kw)).eval()
     sims = m.similarity(torch.randn(3, 80, 40), torch.randint(0, 8192, (3, 20)))
     assert sims.shape == (3,) and torch.isfinite(sims).all()
+
+
+def test_gated_feed_forward_inference_path_matches_autograd_path_and_keeps_dropout():
+    from hare.models.clvp import GatedFeedForward
+
+    torch.manual_seed(0)
+    ff = GatedFeedForward(16, 2, dropout=0.5).eval()
+    x = torch.randn(3, 5, 16)
+    expected = ff(x)  # autograd path (parameters require grad)
+    with torch.no_grad():
+        assert torch.allclose(ff(x), expected, atol=1e-6)  # in place
+        ff.train()  # training mode without autograd still drops
+        assert not torch.allclose(ff(x), expected, atol=1e-3)

@@ -90,9 +90,10 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj_in(x).chunk(2, dim=-1)
-        if torch.is_grad_enabled() and gate.requires_grad:
+        if self.training or (torch.is_grad_enabled() and gate.requires_grad):
             return self.proj_out(self.dropout(value * F.gelu(gate)))
-        # inference: in place in the projection's output, no two more (tokens x inner) buffers to allocate
+        # inference (eval mode, no autograd): in place in the projection's output, no two more (tokens x inner)
+        # buffers to allocate
         return self.proj_out(value.mul_(torch.ops.aten.gelu_(gate)))
 
 
