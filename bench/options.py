@@ -19,8 +19,8 @@ import sys
 import torch
 
 TEXT = "The old stone bridge crossed the river just below the village."
-OPTIONS = (("ddpm", 200), ("ddpm", 80), ("ddpm", 30), ("ddim", 30), ("ddim", 10), ("dpm++2m", 20),
-           ("dpm++2m", 10), ("dpm++2m", 5))
+OPTIONS = (("ddpm", 80), ("ddpm", 30), ("ddim", 30), ("ddim", 10), ("dpm++2m", 20), ("dpm++2m", 10),
+           ("dpm++2m", 5))  # each compared with ddpm at 200 steps
 
 
 def main(argv=None) -> int:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         print(f"{name:<10}{steps:>6}{rms:>11.4f}{d.abs().max().item():>11.4f}{rms / spread:>11.3f}")
 
     row("ddpm*", 200, mel("ddpm", 200, args.seed + 1))
-    for sampler, steps in OPTIONS[1:]:
+    for sampler, steps in OPTIONS:
         row(sampler, steps, mel(sampler, steps, args.seed))
     print("* another seed: the spread of plain DDPM sampling noise")
     return 0

@@ -51,6 +51,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name: hare-mini (default, in the package) or tortoise-v2")
     p.add_argument("--models-dir", type=Path, help="folder of model files (official .pth or Hare .safetensors)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    _add_precision_options(p)
+
+
+def _add_precision_options(p: argparse.ArgumentParser) -> None:
+    """The load-time speed options (shared by `speak`, `serve` and `eval`)."""
     p.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs)")
@@ -335,9 +340,7 @@ def _add_eval_command(sub) -> None:
     e.add_argument("--candidates", type=_positive_int, help="autoregressive candidates (preset decides)")
     e.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: the preset's, ddpm)")
     e.add_argument("--steps", type=_positive_int, help="diffusion steps (preset decides)")
-    e.add_argument("--quantize", choices=("int8",), help="dynamic int8 GPT and CLVP linears (CPU; fast path)")
-    e.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="precision of the AR, rerank and latent stages (default fp32)")
+    _add_precision_options(e)
     e.add_argument("--json", type=Path, help="write the full results (with transcripts) here")
     e.add_argument("--audio-out", type=Path, metavar="DIR", help="keep the synthesised audio here")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -12,8 +12,9 @@ results to float rounding, about 1.5x faster per linear layer here (`hare train`
 without autocast; `train.cpu_kernels: off` turns it off).
 
 `pack_linears(module)` swaps every `nn.Linear` of an inference model for a `PackedLinear` in place and frees
-the plain weight (the packed copy replaces it; no memory is added). It is inference-only: a packed module
-has no gradients and no `state_dict` entry for the weight. `TextToSpeech` packs its networks when it runs
+the plain weight (the packed copy replaces it; no memory is added), and the 3-wide convolutions a module
+lists in `WINOGRAD_PACKABLE` for `WinogradConv1d`s (six packed filter transforms: twice the weight's memory).
+It is inference-only: a packed module has no gradients and no `state_dict` entry for the weight. `TextToSpeech` packs its networks when it runs
 float32 on a CPU that supports it (`packing_available()`); `pack=False` turns that off.
 """
 
@@ -35,6 +36,13 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
     if gelu_tanh:  # the activation in the matmul's epilogue: no second pass over the output
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "tanh")
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _check_inference_input(x: torch.Tensor, what: str) -> None:
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise RuntimeError(f"a packed {what} runs float32 on the CPU (got {x.dtype} on {x.device})")
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError(f"a packed {what} is for inference: it has no gradients")
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,10 +78,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
         """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul."""
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise RuntimeError(f"a packed linear layer runs float32 on the CPU (got {x.dtype} on {x.device})")
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("a packed linear layer is for inference: it has no gradients")
+        _check_inference_input(x, "linear layer")
         y = _packed_linear(x.reshape(-1, self.in_features), self.packed, self.bias, gelu_tanh)
         return y.view(*x.shape[:-1], self.out_features)
 
@@ -113,10 +118,7 @@ class WinogradConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (batch, in_channels, frames) -> (batch, out_channels, frames), a time-major tensor's view
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise RuntimeError(f"a packed convolution runs float32 on the CPU (got {x.dtype} on {x.device})")
-        if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError("a packed convolution is for inference: it has no gradients")
+        _check_inference_input(x, "convolution")
         b, c, t = x.shape
         n = (t + 3) // 4
         # time-major, zero frames around: row j holds x[j - 1]; tile i reads rows 4i .. 4i + 5
@@ -167,23 +169,24 @@ def pack_linears(module: nn.Module, batch_hint: int = 16) -> int:
     def float_cpu(m) -> bool:
         return m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
 
-    def packed(parent, name, child):
-        """The packed stand-in for `child` (a child of `parent` named `name`), or None to leave it alone."""
+    def stand_in(parent, name, child):
+        """The packed class to put in place of `child` (`parent`'s child `name`), or None to leave it."""
         if type(child) is nn.Linear and float_cpu(child):
-            return lambda: PackedLinear(child, batch_hint)
+            return PackedLinear
         if type(child) is nn.Conv1d and float_cpu(child):
             if name in getattr(parent, "POINTWISE_PACKABLE", ()) and _pointwise(child):
-                return lambda: PackedLinear(child, batch_hint)
+                return PackedLinear
             if name in getattr(parent, "WINOGRAD_PACKABLE", ()) and _same3(child):
-                return lambda: WinogradConv1d(child)
+                return WinogradConv1d
         return None
 
-    # hold (parent, name) pairs, not the layers: each plain weight is freed as soon as its layer is swapped,
-    # so packing never holds two copies of the model
-    slots = [(parent, name) for parent in module.modules() if not isinstance(parent, nn.Linear)
-             for name, child in parent.named_children() if packed(parent, name, child) is not None]
-    for parent, name in slots:
-        setattr(parent, name, packed(parent, name, getattr(parent, name))())
+    # hold (parent, name, class) triples, not the layers: each plain weight is freed as soon as its layer is
+    # swapped, so packing never holds two copies of the model
+    slots = [(parent, name, cls) for parent in module.modules() if not isinstance(parent, nn.Linear)
+             for name, child in parent.named_children() if (cls := stand_in(parent, name, child)) is not None]
+    for parent, name, cls in slots:
+        child = getattr(parent, name)
+        setattr(parent, name, PackedLinear(child, batch_hint) if cls is PackedLinear else cls(child))
     return len(slots)
 
 
