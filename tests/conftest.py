@@ -31,3 +31,16 @@ def one_thread():
 def isolated_home(tmp_path, monkeypatch):
     """$HARE_HOME in the test's own folder (no voice library, caches or models of the user's)."""
     monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """Hare's compiled kernels (hare.kernels) built once per test session, in a folder of its own, and found
+    there by every test and subprocess (tests that move $HARE_HOME would otherwise rebuild them)."""
+    if "HARE_KERNEL_CACHE" in os.environ:
+        yield Path(os.environ["HARE_KERNEL_CACHE"])
+        return
+    folder = tmp_path_factory.mktemp("kernels")
+    os.environ["HARE_KERNEL_CACHE"] = str(folder)
+    yield folder
+    os.environ.pop("HARE_KERNEL_CACHE", None)

@@ -52,7 +52,7 @@ def test_expanded_cache_decodes_each_row_independently():
     logits, cache = gpt.prefill(cond, text, batch=3, max_codes=5)
     # the prompt's keys/values are stored once for all rows, each row has its own room for 5 codes
     assert cache.prefix_k.shape == (2, 1, 4, gpt.prompt_length(4), 8)  # (layers, 1, heads, positions, head_dim)
-    assert cache.k.shape == (2, 3, 4, 5, 8) and cache.batch == 3
+    assert cache.k.shape == (2, 5, 3, 4, 8) and cache.batch == 3  # (layers, positions, batch, heads, head_dim)
     assert cache.capacity == gpt.prompt_length(4) + 5 and cache.length == gpt.prompt_length(4)
     per_step = [logits]
     for i in range(codes.shape[1]):

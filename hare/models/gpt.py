@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare import kernels
 from hare.errors import TextError
 from hare.models.configs import GPTConfig
 from hare.models.layers import AttentionBlock
@@ -31,12 +32,13 @@ from hare.models.packed import PackedLinear
 
 
 class KVCache:
-    """Keys and values of every layer, filled up to `length` positions, stored head-major
-    (..., heads, position, head_dim) so that attention reads each row's and head's keys as one run.
+    """Keys and values of every layer, filled up to `length` positions, stored position-major
+    (layers, position, batch, heads, head_dim): one decoding step writes one contiguous block per layer, and
+    attention over the cache reads it as long contiguous runs (`hare.kernels.decode_attention`).
 
-    Rows may share a prefix (the prompt, after `expand`): its keys/values are stored once,
+    Rows may share a prefix (the prompt, after `expand`): its keys/values are stored once, head-major,
     `prefix_k`/`prefix_v` of shape (layers, 1, heads, prefix_length, head_dim), and `k`/`v` of shape
-    (layers, batch, heads, capacity - prefix_length, head_dim) hold each row's own positions after it.
+    (layers, capacity - prefix_length, batch, heads, head_dim) hold each row's own positions after it.
     Without a prefix, `k`/`v` hold every position.
     """
 
@@ -45,19 +47,18 @@ class KVCache:
         self.prefix_k, self.prefix_v = prefix if prefix is not None else (None, None)
         self.prefix_length = 0 if prefix is None else prefix[0].shape[3]
         own = capacity - self.prefix_length
-        # uninitialised: a position is always written before any query can see it. Head-major, so that
-        # attention reads each (row, head)'s keys as one contiguous run.
-        self.k = torch.empty(layers, batch, heads, own, head_dim, dtype=dtype, device=device)
+        # uninitialised: a position is always written before any query can see it
+        self.k = torch.empty(layers, own, batch, heads, head_dim, dtype=dtype, device=device)
         self.v = torch.empty_like(self.k)
         self.length = self.prefix_length
 
     @property
     def batch(self) -> int:
-        return self.k.shape[1]
+        return self.k.shape[2]
 
     @property
     def capacity(self) -> int:
-        return self.prefix_length + self.k.shape[3]
+        return self.prefix_length + self.k.shape[1]
 
     def expand(self, batch: int, capacity: int) -> "KVCache":
         """A cache for `batch` rows that share this batch-1 cache's contents as their prefix (stored once),
@@ -66,23 +67,27 @@ class KVCache:
             raise ValueError("only a batch-1 cache without a prefix can be expanded")
         if capacity < self.length:
             raise ValueError(f"capacity {capacity} is smaller than the cached length {self.length}")
-        layers, _, heads, _, head_dim = self.k.shape
-        prefix = (self.k[..., : self.length, :].contiguous(), self.v[..., : self.length, :].contiguous())
+        layers, _, _, heads, head_dim = self.k.shape
+        prefix = tuple(t[:, : self.length].permute(0, 2, 3, 1, 4).contiguous() for t in (self.k, self.v))
         return KVCache(layers, batch, heads, capacity, head_dim, self.k.dtype, self.k.device, prefix=prefix)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write keys/values (batch, s, heads, head_dim) of positions length .. length + s - 1."""
         start = self.length - self.prefix_length
-        self.k[layer, :, :, start: start + k.shape[1]] = k.transpose(1, 2)
-        self.v[layer, :, :, start: start + k.shape[1]] = v.transpose(1, 2)
+        self.k[layer, start: start + k.shape[1]] = k.transpose(0, 1)
+        self.v[layer, start: start + k.shape[1]] = v.transpose(0, 1)
 
     def own(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's own keys/values of positions prefix_length .. end - 1: (batch, heads, n, head_dim) views."""
         n = end - self.prefix_length
-        return self.k[layer, :, :, :n], self.v[layer, :, :, :n]
+        return self.k[layer, :n].permute(1, 2, 0, 3), self.v[layer, :n].permute(1, 2, 0, 3)
 
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shared prefix's keys/values: (1, heads, prefix_length, head_dim), contiguous."""
+        """The shared prefix's keys/values: (1, heads, prefix_length, head_dim), contiguous (an empty one
+        without a prefix)."""
+        if not self.prefix_length:
+            empty = self.k.new_empty(1, self.k.shape[3], 0, self.k.shape[4])
+            return empty, empty
         return self.prefix_k[layer], self.prefix_v[layer]
 
     def keys_values(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,19 +105,27 @@ def _attention_with_lse(q, k, v):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
 
 
-def _shared_prefix_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> torch.Tensor:
-    """One new position per row attending to the shared prefix and to the row's own positions before `end`.
+def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> torch.Tensor:
+    """One new position per row attending to the shared prefix (if any) and to the row's own positions
+    before `end`. q: (batch, heads, 1, head_dim) -> (batch, heads, 1, head_dim).
 
-    q: (batch, heads, 1, head_dim) -> (batch, heads, 1, head_dim). The same softmax attention as over the
-    concatenated keys, computed as two parts merged by their log-sum-exp, so that the prefix's keys and
-    values are read once for all rows instead of once per row (decoding is memory-bound on the CPU).
+    The same softmax attention as over the concatenated keys. On the CPU the prefix's keys and values are
+    read once for all rows instead of once per row (decoding is memory-bound there): in one pass by Hare's
+    kernel (`hare.kernels.decode_attention`) when it is available and the cache is float32, else as two
+    PyTorch attention parts merged by their log-sum-exp.
     """
     if q.device.type != "cpu":  # GPUs have the bandwidth: one fused call over the concatenated keys
         return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
     k, v = cache.own(layer, end)
+    pk, pv = cache.prefix(layer)
+    op = kernels.decode_attention() if q.dtype == k.dtype == torch.float32 else None
+    if op is not None:
+        return op(q[:, :, 0], k, v, pk[0], pv[0], q.shape[-1] ** -0.5).unsqueeze(2)
+    if not cache.prefix_length:
+        return F.scaled_dot_product_attention(q, k, v)
     b, h, _, d = q.shape
     shared_q = q.reshape(b, h, d).transpose(0, 1).unsqueeze(0)  # (1, heads, batch, d): rows as queries
-    out_p, lse_p = _attention_with_lse(shared_q, *cache.prefix(layer))
+    out_p, lse_p = _attention_with_lse(shared_q, pk, pv)
     out_p = out_p[0].transpose(0, 1).unsqueeze(2)  # (batch, heads, 1, d)
     lse_p = lse_p[0].transpose(0, 1).unsqueeze(-1)  # (batch, heads, 1)
     out_o, lse_o = _attention_with_lse(q, k, v)
@@ -150,10 +163,8 @@ class Block(nn.Module):
             start, end = cache.length, cache.length + s
             if start == 0:  # the prompt: plain causal attention over itself
                 h = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            elif s == 1 and cache.prefix_length:  # one new position per row, after the shared prompt
-                h = _shared_prefix_attention(q, cache, layer, end)
-            elif s == 1:  # one new position sees everything before it
-                h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
+            elif s == 1:  # one new position per row sees everything before it
+                h = _decode_attention(q, cache, layer, end)
             else:  # a chunk: causal within itself, full view of what is cached before it
                 mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end), attn_mask=mask)

@@ -1,0 +1,171 @@
+"""Hare's compiled CPU kernels, built on first use and cached; PyTorch code paths stand in without them.
+
+`decode_attention()` returns `torch.ops.hare.decode_attention` (one decoding step of attention over a KV
+cache whose prompt is shared by every row; `decode_attention.cpp`), or None when it is unavailable. The first
+call on a machine compiles the C++ source with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
+installed PyTorch, tuned for this CPU (`-march=native`), about 10 s; the library is cached under
+`$HARE_KERNEL_CACHE` (default `$HARE_HOME/kernels`), keyed by the source, flags, compiler, PyTorch version
+and CPU, and later processes only load it. A loaded kernel is checked against PyTorch's attention on a small
+input before it is used.
+
+Without a compiler (or with `HARE_KERNELS=0`), or if building or the check fails, callers fall back to
+PyTorch's kernels: the same results to float rounding, slower (the reason is logged once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from hare.paths import hare_home
+
+log = logging.getLogger(__name__)
+
+_SOURCE_DIR = Path(__file__).resolve().parent
+_lock = threading.Lock()
+_loaded: dict[str, object] = {}  # kernel name -> op, or None when it is unavailable in this process
+
+
+def enabled() -> bool:
+    """False when `HARE_KERNELS` is 0/off/false/no: PyTorch's kernels are used instead."""
+    return os.environ.get("HARE_KERNELS", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: `$HARE_KERNEL_CACHE`, else `$HARE_HOME/kernels`."""
+    return Path(os.environ.get("HARE_KERNEL_CACHE") or hare_home() / "kernels")
+
+
+def compiler() -> str | None:
+    """The C++ compiler to build with (`$CXX`, else `c++` or `g++` on PATH), or None."""
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the architecture and, on Linux, the CPU model and feature flags."""
+    parts = [platform.machine()]
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part"):
+                parts.append(line)
+                if len(parts) > 3:
+                    break
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
+    from torch.utils.cpp_extension import include_paths
+
+    torch_lib = Path(torch.__file__).resolve().parent / "lib"
+    return [cxx, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            *(f"-I{p}" for p in include_paths()), str(source), f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
+            f"-Wl,-rpath,{torch_lib}", "-o", str(output)]
+
+
+def library_path(name: str, cxx: str) -> Path:
+    """The cached library for kernel `name` built by `cxx`: its file name hashes everything the build depends on."""
+    source = _SOURCE_DIR / f"{name}.cpp"
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    key = hashlib.sha256("\0".join([
+        source.read_text(), " ".join(_build_command(cxx, Path("SRC"), Path("OUT"))), version, torch.__version__,
+        _cpu_identity()]).encode()).hexdigest()[:20]
+    return cache_dir() / f"{name}-{key}.so"
+
+
+def build(name: str) -> Path:
+    """Compile kernel `name` into the cache if it is not there yet; returns the library's path.
+
+    Raises RuntimeError (with the compiler's output) when there is no compiler or the build fails.
+    """
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
+    path = library_path(name, cxx)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("building Hare's CPU kernel %r (once per machine, about 10 s) into %s", name, path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(_build_command(cxx, _SOURCE_DIR / f"{name}.cpp", Path(tmp)),
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"building kernel {name!r} failed:\n{done.stderr[-4000:]}")
+        os.replace(tmp, path)  # atomic: a concurrent build or reader never sees a partial file
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"building kernel {name!r} failed: {exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _reference_attention(q, k, v, pk, pv, scale):
+    """What decode_attention computes, in plain PyTorch: (batch, heads, d)."""
+    b = q.shape[0]
+    keys = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+    values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
+    w = torch.softmax(torch.einsum("bhd,bhnd->bhn", q, keys) * scale, dim=-1)
+    return torch.einsum("bhn,bhnd->bhd", w, values)
+
+
+def _self_check(op) -> None:
+    g = torch.Generator().manual_seed(0)
+    for batch, heads, d, shared, own, position_major in ((3, 2, 64, 5, 7, True), (2, 3, 24, 0, 4, False),
+                                                         (17, 1, 32, 3, 1, True)):
+        q = torch.randn(batch, heads, d, generator=g)
+        if position_major:
+            k, v = (torch.randn(own, batch, heads, d, generator=g).permute(1, 2, 0, 3) for _ in range(2))
+        else:
+            k, v = (torch.randn(batch, heads, own, d, generator=g) for _ in range(2))
+        pk, pv = (torch.randn(1, heads, shared, d, generator=g) for _ in range(2))
+        got = op(q, k, v, pk[0], pv[0], d ** -0.5)
+        want = _reference_attention(q, k, v, pk, pv, d ** -0.5)
+        if not torch.allclose(got, want, atol=1e-5, rtol=1e-4):
+            raise RuntimeError(f"kernel check failed: max difference {(got - want).abs().max().item():.3g}")
+
+
+def _load(name: str):
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        op = None
+        try:
+            torch.ops.load_library(str(build(name)))
+            op = getattr(torch.ops.hare, name)
+            _self_check(op)
+        except (RuntimeError, OSError, AttributeError) as exc:
+            op = None
+            log.warning("Hare's CPU kernel %r is unavailable (%s); using PyTorch's slower kernels instead",
+                        name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.debug("kernel %r: %s", name, exc)
+        _loaded[name] = op
+        return op
+
+
+def decode_attention():
+    """`torch.ops.hare.decode_attention(q, k, v, prefix_k, prefix_v, scale)`, or None when unavailable.
+
+    q: (batch, heads, d); k, v: (batch, heads, own, d) views of a float32 KV cache (any strides, the last
+    dimension contiguous; fastest position-major); prefix_k, prefix_v: (heads, shared, d), shared >= 0.
+    Returns (batch, heads, d): softmax(scale q.k) v over the shared positions, then the row's own.
+    """
+    if not enabled():
+        return None
+    return _load("decode_attention")

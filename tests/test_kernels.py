@@ -1,0 +1,120 @@
+"""Hare's compiled CPU kernels (hare.kernels): results against plain PyTorch, the GPT's decoding with and
+without them, input checks, and the fallback when no kernel can be built."""
+
+import logging
+
+import pytest
+import torch
+
+from hare import kernels
+from hare.kernels import _reference_attention
+from hare.models.configs import GPTConfig
+from hare.models.gpt import GPT
+
+op = kernels.decode_attention()
+needs_kernel = pytest.mark.skipif(op is None, reason="no C++ compiler: Hare's kernels cannot be built here")
+
+
+def _inputs(batch, heads, d, shared, own, layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, 1, 3 * heads * d, generator=g)[..., : heads * d].view(batch, heads, d)  # strided, as in the GPT
+    if layout == "position-major":  # Hare's KV cache: (position, batch, heads, d) with spare capacity
+        k, v = (torch.randn(own + 2, batch, heads, d, generator=g)[:own].permute(1, 2, 0, 3) for _ in range(2))
+    else:
+        k, v = (torch.randn(batch, heads, own + 3, d, generator=g)[:, :, :own] for _ in range(2))
+    pk, pv = (torch.randn(1, heads, shared, d, generator=g) * 2 for _ in range(2))
+    return q, k, v, pk, pv
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,heads,d,shared,own", [
+    (16, 16, 64, 34, 100),  # the official GPT's decoding: 16 candidates after a 34-position prompt
+    (16, 16, 64, 34, 1),
+    (3, 5, 64, 0, 7),  # no shared prefix; 15 (row, head) items: a partial vector of lanes
+    (2, 2, 32, 9, 0),  # only the prefix (the first code)
+    (17, 3, 16, 4, 20),
+    (2, 3, 128, 5, 40),
+    (4, 2, 24, 6, 11),  # a head size the vectorised path does not take: plain loops
+])
+@pytest.mark.parametrize("layout", ["position-major", "head-major"])
+def test_decode_attention_matches_pytorch(batch, heads, d, shared, own, layout):
+    q, k, v, pk, pv = _inputs(batch, heads, d, shared, own, layout)
+    got = op(q, k, v, pk[0], pv[0], d ** -0.5)
+    want = _reference_attention(q, k, v, pk, pv, d ** -0.5)
+    assert got.shape == (batch, heads, d) and got.is_contiguous()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_decode_attention_softmax_edges():
+    # scores far apart (weights that underflow to 0) and all equal (uniform weights): still exact
+    q, k, v, pk, pv = _inputs(2, 2, 64, 3, 5, "position-major", seed=1)
+    for scale in (40.0, 0.0):
+        torch.testing.assert_close(op(q, k, v, pk[0], pv[0], scale),
+                                   _reference_attention(q, k, v, pk, pv, scale), atol=1e-5, rtol=1e-5)
+    uniform = op(q, k, v, pk[0], pv[0], 0.0)
+    torch.testing.assert_close(uniform, torch.cat([pv.expand(2, -1, -1, -1), v], 2).mean(2), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_decode_attention_rejects_bad_inputs():
+    q, k, v, pk, pv = _inputs(2, 2, 16, 1, 3, "head-major")
+    with pytest.raises(RuntimeError, match="float32"):
+        op(q.double(), k, v, pk[0], pv[0], 1.0)
+    with pytest.raises(RuntimeError, match="match"):
+        op(q, k[:1], v[:1], pk[0], pv[0], 1.0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(q, k.transpose(2, 3), v.transpose(2, 3), pk[0], pv[0], 1.0)
+    with pytest.raises(RuntimeError, match="at least one key"):
+        op(q, k[:, :, :0], v[:, :, :0], pk[0, :, :0], pv[0, :, :0], 1.0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dim,heads", [(64, 4), (48, 4)])  # head sizes 16 (vectorised) and 12 (plain loops)
+def test_gpt_decoding_with_and_without_the_kernel(monkeypatch, dim, heads):
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(dim=dim, heads=heads, layers=2, text_vocab=64, start_text_token=64, mel_vocab=120,
+                        start_mel_token=118, stop_mel_token=119, max_text_tokens=30, max_mel_tokens=22,
+                        cond_attn_blocks=1, n_mels=16)).eval()
+    cond, text = torch.randn(1, dim), torch.randint(0, 60, (1, 6))
+    codes = torch.randint(0, 118, (5, 8))
+
+    def decode():
+        logits, cache = gpt.prefill(cond, text, batch=5, max_codes=8)
+        out = [logits]
+        for i in range(codes.shape[1]):
+            out.append(gpt.decode_step(codes[:, i], i + 1, cache))
+        return torch.stack(out)
+
+    with_kernel = decode()
+    monkeypatch.setenv("HARE_KERNELS", "0")
+    assert kernels.decode_attention() is None
+    without = decode()
+    torch.testing.assert_close(with_kernel, without, atol=1e-5, rtol=1e-5)
+
+
+def test_no_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "_loaded", {})  # as in a fresh process
+    monkeypatch.setenv("HARE_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(RuntimeError, match="failed"):
+        kernels.build("decode_attention")
+    with caplog.at_level(logging.WARNING, logger="hare.kernels"):
+        assert kernels.decode_attention() is None
+    assert "unavailable" in caplog.text and "slower" in caplog.text
+    assert kernels.decode_attention() is None  # decided once per process: no second attempt or warning
+    assert caplog.text.count("unavailable") == 1
+
+
+@needs_kernel
+def test_built_kernel_is_cached_and_keyed_by_its_source(monkeypatch):
+    path = kernels.build("decode_attention")  # built (or found) when `op` was loaded
+    stamp = path.stat().st_mtime_ns
+    assert kernels.build("decode_attention") == path and path.stat().st_mtime_ns == stamp  # not rebuilt
+    assert path.parent == kernels.cache_dir()
+    real = kernels._SOURCE_DIR
+    other = path.parent / "edited-source"
+    other.mkdir(exist_ok=True)
+    (other / "decode_attention.cpp").write_text((real / "decode_attention.cpp").read_text() + "\n// edited\n")
+    monkeypatch.setattr(kernels, "_SOURCE_DIR", other)
+    assert kernels.library_path("decode_attention", kernels.compiler()) != path  # a changed source rebuilds
