@@ -1,5 +1,6 @@
 """Hare's compiled CPU kernels (hare.kernels): results against plain PyTorch, the GPT's decoding with and
-without them, input checks, and the fallback when no kernel can be built."""
+without them, input checks, and the fallback when no kernel can be built. (The Winograd convolution with and
+without its kernels: tests/test_packed.py.)"""
 
 import logging
 
@@ -10,9 +11,11 @@ from hare import kernels
 from hare.kernels import _reference_attention
 from hare.models.configs import GPTConfig
 from hare.models.gpt import GPT
+from hare.models.packed import winograd_filters
 
 op = kernels.decode_attention()
 needs_kernel = pytest.mark.skipif(op is None, reason="no C++ compiler: Hare's kernels cannot be built here")
+needs_winograd = pytest.mark.skipif(kernels.winograd() is None, reason="no C++ compiler: Hare's kernels cannot be built here")
 
 
 def _inputs(batch, heads, d, shared, own, layout, seed=0):
@@ -118,3 +121,33 @@ def test_built_kernel_is_cached_and_keyed_by_its_source(monkeypatch):
     (other / "decode_attention.cpp").write_text((real / "decode_attention.cpp").read_text() + "\n// edited\n")
     monkeypatch.setattr(kernels, "_SOURCE_DIR", other)
     assert kernels.library_path("decode_attention", kernels.compiler()) != path  # a changed source rebuilds
+
+
+@needs_winograd
+@pytest.mark.parametrize("batch,frames,channels", [(1, 1, 16), (2, 7, 20), (3, 16, 64), (1, 37, 5)])
+def test_winograd_transforms_make_a_convolution(batch, frames, channels):
+    torch.manual_seed(frames)
+    conv = torch.nn.Conv1d(channels, channels + 3, 3, padding=1)
+    x = torch.randn(batch, channels, frames)
+    with torch.no_grad():
+        want = conv(x).transpose(1, 2)
+        got = kernels.winograd_conv(x.transpose(1, 2).contiguous(), winograd_filters(conv.weight), conv.bias)
+        no_bias = kernels.winograd_conv(x.transpose(1, 2).contiguous(), winograd_filters(conv.weight), None)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(no_bias, want - conv.bias, atol=1e-5, rtol=1e-5)
+
+
+@needs_winograd
+def test_winograd_transforms_reject_bad_inputs():
+    win, wout = kernels.winograd()
+    with pytest.raises(RuntimeError, match="float32"):
+        win(torch.randn(1, 4, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        win(torch.randn(1, 8, 4).transpose(1, 2))
+    m = [torch.randn(2, 8) for _ in range(6)]
+    with pytest.raises(RuntimeError, match="six"):
+        wout(m[:5], None, 1, 8)
+    with pytest.raises(RuntimeError, match="batch \\* tiles"):
+        wout(m, None, 1, 9)  # 9 frames are 3 tiles, not 2
+    with pytest.raises(RuntimeError, match="bias"):
+        wout(m, torch.randn(7), 1, 8)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hare import kernels
 from hare.models.layers import AttentionBlock
 from hare.models.diffusion import ResBlock
 from hare.models.packed import PackedLinear, WinogradConv1d, pack_linears, packing_available
@@ -72,15 +73,22 @@ def test_attention_block_packed_time_major(relative):
 
 @pytest.mark.parametrize("frames", [1, 2, 3, 4, 5, 8, 37])
 @pytest.mark.parametrize("bias", [True, False])
-def test_winograd_conv_matches_conv(frames, bias):
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernels", "pytorch"])  # hare.kernels' transforms or not
+def test_winograd_conv_matches_conv(frames, bias, compiled, monkeypatch):
+    monkeypatch.setenv("HARE_KERNELS", "1" if compiled else "0")
+    if compiled and kernels.winograd() is None:
+        pytest.skip("no C++ compiler: Hare's kernels cannot be built here")
     torch.manual_seed(frames)
     conv = nn.Conv1d(48, 40, 3, padding=1, bias=bias)
     x = torch.randn(2, 48, frames) * 3
     with torch.no_grad():
         expected = conv(x)
         got = WinogradConv1d(conv)(x)
+        # the same values held time-major (as the packed decoder's layers hand them on)
+        got_time_major = WinogradConv1d(conv)(x.transpose(1, 2).contiguous().transpose(1, 2))
     assert got.shape == expected.shape == (2, 40, frames)
     assert torch.allclose(got, expected, atol=TOL * 10, rtol=1e-5)
+    assert torch.allclose(got_time_major, expected, atol=TOL * 10, rtol=1e-5)
     # every output frame depends on its own neighbourhood only: no wrap-around at either end
     x2 = x.clone()
     x2[..., -1] += 1.0

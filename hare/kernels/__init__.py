@@ -1,12 +1,15 @@
 """Hare's compiled CPU kernels, built on first use and cached; PyTorch code paths stand in without them.
 
-`decode_attention()` returns `torch.ops.hare.decode_attention` (one decoding step of attention over a KV
-cache whose prompt is shared by every row; `decode_attention.cpp`), or None when it is unavailable. The first
-call on a machine compiles the C++ source with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
-installed PyTorch, tuned for this CPU (`-march=native`), about 10 s; the library is cached under
-`$HARE_KERNEL_CACHE` (default `$HARE_HOME/kernels`), keyed by the source, flags, compiler, PyTorch version
-and CPU, and later processes only load it. A loaded kernel is checked against PyTorch's attention on a small
-input before it is used.
+- `decode_attention()`: `torch.ops.hare.decode_attention`, one decoding step of attention over a KV cache
+  whose prompt is shared by every row (`decode_attention.cpp`);
+- `winograd()`: `torch.ops.hare.winograd_input` / `winograd_output`, the transforms around the matrix
+  products of `hare.models.packed.WinogradConv1d` (`winograd.cpp`).
+
+Each returns None when unavailable. The first call on a machine compiles the C++ source with the machine's
+compiler (`$CXX`, else `c++`/`g++`) against the installed PyTorch, tuned for this CPU (`-march=native`),
+about 10 s; the library is cached under `$HARE_KERNEL_CACHE` (default `$HARE_HOME/kernels`), keyed by the
+source, flags, compiler, PyTorch version and CPU, and later processes only load it. A loaded kernel is
+checked against plain PyTorch on a small input before it is used.
 
 Without a compiler (or with `HARE_KERNELS=0`), or if building or the check fails, callers fall back to
 PyTorch's kernels: the same results to float rounding, slower (the reason is logged once).
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 _lock = threading.Lock()
-_loaded: dict[str, object] = {}  # kernel name -> op, or None when it is unavailable in this process
+_loaded: dict[str, bool] = {}  # library name -> whether it is loaded and checked in this process
 
 
 def enabled() -> bool:
@@ -125,7 +128,8 @@ def _reference_attention(q, k, v, pk, pv, scale):
     return torch.einsum("bhn,bhnd->bhd", w, values)
 
 
-def _self_check(op) -> None:
+def _check_decode_attention() -> None:
+    op = torch.ops.hare.decode_attention
     g = torch.Generator().manual_seed(0)
     for batch, heads, d, shared, own, position_major in ((3, 2, 64, 5, 7, True), (2, 3, 24, 0, 4, False),
                                                          (17, 1, 32, 3, 1, True)):
@@ -135,28 +139,56 @@ def _self_check(op) -> None:
         else:
             k, v = (torch.randn(batch, heads, own, d, generator=g) for _ in range(2))
         pk, pv = (torch.randn(1, heads, shared, d, generator=g) for _ in range(2))
-        got = op(q, k, v, pk[0], pv[0], d ** -0.5)
-        want = _reference_attention(q, k, v, pk, pv, d ** -0.5)
-        if not torch.allclose(got, want, atol=1e-5, rtol=1e-4):
-            raise RuntimeError(f"kernel check failed: max difference {(got - want).abs().max().item():.3g}")
+        _compare(op(q, k, v, pk[0], pv[0], d ** -0.5), _reference_attention(q, k, v, pk, pv, d ** -0.5))
 
 
-def _load(name: str):
+def winograd_conv(x: torch.Tensor, filters: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
+    """A 3-wide 'same' convolution through the kernels: x (batch, frames, in) time-major -> (batch, frames, out);
+    `filters`: the six transformed filters (out, in) G W of Winograd F(4,3), as plain matrices."""
+    v = torch.ops.hare.winograd_input(x)
+    m = [v[i] @ f.T for i, f in enumerate(filters)]
+    return torch.ops.hare.winograd_output(m, bias, x.shape[0], x.shape[1])
+
+
+def _check_winograd() -> None:
+    from hare.models.packed import winograd_filters
+
+    g = torch.Generator().manual_seed(0)
+    for frames in (1, 4, 11):
+        conv = torch.nn.Conv1d(24, 20, 3, padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+            x = torch.randn(2, 24, frames, generator=g)
+            want = conv(x).transpose(1, 2)
+            got = winograd_conv(x.transpose(1, 2).contiguous(), winograd_filters(conv.weight), conv.bias)
+        _compare(got, want)
+
+
+def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
+    if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+        diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
+        raise RuntimeError(f"kernel check failed: max difference {diff}")
+
+
+_CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd}
+
+
+def _load(name: str) -> bool:
+    """Build (once per machine) and load library `name`, then check it; False when it is unavailable."""
     with _lock:
         if name in _loaded:
             return _loaded[name]
-        op = None
         try:
             torch.ops.load_library(str(build(name)))
-            op = getattr(torch.ops.hare, name)
-            _self_check(op)
+            _CHECKS[name]()
+            ok = True
         except (RuntimeError, OSError, AttributeError) as exc:
-            op = None
+            ok = False
             log.warning("Hare's CPU kernel %r is unavailable (%s); using PyTorch's slower kernels instead",
                         name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             log.debug("kernel %r: %s", name, exc)
-        _loaded[name] = op
-        return op
+        _loaded[name] = ok
+        return ok
 
 
 def decode_attention():
@@ -166,6 +198,19 @@ def decode_attention():
     dimension contiguous; fastest position-major); prefix_k, prefix_v: (heads, shared, d), shared >= 0.
     Returns (batch, heads, d): softmax(scale q.k) v over the shared positions, then the row's own.
     """
-    if not enabled():
+    if not enabled() or not _load("decode_attention"):
         return None
-    return _load("decode_attention")
+    return torch.ops.hare.decode_attention
+
+
+def winograd():
+    """(`torch.ops.hare.winograd_input`, `torch.ops.hare.winograd_output`), or None when unavailable.
+
+    winograd_input(x): x (batch, frames, channels) float32, channels contiguous -> (6, batch * tiles, channels),
+    tiles = ceil(frames / 4), Winograd F(4,3)'s input transform B^T d of every 4-frame tile (zero-padded).
+    winograd_output(m, bias, batch, frames): the six (batch * tiles, out) products -> (batch, frames, out),
+    the output transform A^T m plus the bias. `winograd_conv` shows them together.
+    """
+    if not enabled() or not _load("winograd"):
+        return None
+    return torch.ops.hare.winograd_input, torch.ops.hare.winograd_output

@@ -236,7 +236,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 }  // namespace
 
-TORCH_LIBRARY(hare, m) {
+TORCH_LIBRARY_FRAGMENT(hare, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor prefix_k, Tensor prefix_v, float scale) -> Tensor");
   m.impl("decode_attention", c10::DispatchKey::CPU, TORCH_FN(decode_attention));
 }

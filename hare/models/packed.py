@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare import kernels
+
 
 def _pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), batch_hint)
@@ -109,10 +111,8 @@ class WinogradConv1d(nn.Module):
             raise ValueError("only CPU convolutions can be packed")
         if not _same3(conv):
             raise ValueError("only 3-wide, stride-1, padding-1, undilated, ungrouped, zero-padded convolutions")
-        w = conv.weight.detach().double()  # the filter transform in float64, rounded once
-        self.out_channels, self.in_channels = w.shape[:2]
-        self.packed = [_pack(sum(g * w[..., k] for k, g in enumerate(row)).float().contiguous(), 128)
-                       for row in _WINOGRAD_G]
+        self.out_channels, self.in_channels = conv.weight.shape[:2]
+        self.packed = [_pack(f, 128) for f in winograd_filters(conv.weight)]
         bias = None if conv.bias is None else conv.bias.detach().float().contiguous()
         self.register_buffer("bias", bias, persistent=False)
 
@@ -120,6 +120,12 @@ class WinogradConv1d(nn.Module):
         # x: (batch, in_channels, frames) -> (batch, out_channels, frames), a time-major tensor's view
         _check_inference_input(x, "convolution")
         b, c, t = x.shape
+        ops = kernels.winograd()
+        if ops is not None:  # the transforms as two compiled passes over time-major rows
+            xt = x.transpose(1, 2)
+            v = ops[0](xt if xt.stride(2) == 1 else xt.contiguous())
+            m = [_packed_linear(v[i], p, None) for i, p in enumerate(self.packed)]
+            return ops[1](m, self.bias, b, t).transpose(1, 2)
         n = (t + 3) // 4
         # time-major, zero frames around: row j holds x[j - 1]; tile i reads rows 4i .. 4i + 5
         xp = F.pad(x.transpose(1, 2), (0, 0, 1, 4 * n + 1 - t))
@@ -146,6 +152,13 @@ class WinogradConv1d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size=3, padding=1, bias={self.bias is not None}"
+
+
+def winograd_filters(weight: torch.Tensor) -> list[torch.Tensor]:
+    """The six filter transforms G W of a 3-wide convolution's weight (out, in, 3): float32 (out, in)
+    matrices, computed in float64 and rounded once."""
+    w = weight.detach().double()
+    return [sum(g * w[..., k] for k, g in enumerate(row)).float().contiguous() for row in _WINOGRAD_G]
 
 
 def _same3(conv: nn.Conv1d) -> bool:
