@@ -135,6 +135,53 @@ def test_winograd_transforms_make_a_convolution(batch, frames, channels):
         no_bias = kernels.winograd_conv(x.transpose(1, 2).contiguous(), winograd_filters(conv.weight), None)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(no_bias, want - conv.bias, atol=1e-5, rtol=1e-5)
+    residual = torch.randn(batch, frames, channels + 3)
+    win, wout = kernels.winograd()
+    v = win(x.transpose(1, 2).contiguous())
+    m = [v[i] @ f.T for i, f in enumerate(winograd_filters(conv.weight))]
+    torch.testing.assert_close(wout(m, conv.bias.detach(), residual, batch, frames), want + residual,
+                               atol=1e-5, rtol=1e-5)
+
+
+needs_group_norm = pytest.mark.skipif(kernels.group_norm() is None, reason="no C++ compiler: no Hare kernels")
+
+
+@needs_group_norm
+@pytest.mark.parametrize("batch,frames,channels,groups", [(1, 435, 1024, 32), (2, 3, 40, 8), (3, 1, 20, 5)])
+@pytest.mark.parametrize("affine,modulated,silu", [(True, True, True), (True, False, False), (False, False, True)])
+def test_group_norm_time_major_matches_pytorch(batch, frames, channels, groups, affine, modulated, silu):
+    g = torch.Generator().manual_seed(frames)
+    x = torch.randn(batch, frames, channels, generator=g) * 2 + 0.5
+    w, b = (torch.randn(channels, generator=g) if affine else None for _ in range(2))
+    scale, shift = (torch.randn(batch, channels, generator=g) if modulated else None for _ in range(2))
+    want = torch.nn.functional.group_norm(x.transpose(1, 2), groups, w, b, 1e-5)
+    if modulated:
+        want = want * (1 + scale[..., None]) + shift[..., None]
+    if silu:
+        want = torch.nn.functional.silu(want)
+    got = kernels.group_norm()(x, groups, w, b, scale, shift, 1e-5, silu)
+    torch.testing.assert_close(got, want.transpose(1, 2), atol=2e-5, rtol=1e-5)
+
+
+@needs_group_norm
+def test_group_norm_layer_takes_the_kernel_for_time_major_inference(monkeypatch):
+    from hare.models.layers import group_norm
+
+    norm = group_norm(64)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 64, 9)
+    time_major = x.transpose(1, 2).contiguous().transpose(1, 2)
+    calls = []
+    real = kernels.group_norm()
+    monkeypatch.setattr(kernels, "group_norm", lambda: lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        want = norm(x)  # channel-major: PyTorch
+        assert not calls
+        got = norm(time_major)
+    assert calls and got.transpose(1, 2).is_contiguous()  # stays time-major
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got_grad = norm(time_major.requires_grad_())  # with autograd: PyTorch's differentiable ops
+    assert len(calls) == 1 and got_grad.requires_grad
 
 
 @needs_winograd
@@ -146,8 +193,10 @@ def test_winograd_transforms_reject_bad_inputs():
         win(torch.randn(1, 8, 4).transpose(1, 2))
     m = [torch.randn(2, 8) for _ in range(6)]
     with pytest.raises(RuntimeError, match="six"):
-        wout(m[:5], None, 1, 8)
+        wout(m[:5], None, None, 1, 8)
     with pytest.raises(RuntimeError, match="batch \\* tiles"):
-        wout(m, None, 1, 9)  # 9 frames are 3 tiles, not 2
+        wout(m, None, None, 1, 9)  # 9 frames are 3 tiles, not 2
     with pytest.raises(RuntimeError, match="bias"):
-        wout(m, torch.randn(7), 1, 8)
+        wout(m, torch.randn(7), None, 1, 8)
+    with pytest.raises(RuntimeError, match="residual"):
+        wout(m, None, torch.randn(1, 7, 8), 1, 8)

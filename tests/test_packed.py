@@ -113,9 +113,9 @@ def test_pack_linears_swaps_the_diffusion_resblock_conv_for_winograd():
     x, emb = torch.randn(2, 32, 11), torch.randn(2, 32)
     with torch.no_grad():
         expected = block(x, emb)
-        assert pack_linears(block) == 2  # the time-embedding linear and the 3-wide conv (the 1x1 conv stays)
+        assert pack_linears(block) == 3  # the time-embedding linear, the 1x1 conv and the 3-wide conv
         assert isinstance(block.conv_out, WinogradConv1d) and isinstance(block.emb, PackedLinear)
-        assert type(block.conv_in) is nn.Conv1d
+        assert isinstance(block.conv_in, PackedLinear)
         assert torch.allclose(block(x, emb), expected, atol=1e-4)
 
 

@@ -3,7 +3,9 @@
 - `decode_attention()`: `torch.ops.hare.decode_attention`, one decoding step of attention over a KV cache
   whose prompt is shared by every row (`decode_attention.cpp`);
 - `winograd()`: `torch.ops.hare.winograd_input` / `winograd_output`, the transforms around the matrix
-  products of `hare.models.packed.WinogradConv1d` (`winograd.cpp`).
+  products of `hare.models.packed.WinogradConv1d` (`winograd.cpp`);
+- `group_norm()`: `torch.ops.hare.group_norm_time_major`, GroupNorm (with a per-row scale/shift and SiLU)
+  over time-major rows, for the packed diffusion decoder (`group_norm.cpp`).
 
 Each returns None when unavailable. The first call on a machine compiles the C++ source with the machine's
 compiler (`$CXX`, else `c++`/`g++`) against the installed PyTorch, tuned for this CPU (`-march=native`),
@@ -73,8 +75,8 @@ def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
     torch_lib = Path(torch.__file__).resolve().parent / "lib"
     return [cxx, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20",
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-            *(f"-I{p}" for p in include_paths()), str(source), f"-L{torch_lib}", "-lc10", "-ltorch_cpu",
-            f"-Wl,-rpath,{torch_lib}", "-o", str(output)]
+            *(f"-I{p}" for p in include_paths()), f"-I{_SOURCE_DIR}", str(source), f"-L{torch_lib}", "-lc10",
+            "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}", "-o", str(output)]
 
 
 def library_path(name: str, cxx: str) -> Path:
@@ -84,9 +86,10 @@ def library_path(name: str, cxx: str) -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
+    headers = [h.read_text() for h in sorted(_SOURCE_DIR.glob("*.h"))]  # what the sources include
     key = hashlib.sha256("\0".join([
-        source.read_text(), " ".join(_build_command(cxx, Path("SRC"), Path("OUT"))), version, torch.__version__,
-        _cpu_identity()]).encode()).hexdigest()[:20]
+        source.read_text(), *headers, " ".join(_build_command(cxx, Path("SRC"), Path("OUT"))), version,
+        torch.__version__, _cpu_identity()]).encode()).hexdigest()[:20]
     return cache_dir() / f"{name}-{key}.so"
 
 
@@ -109,7 +112,8 @@ def build(name: str) -> Path:
         done = subprocess.run(_build_command(cxx, _SOURCE_DIR / f"{name}.cpp", Path(tmp)),
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
-            raise RuntimeError(f"building kernel {name!r} failed:\n{done.stderr[-4000:]}")
+            errors = [line for line in done.stderr.splitlines() if "error" in line.lower()] or ["(no message)"]
+            raise RuntimeError(f"building kernel {name!r} failed: {errors[0]}\n{done.stderr[-4000:]}")
         os.replace(tmp, path)  # atomic: a concurrent build or reader never sees a partial file
     except (OSError, subprocess.SubprocessError) as exc:
         raise RuntimeError(f"building kernel {name!r} failed: {exc}") from exc
@@ -147,7 +151,7 @@ def winograd_conv(x: torch.Tensor, filters: list[torch.Tensor], bias: torch.Tens
     `filters`: the six transformed filters (out, in) G W of Winograd F(4,3), as plain matrices."""
     v = torch.ops.hare.winograd_input(x)
     m = [v[i] @ f.T for i, f in enumerate(filters)]
-    return torch.ops.hare.winograd_output(m, bias, x.shape[0], x.shape[1])
+    return torch.ops.hare.winograd_output(m, bias, None, x.shape[0], x.shape[1])
 
 
 def _check_winograd() -> None:
@@ -164,13 +168,24 @@ def _check_winograd() -> None:
         _compare(got, want)
 
 
+def _check_group_norm() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 48, generator=g) * 3 + 1  # (batch, frames, channels)
+    w, b, scale, shift = (torch.randn(*shape, generator=g) for shape in ((48,), (48,), (2, 48), (2, 48)))
+    want = torch.nn.functional.group_norm(x.transpose(1, 2), 4, w, b, 1e-5).transpose(1, 2)
+    _compare(torch.ops.hare.group_norm_time_major(x.contiguous(), 4, w, b, None, None, 1e-5, False), want)
+    want = torch.nn.functional.silu(want * (1 + scale[:, None]) + shift[:, None])
+    _compare(torch.ops.hare.group_norm_time_major(x.contiguous(), 4, w, b, scale, shift, 1e-5, True), want)
+
+
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
     if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
         diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
         raise RuntimeError(f"kernel check failed: max difference {diff}")
 
 
-_CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd}
+_CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd,
+           "group_norm": _check_group_norm}
 
 
 def _load(name: str) -> bool:
@@ -208,9 +223,22 @@ def winograd():
 
     winograd_input(x): x (batch, frames, channels) float32, channels contiguous -> (6, batch * tiles, channels),
     tiles = ceil(frames / 4), Winograd F(4,3)'s input transform B^T d of every 4-frame tile (zero-padded).
-    winograd_output(m, bias, batch, frames): the six (batch * tiles, out) products -> (batch, frames, out),
-    the output transform A^T m plus the bias. `winograd_conv` shows them together.
+    winograd_output(m, bias, residual, batch, frames): the six (batch * tiles, out) products -> (batch, frames,
+    out), the output transform A^T m plus the bias and a residual (batch, frames, out), each optional.
+    `winograd_conv` shows them together.
     """
     if not enabled() or not _load("winograd"):
         return None
     return torch.ops.hare.winograd_input, torch.ops.hare.winograd_output
+
+
+def group_norm():
+    """`torch.ops.hare.group_norm_time_major(x, groups, weight, bias, scale, shift, eps, silu)`, or None.
+
+    x: (batch, frames, channels) float32, contiguous (time-major); weight, bias: (channels,) or None; scale,
+    shift: (batch, channels) or None. Returns silu((GroupNorm(x) * weight + bias) * (1 + scale) + shift) (SiLU
+    only with `silu`), time-major.
+    """
+    if not enabled() or not _load("group_norm"):
+        return None
+    return torch.ops.hare.group_norm_time_major

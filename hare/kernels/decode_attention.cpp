@@ -16,6 +16,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "vec.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,12 +26,7 @@
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));  // for loads from any float address
-
-inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
-inline void store(float* p, v16 x) { *reinterpret_cast<v16u*>(p) = x; }
-inline v16 splat(float x) { return v16{} + x; }
+using namespace hare_vec;
 
 // Lane r of the result is the sum of a[r]'s 16 lanes (four rounds of pairwise shuffles: 15 adds for 16 sums).
 inline v16 transpose_sum(const v16* a) {
@@ -45,27 +42,6 @@ inline v16 transpose_sum(const v16* a) {
             __builtin_shufflevector(r2[2 * p], r2[2 * p + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
   return __builtin_shufflevector(r3[0], r3[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
          __builtin_shufflevector(r3[0], r3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
-// exp(x) for x <= 0 (scores minus their maximum), 16 lanes at a time, within ~2 ulp of expf:
-// x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial, 2^n put into the exponent bits.
-typedef int32_t i16v __attribute__((vector_size(64)));
-
-inline v16 exp_nonpositive(v16 x) {
-  x = x < -87.0f ? splat(-87.0f) : x;  // below, e^x underflows float32 anyway
-  const v16 round = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const v16 n = (x * 1.44269504088896341f + round) - round;
-  const v16 r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
-  v16 p = splat(1.0f / 5040.0f);
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const i16v bits = (__builtin_convertvector(n, i16v) + 127) << 23;
-  return p * reinterpret_cast<const v16&>(bits);
 }
 
 struct View {  // a float tensor's data and strides (elements), its last dimension contiguous

@@ -57,9 +57,9 @@ at::Tensor winograd_input(const at::Tensor& x) {
 // m: six (batch * tiles, channels) products; returns y (batch, frames, channels) time-major: for each tile,
 // with p = m1 + m2, q = m1 - m2, r = m3 + m4, s = m3 - m4,
 // A^T m = (m0 + p + r, q + 2s, p + 4r, q + 8s + m5) as its four frames (the last tile cut at `frames`),
-// plus the bias if one is given.
-at::Tensor winograd_output(at::TensorList m, const std::optional<at::Tensor>& bias, int64_t batch,
-                           int64_t frames) {
+// plus the bias and a residual (batch, frames, channels) if they are given.
+at::Tensor winograd_output(at::TensorList m, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& residual, int64_t batch, int64_t frames) {
   TORCH_CHECK(m.size() == 6, "winograd_output takes six products");
   const int64_t tiles = (frames + 3) / 4;
   TORCH_CHECK(batch >= 0 && frames >= 0, "batch and frames must not be negative");
@@ -75,28 +75,40 @@ at::Tensor winograd_output(at::TensorList m, const std::optional<at::Tensor>& bi
                 "bias must be a contiguous float32 (channels,) tensor");
     B = bias->data_ptr<float>();
   }
+  const float* R = nullptr;
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->is_contiguous() && residual->dim() == 3 &&
+                    residual->size(0) == batch && residual->size(1) == frames && residual->size(2) == c,
+                "residual must be a contiguous float32 (batch, frames, channels) tensor");
+    R = residual->data_ptr<float>();
+  }
   at::Tensor out = at::empty({batch, frames, c}, m[0].options());
   const float* M[6];
   for (int j = 0; j < 6; ++j) M[j] = m[j].data_ptr<float>();
   float* const Y = out.data_ptr<float>();
   at::parallel_for(0, batch * tiles, 4, [&](int64_t begin, int64_t end) {
     std::vector<float> spill(static_cast<size_t>(3 * c));  // frames of the last tile past the row's end
+    std::vector<float> zeros(static_cast<size_t>(c), 0.0f);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / tiles, i = row % tiles, valid = std::min<int64_t>(4, frames - 4 * i);
       float* y[4];
-      for (int j = 0; j < 4; ++j)
+      const float* res[4];
+      for (int j = 0; j < 4; ++j) {
         y[j] = j < valid ? Y + (b * frames + 4 * i + j) * c : spill.data() + (j - 1) * c;
+        res[j] = R && j < valid ? R + (b * frames + 4 * i + j) * c : zeros.data();
+      }
       const float *m0 = M[0] + row * c, *m1 = M[1] + row * c, *m2 = M[2] + row * c, *m3 = M[3] + row * c,
                   *m4 = M[4] + row * c, *m5 = M[5] + row * c;
       float *y0 = y[0], *y1 = y[1], *y2 = y[2], *y3 = y[3];
+      const float *r0 = res[0], *r1 = res[1], *r2 = res[2], *r3 = res[3];
 #pragma omp simd
       for (int64_t k = 0; k < c; ++k) {
         const float p = m1[k] + m2[k], q = m1[k] - m2[k], r = m3[k] + m4[k], s = m3[k] - m4[k];
         const float bk = B ? B[k] : 0.0f;
-        y0[k] = m0[k] + p + r + bk;
-        y1[k] = q + 2.0f * s + bk;
-        y2[k] = p + 4.0f * r + bk;
-        y3[k] = q + 8.0f * s + m5[k] + bk;
+        y0[k] = (m0[k] + p + r + bk) + r0[k];
+        y1[k] = (q + 2.0f * s + bk) + r1[k];
+        y2[k] = (p + 4.0f * r + bk) + r2[k];
+        y3[k] = (q + 8.0f * s + m5[k] + bk) + r3[k];
       }
     }
   });
@@ -107,7 +119,7 @@ at::Tensor winograd_output(at::TensorList m, const std::optional<at::Tensor>& bi
 
 TORCH_LIBRARY_FRAGMENT(hare, m) {
   m.def("winograd_input(Tensor x) -> Tensor");
-  m.def("winograd_output(Tensor[] m, Tensor? bias, int batch, int frames) -> Tensor");
+  m.def("winograd_output(Tensor[] m, Tensor? bias, Tensor? residual, int batch, int frames) -> Tensor");
   m.impl("winograd_input", c10::DispatchKey::CPU, TORCH_FN(winograd_input));
   m.impl("winograd_output", c10::DispatchKey::CPU, TORCH_FN(winograd_output));
 }

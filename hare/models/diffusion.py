@@ -21,6 +21,7 @@ from torch import nn
 
 from hare.models.configs import DiffusionConfig
 from hare.models.layers import AttentionBlock, group_norm
+from hare.models.packed import PackedLinear, WinogradConv1d
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -35,9 +36,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-1x1 conv, then scale/shift from the time embedding, SiLU, 3-wide conv; identity skip."""
+    """GroupNorm-SiLU-1x1 conv, then scale/shift from the time embedding, SiLU, 3-wide conv; identity skip.
 
-    # `hare.models.packed.pack_linears` may swap the 3-wide conv for a Winograd one on packed matmuls
+    Packed for inference (`hare.models.packed.pack_linears`), the 1x1 conv becomes a linear layer over
+    time-major rows and the 3-wide one a Winograd convolution that adds the skip in its output pass: the
+    block then reads and returns time-major activations (as (batch, channels, frames) views), and its
+    GroupNorms run fused with their scale/shift and SiLU.
+    """
+
+    POINTWISE_PACKABLE = ("conv_in",)
     WINOGRAD_PACKABLE = ("conv_out",)
 
     def __init__(self, channels: int, dropout: float):
@@ -51,10 +58,16 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         # x: (batch, channels, frames); time_emb: (batch, channels)
-        h = self.conv_in(F.silu(self.norm_in(x)))
-        scale, shift = self.emb(F.silu(time_emb)).to(h.dtype)[..., None].chunk(2, dim=1)
-        h = self.norm_out(h) * (1 + scale) + shift
-        return x + self.conv_out(self.dropout(F.silu(h)))
+        h = self.norm_in.fused(x, silu=True)
+        if isinstance(self.conv_in, PackedLinear):  # time-major rows in and out
+            h = self.conv_in(h.transpose(1, 2)).transpose(1, 2)
+        else:
+            h = self.conv_in(h)
+        scale, shift = self.emb(F.silu(time_emb)).to(h.dtype).chunk(2, dim=1)
+        h = self.dropout(self.norm_out.fused(h, scale, shift, silu=True))
+        if isinstance(self.conv_out, WinogradConv1d):
+            return self.conv_out(h, residual=x)
+        return x + self.conv_out(h)
 
 
 class DiffusionLayer(nn.Module):

@@ -14,14 +14,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare import kernels
+
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 whatever the input dtype (stable under fp16/bf16 autocast)."""
+    """GroupNorm evaluated in float32 whatever the input dtype (stable under fp16/bf16 autocast).
+
+    A time-major input at inference (a (batch, channels, frames) view of a (batch, frames, channels) tensor,
+    as the packed diffusion decoder keeps its activations) is normalised in one compiled pass over its rows
+    (`hare.kernels.group_norm`, when available) and comes out time-major too.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)
+
+    def fused(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+              silu: bool = False) -> torch.Tensor:
+        """silu(GroupNorm(x) * (1 + scale) + shift), each extra optional: x (batch, channels, frames); scale,
+        shift (batch, channels) (both or neither); SiLU only with `silu`."""
+        op = kernels.group_norm() if _time_major_inference(x, self.weight) else None
+        if op is not None:
+            if scale is not None:
+                scale, shift = scale.float().contiguous(), shift.float().contiguous()
+            return op(x.transpose(1, 2), self.num_groups, self.weight, self.bias, scale, shift, self.eps,
+                      silu).transpose(1, 2)
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        h = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        if scale is not None:
+            h = h * (1 + scale[..., None]) + shift[..., None]
+        return F.silu(h) if silu else h
+
+
+def _time_major_inference(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
+    """A float32 CPU (batch, channels, frames) view of time-major rows, with nothing to differentiate."""
+    return (x.dim() == 3 and x.dtype == torch.float32 and x.device.type == "cpu" and x.transpose(1, 2).is_contiguous()
+            and x.shape[1] > 1 and (weight is None or weight.dtype == torch.float32)
+            and not (torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))))
 
 
 def group_norm(channels: int) -> GroupNorm32:

@@ -116,16 +116,17 @@ class WinogradConv1d(nn.Module):
         bias = None if conv.bias is None else conv.bias.detach().float().contiguous()
         self.register_buffer("bias", bias, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (batch, in_channels, frames) -> (batch, out_channels, frames), a time-major tensor's view
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (batch, in_channels, frames) -> (batch, out_channels, frames), a time-major tensor's view; plus
+        `residual` (batch, out_channels, frames) when given (added in the same pass)."""
         _check_inference_input(x, "convolution")
         b, c, t = x.shape
         ops = kernels.winograd()
         if ops is not None:  # the transforms as two compiled passes over time-major rows
-            xt = x.transpose(1, 2)
-            v = ops[0](xt if xt.stride(2) == 1 else xt.contiguous())
+            v = ops[0](_time_major(x))
             m = [_packed_linear(v[i], p, None) for i, p in enumerate(self.packed)]
-            return ops[1](m, self.bias, b, t).transpose(1, 2)
+            res = None if residual is None else _time_major(residual)
+            return ops[1](m, self.bias, res, b, t).transpose(1, 2)
         n = (t + 3) // 4
         # time-major, zero frames around: row j holds x[j - 1]; tile i reads rows 4i .. 4i + 5
         xp = F.pad(x.transpose(1, 2), (0, 0, 1, 4 * n + 1 - t))
@@ -148,10 +149,17 @@ class WinogradConv1d(nn.Module):
         y[:, :, 3] += m[5]
         if self.bias is not None:
             y += self.bias
-        return y.view(b, 4 * n, self.out_channels)[:, :t].transpose(1, 2)
+        y = y.view(b, 4 * n, self.out_channels)[:, :t].transpose(1, 2)
+        return y if residual is None else y + residual
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size=3, padding=1, bias={self.bias is not None}"
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """(batch, channels, frames) -> its (batch, frames, channels) contiguous form (a view when it is one)."""
+    xt = x.transpose(1, 2)
+    return xt if xt.is_contiguous() else xt.contiguous()
 
 
 def winograd_filters(weight: torch.Tensor) -> list[torch.Tensor]:
