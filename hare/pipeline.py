@@ -228,10 +228,10 @@ class TextToSpeech:
         if quantize is not None:
             self._quantize(quantize)
         self.packed = pack and self._pack()
-        if self.device.type == "cpu":  # build (once per machine) or load Hare's CPU kernel now, not mid-synthesis
+        if self.device.type == "cpu":  # build (once per machine) or load Hare's CPU kernels now, not mid-synthesis
             from hare import kernels
 
-            kernels.decode_attention()
+            kernels.status()
 
     def _pack(self) -> bool:
         """oneDNN-packed float32 linears on the CPU (`hare.models.packed`), in place: the diffusion decoder

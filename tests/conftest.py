@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("HARE_SHARED", ROOT.parent / "shared"))
 FIXTURES = Path(os.environ.get("HARE_FIXTURES", SHARED / "fixtures" / "cases"))
 MANIFEST = SHARED / "fixtures" / "tortoise_state_dict_shapes.json"
+
+# Hare's compiled kernels (hare.kernels) are built once per test session into a folder of its own, found there
+# by every test and subprocess (set before any test module imports hare: modules load the kernels at import;
+# tests that move $HARE_HOME would otherwise rebuild them, and nothing goes into the user's cache).
+if "HARE_KERNEL_CACHE" not in os.environ:
+    _KERNEL_CACHE = tempfile.TemporaryDirectory(prefix="hare-test-kernels-")
+    os.environ["HARE_KERNEL_CACHE"] = _KERNEL_CACHE.name
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +39,3 @@ def one_thread():
 def isolated_home(tmp_path, monkeypatch):
     """$HARE_HOME in the test's own folder (no voice library, caches or models of the user's)."""
     monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def kernel_cache(tmp_path_factory):
-    """Hare's compiled kernels (hare.kernels) built once per test session, in a folder of its own, and found
-    there by every test and subprocess (tests that move $HARE_HOME would otherwise rebuild them)."""
-    if "HARE_KERNEL_CACHE" in os.environ:
-        yield Path(os.environ["HARE_KERNEL_CACHE"])
-        return
-    folder = tmp_path_factory.mktemp("kernels")
-    os.environ["HARE_KERNEL_CACHE"] = str(folder)
-    yield folder
-    os.environ.pop("HARE_KERNEL_CACHE", None)

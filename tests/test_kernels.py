@@ -97,30 +97,44 @@ def test_gpt_decoding_with_and_without_the_kernel(monkeypatch, dim, heads):
 
 
 def test_no_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(kernels, "_loaded", {})  # as in a fresh process
+    monkeypatch.setattr(kernels, "_ready", {})  # as in a fresh process
+    monkeypatch.setattr(kernels, "_library_path", None)
     monkeypatch.setenv("HARE_KERNEL_CACHE", str(tmp_path / "kernels"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(RuntimeError, match="failed"):
-        kernels.build("decode_attention")
+        kernels.build()
     with caplog.at_level(logging.WARNING, logger="hare.kernels"):
-        assert kernels.decode_attention() is None
+        assert kernels.decode_attention() is None and kernels.winograd() is None and kernels.group_norm() is None
     assert "unavailable" in caplog.text and "slower" in caplog.text
-    assert kernels.decode_attention() is None  # decided once per process: no second attempt or warning
-    assert caplog.text.count("unavailable") == 1
+    assert caplog.text.count("unavailable") == 1  # decided once per process: no second attempt or warning
+    assert kernels.status() == {"decode_attention": False, "winograd": False, "group_norm": False}
+
+
+def test_a_kernel_that_fails_its_check_is_not_used(monkeypatch, caplog):
+    monkeypatch.setattr(kernels, "_ready", {})  # checked again (the library stays loaded)
+
+    def broken():
+        raise RuntimeError("kernel check failed: max difference 1")
+
+    monkeypatch.setitem(kernels._CHECKS, "winograd", broken)
+    with caplog.at_level(logging.WARNING, logger="hare.kernels"):
+        assert kernels.winograd() is None
+    assert "'winograd' failed its check" in caplog.text
+    assert (kernels.decode_attention() is not None) == (op is not None)  # the others stay in use
 
 
 @needs_kernel
-def test_built_kernel_is_cached_and_keyed_by_its_source(monkeypatch):
-    path = kernels.build("decode_attention")  # built (or found) when `op` was loaded
+def test_built_library_is_cached_and_keyed_by_its_sources(monkeypatch, tmp_path):
+    path = kernels.build()  # built (or found) when `op` was loaded
     stamp = path.stat().st_mtime_ns
-    assert kernels.build("decode_attention") == path and path.stat().st_mtime_ns == stamp  # not rebuilt
+    assert kernels.build() == path and path.stat().st_mtime_ns == stamp  # not rebuilt
     assert path.parent == kernels.cache_dir()
-    real = kernels._SOURCE_DIR
-    other = path.parent / "edited-source"
-    other.mkdir(exist_ok=True)
-    (other / "decode_attention.cpp").write_text((real / "decode_attention.cpp").read_text() + "\n// edited\n")
-    monkeypatch.setattr(kernels, "_SOURCE_DIR", other)
-    assert kernels.library_path("decode_attention", kernels.compiler()) != path  # a changed source rebuilds
+    edited = tmp_path / "edited-sources"
+    edited.mkdir()
+    for f in [*kernels._SOURCE_DIR.glob("*.cpp"), *kernels._SOURCE_DIR.glob("*.h")]:
+        (edited / f.name).write_text(f.read_text() + ("\n// edited\n" if f.name == "vec.h" else ""))
+    monkeypatch.setattr(kernels, "_SOURCE_DIR", edited)
+    assert kernels.library_path(kernels.compiler()) != path  # a changed header rebuilds
 
 
 @needs_winograd

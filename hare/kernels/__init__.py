@@ -7,11 +7,12 @@
 - `group_norm()`: `torch.ops.hare.group_norm_time_major`, GroupNorm (with a per-row scale/shift and SiLU)
   over time-major rows, for the packed diffusion decoder (`group_norm.cpp`).
 
-Each returns None when unavailable. The first call on a machine compiles the C++ source with the machine's
-compiler (`$CXX`, else `c++`/`g++`) against the installed PyTorch, tuned for this CPU (`-march=native`),
-about 10 s; the library is cached under `$HARE_KERNEL_CACHE` (default `$HARE_HOME/kernels`), keyed by the
-source, flags, compiler, PyTorch version and CPU, and later processes only load it. A loaded kernel is
-checked against plain PyTorch on a small input before it is used.
+Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
+the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
+installed PyTorch, tuned for this CPU (`-march=native`), about 10 s; it is cached under `$HARE_KERNEL_CACHE`
+(default `$HARE_HOME/kernels`), keyed by the sources, flags, compiler, PyTorch version and CPU, and later
+processes only load it (`python -m hare.kernels` builds it ahead and reports). Each kernel is checked against
+plain PyTorch on a small input before it is used.
 
 Without a compiler (or with `HARE_KERNELS=0`), or if building or the check fails, callers fall back to
 PyTorch's kernels: the same results to float rounding, slower (the reason is logged once).
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 
 _SOURCE_DIR = Path(__file__).resolve().parent
 _lock = threading.Lock()
-_loaded: dict[str, bool] = {}  # library name -> whether it is loaded and checked in this process
+LIBRARY = "hare_kernels"
+_ready: dict[str, bool] = {}  # kernel -> whether it is loaded and checked in this process (empty: not tried)
+_library_path: str | None = None  # the library this process loaded (its ops cannot be registered twice)
 
 
 def enabled() -> bool:
@@ -79,44 +82,43 @@ def _build_command(cxx: str, source: Path, output: Path) -> list[str]:
             "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}", "-o", str(output)]
 
 
-def library_path(name: str, cxx: str) -> Path:
-    """The cached library for kernel `name` built by `cxx`: its file name hashes everything the build depends on."""
-    source = _SOURCE_DIR / f"{name}.cpp"
+def library_path(cxx: str) -> Path:
+    """The cached kernel library built by `cxx`: its file name hashes everything the build depends on."""
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    headers = [h.read_text() for h in sorted(_SOURCE_DIR.glob("*.h"))]  # what the sources include
+    sources = [f.read_text() for f in sorted([*_SOURCE_DIR.glob("*.cpp"), *_SOURCE_DIR.glob("*.h")])]
     key = hashlib.sha256("\0".join([
-        source.read_text(), *headers, " ".join(_build_command(cxx, Path("SRC"), Path("OUT"))), version,
-        torch.__version__, _cpu_identity()]).encode()).hexdigest()[:20]
-    return cache_dir() / f"{name}-{key}.so"
+        *sources, " ".join(_build_command(cxx, Path("SRC"), Path("OUT"))), version, torch.__version__,
+        _cpu_identity()]).encode()).hexdigest()[:20]
+    return cache_dir() / f"{LIBRARY}-{key}.so"
 
 
-def build(name: str) -> Path:
-    """Compile kernel `name` into the cache if it is not there yet; returns the library's path.
+def build() -> Path:
+    """Compile the kernel library into the cache if it is not there yet; returns its path.
 
     Raises RuntimeError (with the compiler's output) when there is no compiler or the build fails.
     """
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    path = library_path(name, cxx)
+    path = library_path(cxx)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("building Hare's CPU kernel %r (once per machine, about 10 s) into %s", name, path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=path.parent)
+    log.warning("building Hare's CPU kernels (once per machine, about 10 s) into %s", path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{LIBRARY}-", suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        done = subprocess.run(_build_command(cxx, _SOURCE_DIR / f"{name}.cpp", Path(tmp)),
+        done = subprocess.run(_build_command(cxx, _SOURCE_DIR / f"{LIBRARY}.cpp", Path(tmp)),
                               capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error" in line.lower()] or ["(no message)"]
-            raise RuntimeError(f"building kernel {name!r} failed: {errors[0]}\n{done.stderr[-4000:]}")
+            raise RuntimeError(f"building the kernels failed: {errors[0]}\n{done.stderr[-4000:]}")
         os.replace(tmp, path)  # atomic: a concurrent build or reader never sees a partial file
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"building kernel {name!r} failed: {exc}") from exc
+        raise RuntimeError(f"building the kernels failed: {exc}") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -188,22 +190,43 @@ _CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winog
            "group_norm": _check_group_norm}
 
 
+def _summary(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def _load(name: str) -> bool:
-    """Build (once per machine) and load library `name`, then check it; False when it is unavailable."""
+    """Whether kernel `name` is usable: the library is built (once per machine) and loaded, and every kernel
+    checked, on the first call in a process."""
+    global _library_path
     with _lock:
-        if name in _loaded:
-            return _loaded[name]
-        try:
-            torch.ops.load_library(str(build(name)))
-            _CHECKS[name]()
-            ok = True
-        except (RuntimeError, OSError, AttributeError) as exc:
-            ok = False
-            log.warning("Hare's CPU kernel %r is unavailable (%s); using PyTorch's slower kernels instead",
-                        name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            log.debug("kernel %r: %s", name, exc)
-        _loaded[name] = ok
-        return ok
+        if not _ready:
+            try:
+                if _library_path is None:
+                    path = str(build())
+                    torch.ops.load_library(path)
+                    _library_path = path
+            except (RuntimeError, OSError) as exc:
+                _ready.update(dict.fromkeys(_CHECKS, False))
+                log.warning("Hare's CPU kernels are unavailable (%s); using PyTorch's slower kernels instead",
+                            _summary(exc))
+                log.debug("kernels: %s", exc)
+            else:
+                for kernel, check in _CHECKS.items():
+                    try:
+                        check()
+                        _ready[kernel] = True
+                    except (RuntimeError, AttributeError) as exc:
+                        _ready[kernel] = False
+                        log.warning("Hare's CPU kernel %r failed its check (%s); using PyTorch's slower kernels "
+                                    "instead", kernel, _summary(exc))
+        return _ready[name]
+
+
+def status() -> dict[str, bool]:
+    """Each kernel's availability (building and loading the library if that was not tried yet)."""
+    if not enabled():
+        return dict.fromkeys(_CHECKS, False)
+    return {name: _load(name) for name in _CHECKS}
 
 
 def decode_attention():
