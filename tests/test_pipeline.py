@@ -128,3 +128,20 @@ def test_load_model_from_directory(tmp_path, models):
     assert out.audio.numel() > 0
     with pytest.raises(hare.ModelNotFoundError, match="unknown model"):
         hare.load_model("no-such-model")
+
+
+def test_freed_memory_goes_back_to_the_system_on_cpu_only(monkeypatch):
+    import sys
+
+    from hare import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "_malloc_trim", lambda: lambda pad: calls.append(pad))
+    pipeline._return_freed_memory(torch.device("meta"))  # not host memory: nothing to hand back
+    assert calls == []
+    pipeline._return_freed_memory(torch.device("cpu"))
+    assert calls == [0]
+    monkeypatch.undo()
+    if sys.platform.startswith("linux"):
+        assert callable(pipeline._malloc_trim())  # glibc's malloc_trim, found and callable
+        pipeline._return_freed_memory(torch.device("cpu"))
