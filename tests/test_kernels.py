@@ -15,12 +15,14 @@ from hare.models.packed import winograd_filters
 
 op = kernels.decode_attention()
 needs_kernel = pytest.mark.skipif(op is None, reason="no C++ compiler: Hare's kernels cannot be built here")
-needs_winograd = pytest.mark.skipif(kernels.winograd() is None, reason="no C++ compiler: Hare's kernels cannot be built here")
+needs_winograd = pytest.mark.skipif(kernels.winograd() is None,
+                                    reason="no C++ compiler: Hare's kernels cannot be built here")
 
 
 def _inputs(batch, heads, d, shared, own, layout, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, 1, 3 * heads * d, generator=g)[..., : heads * d].view(batch, heads, d)  # strided, as in the GPT
+    # strided, as the GPT's queries (a slice of the fused qkv projection)
+    q = torch.randn(batch, 1, 3 * heads * d, generator=g)[..., : heads * d].view(batch, heads, d)
     if layout == "position-major":  # Hare's KV cache: (position, batch, heads, d) with spare capacity
         k, v = (torch.randn(own + 2, batch, heads, d, generator=g)[:own].permute(1, 2, 0, 3) for _ in range(2))
     else:

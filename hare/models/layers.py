@@ -48,9 +48,12 @@ class GroupNorm32(nn.GroupNorm):
 
 def _time_major_inference(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
     """A float32 CPU (batch, channels, frames) view of time-major rows, with nothing to differentiate."""
-    return (x.dim() == 3 and x.dtype == torch.float32 and x.device.type == "cpu" and x.transpose(1, 2).is_contiguous()
-            and x.shape[1] > 1 and (weight is None or weight.dtype == torch.float32)
-            and not (torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))))
+    if x.dim() != 3 or x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[1] < 2:
+        return False
+    if weight is not None and weight.dtype != torch.float32:
+        return False
+    differentiable = x.requires_grad or (weight is not None and weight.requires_grad)
+    return x.transpose(1, 2).is_contiguous() and not (torch.is_grad_enabled() and differentiable)
 
 
 def group_norm(channels: int) -> GroupNorm32:
