@@ -109,7 +109,7 @@ def test_no_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
         assert kernels.decode_attention() is None and kernels.winograd() is None and kernels.group_norm() is None
     assert "unavailable" in caplog.text and "slower" in caplog.text
     assert caplog.text.count("unavailable") == 1  # decided once per process: no second attempt or warning
-    assert kernels.status() == {"decode_attention": False, "winograd": False, "group_norm": False}
+    assert not any(kernels.status().values()) and "location_variable_conv" in kernels.status()
 
 
 def test_a_kernel_that_fails_its_check_is_not_used(monkeypatch, caplog):
@@ -216,3 +216,39 @@ def test_winograd_transforms_reject_bad_inputs():
         wout(m, torch.randn(7), None, 1, 8)
     with pytest.raises(RuntimeError, match="residual"):
         wout(m, None, torch.randn(1, 7, 8), 1, 8)
+
+
+needs_lvc = pytest.mark.skipif(kernels.location_variable_conv() is None, reason="no C++ compiler: no Hare kernels")
+
+
+@needs_lvc
+@pytest.mark.parametrize("batch,inp,out,frames,hop", [(1, 32, 64, 7, 256), (2, 4, 12, 5, 16), (1, 3, 5, 9, 8),
+                                                      (2, 2, 9, 1, 32)])
+def test_location_variable_conv_matches_pytorch(batch, inp, out, frames, hop):
+    from hare.models.vocoder import location_variable_conv_reference
+
+    g = torch.Generator().manual_seed(hop)
+    x = torch.randn(batch, inp, frames * hop, generator=g)
+    # the kernel as the kernel predictor hands it on: a view with frames innermost
+    kernel = torch.randn(batch, inp * out * 3, frames, generator=g).view(batch, inp, out, 3, frames)
+    bias = torch.randn(batch, out, frames, generator=g)
+    got = kernels.location_variable_conv()(x, kernel, bias, hop)
+    torch.testing.assert_close(got, location_variable_conv_reference(x, kernel, bias, hop), atol=1e-4, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="frames x hop"):
+        kernels.location_variable_conv()(x[..., 1:], kernel, bias, hop)
+
+
+@needs_lvc
+def test_vocoder_with_and_without_the_kernel(monkeypatch):
+    from hare.models.configs import VocoderConfig
+    from hare.models.vocoder import UnivNet
+
+    torch.manual_seed(0)
+    config = VocoderConfig(channels=8, kpnet_hidden=16, strides=(4, 4), dilations=(1, 3), hop_length=16)
+    vocoder = UnivNet(config).eval()
+    mel = torch.randn(1, vocoder.config.n_mels, 6)
+    with torch.no_grad():
+        with_kernel = vocoder.vocode(mel, generator=torch.Generator().manual_seed(1))
+        monkeypatch.setenv("HARE_KERNELS", "0")
+        without = vocoder.vocode(mel, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(with_kernel, without, atol=1e-5, rtol=1e-5)

@@ -5,7 +5,9 @@
 - `winograd()`: `torch.ops.hare.winograd_input` / `winograd_output`, the transforms around the matrix
   products of `hare.models.packed.WinogradConv1d` (`winograd.cpp`);
 - `group_norm()`: `torch.ops.hare.group_norm_time_major`, GroupNorm (with a per-row scale/shift and SiLU)
-  over time-major rows, for the packed diffusion decoder (`group_norm.cpp`).
+  over time-major rows, for the packed diffusion decoder (`group_norm.cpp`);
+- `location_variable_conv()`: `torch.ops.hare.location_variable_conv`, UniVNet's per-segment convolution
+  (`lvc.cpp`).
 
 Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
 the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
@@ -180,6 +182,18 @@ def _check_group_norm() -> None:
     _compare(torch.ops.hare.group_norm_time_major(x.contiguous(), 4, w, b, scale, shift, 1e-5, True), want)
 
 
+def _check_location_variable_conv() -> None:
+    from hare.models.vocoder import location_variable_conv_reference
+
+    g = torch.Generator().manual_seed(0)
+    for hop, out in ((16, 8), (4, 6)):  # the blocked path, and the plain loops
+        x = torch.randn(2, 3, 5 * hop, generator=g)
+        kernel = torch.randn(2, 3, out, 3, 5, generator=g)
+        bias = torch.randn(2, out, 5, generator=g)
+        _compare(torch.ops.hare.location_variable_conv(x, kernel, bias, hop),
+                 location_variable_conv_reference(x, kernel, bias, hop))
+
+
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
     if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
         diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
@@ -187,7 +201,7 @@ def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 _CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd,
-           "group_norm": _check_group_norm}
+           "group_norm": _check_group_norm, "location_variable_conv": _check_location_variable_conv}
 
 
 def _summary(exc: BaseException) -> str:
@@ -265,3 +279,14 @@ def group_norm():
     if not enabled() or not _load("group_norm"):
         return None
     return torch.ops.hare.group_norm_time_major
+
+
+def location_variable_conv():
+    """`torch.ops.hare.location_variable_conv(x, kernel, bias, hop)`, or None when unavailable.
+
+    x: (batch, in, frames * hop); kernel: (batch, in, out, 3, frames); bias: (batch, out, frames), float32.
+    Returns (batch, out, frames * hop): each hop-sample segment convolved with its own 3-tap kernel.
+    """
+    if not enabled() or not _load("location_variable_conv"):
+        return None
+    return torch.ops.hare.location_variable_conv

@@ -4,3 +4,4 @@
 #include "decode_attention.cpp"
 #include "group_norm.cpp"
 #include "winograd.cpp"
+#include "lvc.cpp"

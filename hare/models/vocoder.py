@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare import kernels
+
 from hare.models.configs import VocoderConfig
 
 SILENCE_LOG_MEL = -11.5129  # ln(1e-5): the padding value the reference appends before vocoding
@@ -51,8 +53,22 @@ def location_variable_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Te
     """Convolve each `hop`-sample segment of x with its own kernel (size 3, padding 1).
 
     x: (batch, in, frames*hop); kernel: (batch, in, out, 3, frames); bias: (batch, out, frames)
-    -> (batch, out, frames*hop)
+    -> (batch, out, frames*hop). Float32 CPU inference runs Hare's compiled kernel when it is available
+    (`hare.kernels.location_variable_conv`: no unfolded copy of x); otherwise, as the reference, an einsum.
     """
+    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, kernel, bias)))
+    cpu32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, kernel, bias))
+    op = kernels.location_variable_conv() if inference and cpu32 and kernel.shape[3] == 3 else None
+    if op is not None:
+        if x.shape[2] != kernel.shape[4] * hop:
+            raise ValueError(f"LVC input length {x.shape[2]} != frames {kernel.shape[4]} x hop {hop}")
+        return op(x, kernel, bias, hop)
+    return location_variable_conv_reference(x, kernel, bias, hop)
+
+
+def location_variable_conv_reference(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+                                     hop: int) -> torch.Tensor:
+    """`location_variable_conv` in PyTorch operations (differentiable, any device and dtype)."""
     b, _, length = x.shape
     out_channels, ksize, frames = kernel.shape[2], kernel.shape[3], kernel.shape[4]
     if length != frames * hop:
