@@ -39,6 +39,7 @@ def _inputs(batch, heads, d, shared, own, layout, seed=0):
     (2, 2, 32, 9, 0),  # only the prefix (the first code)
     (17, 3, 16, 4, 20),
     (2, 3, 128, 5, 40),
+    (2, 2, 112, 3, 6),
     (4, 2, 24, 6, 11),  # a head size the vectorised path does not take: plain loops
 ])
 @pytest.mark.parametrize("layout", ["position-major", "head-major"])

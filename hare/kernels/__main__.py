@@ -13,5 +13,5 @@ ready = kernels.status()
 for name, ok in ready.items():
     print(f"{name}: {'ready' if ok else 'unavailable (PyTorch kernels are used instead)'}")
 if all(ready.values()):
-    print(f"library: {kernels.library_path(kernels.compiler())}")
+    print(f"library: {kernels._library_path}")
 sys.exit(0 if all(ready.values()) else 1)

@@ -7,7 +7,7 @@
 // their time per (row, head) on set-up and single-lane reductions, so this one exists.
 //
 // Portable C++ with GCC/Clang vector extensions (16-float vectors: one AVX-512 register, two AVX2 ones, four
-// NEON ones); head sizes that are not a multiple of 16 take a plain loop. Built on first use by
+// NEON ones) for head sizes that are multiples of 16 up to 128; other sizes take plain loops. Built on first use by
 // hare/kernels/__init__.py (the C++ compiler against the installed PyTorch, cached per machine) and registered
 // as torch.ops.hare.decode_attention.
 
@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 namespace {
@@ -94,7 +93,7 @@ void run_plain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
 // hardware prefetcher does not follow a thread's runs across page boundaries on its own
 constexpr int64_t kAhead = 1;
 
-// Head sizes that are a multiple of 16, vectorised. Positions outermost: with the cache stored
+// Head sizes that are multiples of 16 (up to 128), vectorised. Positions outermost: with the cache stored
 // position-major (every row's and head's key of one position side by side, as Hare's KV cache is), each
 // thread reads it in long contiguous runs. A thread takes groups of 16 (row, head) items, row-major, one item
 // per vector lane for the scores and the softmax; any strides work, other layouts just read less smoothly.
@@ -197,13 +196,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(prefix_k.size(1) + k.size(2) > 0, "there must be at least one key");
   at::Tensor out = at::empty({batch, heads, d}, q.options());
   if (batch * heads == 0) return out;
-  switch (d) {  // vectorised for head sizes that are multiples of 16 (GPT-2-style models use 64)
+  switch (d) {  // vectorised for head sizes that are multiples of 16 up to 128 (GPT-2-style models use 64)
     case 16: run_position_major<1>(q, k, v, prefix_k, prefix_v, scale, out); break;
     case 32: run_position_major<2>(q, k, v, prefix_k, prefix_v, scale, out); break;
     case 48: run_position_major<3>(q, k, v, prefix_k, prefix_v, scale, out); break;
     case 64: run_position_major<4>(q, k, v, prefix_k, prefix_v, scale, out); break;
     case 80: run_position_major<5>(q, k, v, prefix_k, prefix_v, scale, out); break;
     case 96: run_position_major<6>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 112: run_position_major<7>(q, k, v, prefix_k, prefix_v, scale, out); break;
     case 128: run_position_major<8>(q, k, v, prefix_k, prefix_v, scale, out); break;
     default: run_plain(q, k, v, prefix_k, prefix_v, scale, out);
   }

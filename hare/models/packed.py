@@ -14,8 +14,9 @@ without autocast; `train.cpu_kernels: off` turns it off).
 `pack_linears(module)` swaps every `nn.Linear` of an inference model for a `PackedLinear` in place and frees
 the plain weight (the packed copy replaces it; no memory is added), and the 3-wide convolutions a module
 lists in `WINOGRAD_PACKABLE` for `WinogradConv1d`s (six packed filter transforms: twice the weight's memory).
-It is inference-only: a packed module has no gradients and no `state_dict` entry for the weight. `TextToSpeech` packs its networks when it runs
-float32 on a CPU that supports it (`packing_available()`); `pack=False` turns that off.
+It is inference-only: a packed module has no gradients and no `state_dict` entry for the weight.
+`TextToSpeech` packs its networks when it runs float32 on a CPU that supports it (`packing_available()`);
+`pack=False` turns that off.
 """
 
 from __future__ import annotations
