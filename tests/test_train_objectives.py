@@ -127,3 +127,80 @@ def test_unknown_settings_are_refused():
         make_objective("gpt", {"widht": 3})
     with pytest.raises(TrainingError, match="unknown objective"):
         make_objective("tacotron")
+
+
+def test_guided_attention_loss_prefers_the_diagonal():
+    from hare.train.objectives import guided_attention_loss
+
+    t_len, m_len, d = 10, 20, 8
+    # one-hot keys; queries that pick the diagonal key (or the anti-diagonal one) very sharply
+    k = torch.eye(t_len, d if d >= t_len else t_len)[None, None] * 50
+    diag = torch.stack([k[0, 0, (j * t_len) // m_len] for j in range(m_len)])[None, None]
+    anti = torch.stack([k[0, 0, t_len - 1 - (j * t_len) // m_len] for j in range(m_len)])[None, None]
+    lens_t, lens_m = torch.tensor([t_len]), torch.tensor([m_len])
+    good = guided_attention_loss(diag, k, lens_t, lens_m, 0.2)
+    bad = guided_attention_loss(anti, k, lens_t, lens_m, 0.2)
+    assert float(good) < 0.05 < 0.5 < float(bad)
+    # padding beyond the real lengths is ignored: extra keys and queries change nothing
+    k_pad = torch.cat([k, torch.randn(1, 1, 5, k.shape[-1]) * 50], dim=2)
+    q_pad = torch.cat([diag, torch.randn(1, 1, 7, k.shape[-1])], dim=2)
+    torch.testing.assert_close(guided_attention_loss(q_pad, k_pad, lens_t, lens_m, 0.2), good)
+
+
+def test_gpt_guided_attention_trains_and_is_checked():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    options = dict(OPTIONS["gpt"], guided_weight=1.0, guided_layers=[1], guided_heads=1)
+    objective = make_objective("gpt", TINY["gpt"], options)
+    models = objective.build_models()
+    batch = objective.collate(_examples("gpt", objective, 3, g))
+    opt = torch.optim.Adam(models["model"].parameters(), lr=3e-3)
+    first = None
+    for step in range(30):
+        losses = objective.loss("main", models, batch, step, {})
+        first = float(losses["guided"]) if first is None else first
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert float(losses["guided"]) < 0.5 * first
+    assert all(not b.record_qk for b in models["model"].blocks)  # recording is switched off again
+    with pytest.raises(TrainingError, match="guided_layers"):
+        make_objective("gpt", TINY["gpt"], dict(options, guided_layers=[2]))
+    with pytest.raises(TrainingError, match="guided_heads"):
+        make_objective("gpt", TINY["gpt"], dict(options, guided_heads=3))
+
+
+def test_diffusion_prior_blocks_and_shallow_training(monkeypatch):
+    config = dict(TINY["diffusion"], prior_layers=2)
+    objective = make_objective("diffusion", config, dict(OPTIONS["diffusion"], aux_mel_weight=1.0,
+                                                         max_t_fraction=0.1))
+    models = objective.build_models()
+    model = models["model"]
+    assert len(model.prior_blocks) == 2 and any(k.startswith("prior_blocks.1.") for k in model.state_dict())
+    assert not any(k.startswith("prior_blocks") for k in
+                   make_objective("diffusion", TINY["diffusion"]).build_models()["model"].state_dict())
+    batch = objective.collate(_examples("diffusion", objective, 2, torch.Generator().manual_seed(0)))
+    seen = []
+    real_randint = torch.randint
+
+    def spy(low, high, *args, **kwargs):
+        seen.append(high)
+        return real_randint(low, high, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randint", spy)
+    losses = objective.loss("main", models, batch, 0, {})
+    monkeypatch.undo()
+    assert seen == [400] and torch.isfinite(losses["loss"]) and "aux_mel" in losses
+    with pytest.raises(TrainingError, match="max_t_fraction"):
+        make_objective("diffusion", config, dict(OPTIONS["diffusion"], max_t_fraction=0))
+
+
+def test_diffusion_prior_blocks_survive_save_and_load(tmp_path):
+    from hare import checkpoints
+
+    objective = make_objective("diffusion", dict(TINY["diffusion"], prior_layers=1), OPTIONS["diffusion"])
+    module, kind, config = objective.export(objective.build_models())
+    loaded, kind2, config2 = checkpoints.load(checkpoints.save(module, kind, config, tmp_path / "d"))
+    assert kind2 == "diffusion_decoder" and config2.prior_layers == 1
+    aligned = torch.randn(1, TINY["diffusion"]["channels"], 12)
+    torch.testing.assert_close(loaded.predict_mel(aligned), module.eval().predict_mel(aligned))

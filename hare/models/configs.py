@@ -92,6 +92,7 @@ class DiffusionConfig:
     layer_drop: float = 0.0  # training-time probability of skipping a trunk block (never the first or last)
     mel_format: str = "univnet"  # what it produces: "univnet" (100 bands, 24 kHz) or "hifigan" (80, 22.05 kHz)
     conditioning_input: str = "latents"  # what inference feeds it: the GPT's "latents" or the speech "codes"
+    prior_layers: int = 0  # residual conv blocks in the auxiliary mel head (`predict_mel`) before its last conv
 
 
 @dataclass(frozen=True)

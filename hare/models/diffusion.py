@@ -7,7 +7,8 @@ per-step `forward`. Conditioning-free guidance replaces the aligned conditioning
 `guided` helper runs both branches as one batched forward. Sampling lives in `hare.schedulers`.
 
 Training-only pieces: `random_drop_mask` (rows trained unconditioned, for guidance), layer drop in the
-trunk (`config.layer_drop`) and `predict_mel` (the auxiliary mel head on the aligned conditioning).
+trunk (`config.layer_drop`) and `predict_mel` (the auxiliary mel head on the aligned conditioning, which is
+also the prior of shallow diffusion at inference).
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ class ResBlock(nn.Module):
         return x + self.conv_out(h)
 
 
+class PriorBlock(nn.Module):
+    """A residual convolution block of the auxiliary mel head, at frame rate: GroupNorm-SiLU-conv(5),
+    SiLU-conv(5). Its receptive field spans neighbouring codes, so the guess can vary within a code's frames
+    (the aligned conditioning is constant across them)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.conv1 = nn.Conv1d(channels, channels, 5, padding=2)
+        self.conv2 = nn.Conv1d(channels, channels, 5, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(self.norm(x)))))
+
+
 class DiffusionLayer(nn.Module):
     def __init__(self, channels: int, heads: int, dropout: float):
         super().__init__()
@@ -107,7 +123,10 @@ class DiffusionDecoder(nn.Module):
         self.res_layers = nn.ModuleList(ResBlock(ch, c.dropout) for _ in range(3))
         self.out_norm = group_norm(ch)
         self.out_conv = nn.Conv1d(ch, c.out_channels, 3, padding=1)
-        self.mel_head = nn.Conv1d(ch, c.in_channels, 3, padding=1)  # auxiliary loss on code conditioning
+        # auxiliary mel guess from the aligned conditioning (trained with the auxiliary loss; the shallow-diffusion
+        # prior): `prior_layers` residual conv blocks (none in Tortoise-sized configs), then one conv
+        self.prior_blocks = nn.ModuleList(PriorBlock(ch) for _ in range(c.prior_layers))
+        self.mel_head = nn.Conv1d(ch, c.in_channels, 3, padding=1)
 
     # -- timestep-independent ---------------------------------------------------------------------------
     def conditioning_latent(self, mels: torch.Tensor) -> torch.Tensor:
@@ -158,7 +177,10 @@ class DiffusionDecoder(nn.Module):
         aligned: (batch, channels, frames) -> (batch, in_channels, frames). Rows in `drop_mask` (trained
         unconditioned) come out as zeros, so no gradient reaches the conditioning path through them.
         """
-        mel = self.mel_head(aligned)
+        h = aligned
+        for block in self.prior_blocks:
+            h = block(h)
+        mel = self.mel_head(h)
         if drop_mask is not None:
             mel = mel * drop_mask.logical_not()[:, None, None].to(mel.dtype)
         return mel

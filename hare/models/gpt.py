@@ -149,6 +149,7 @@ class Block(nn.Module):
         self.fc = nn.Linear(d, 4 * d)
         self.proj = nn.Linear(4 * d, d)
         self.dropout = config.dropout
+        self.record_qk = False  # training probes (guided attention): keep this block's queries and keys
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # x: (batch, seq, dim); with a cache, x holds the positions from cache.length on (their keys/values are stored)
@@ -157,6 +158,8 @@ class Block(nn.Module):
         if cache is not None:
             cache.store(layer, k, v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, seq, head_dim)
+        if self.record_qk:
+            self.recorded = (q, k)
         drop = self.dropout if self.training else 0.0
         if cache is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)

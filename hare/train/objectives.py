@@ -10,9 +10,12 @@ collate examples into a batch, and how to turn a batch into a dict of losses.
 - `vqvae`: mel reconstruction (MSE) + commitment; reports codebook perplexity and the fraction of codes used.
 - `gpt`: text and speech-code cross-entropy (weights 0.01 and 1, as the community Tortoise recipe), the voice
   latent computed from clips of *other* utterances of the same speaker.
+  Optional guided attention (`guided_weight`): a diagonal prior on some heads' attention from speech to text.
 - `clvp`: symmetric contrastive loss over the batch (text <-> speech codes).
 - `diffusion`: epsilon MSE + the learned-variance VLB term, conditioning dropped at random
   (`unconditioned_percentage`) so conditioning-free guidance works; conditioned on VQ-VAE codes.
+  Optional: the auxiliary mel loss (`aux_mel_weight`, the shallow-diffusion prior) and training the denoiser
+  on the start of the schedule only (`max_t_fraction`, for models sampled with shallow diffusion).
 - `vocoder`: UniVNet: multi-resolution STFT loss + least-squares GAN with period and resolution
   discriminators, two phases per step (generator, then discriminator). Fine-tuning from the official
   vocoder is supported (`train.init`).
@@ -202,12 +205,57 @@ class GPTOptions:
     cond_clips: int = 2  # conditioning clips per example (voice latent = mean of their encodings)
     cond_frames: int = 517  # AR mel frames per conditioning clip (6 s at 22.05 kHz, as Tortoise)
     min_seconds: float = 0.5
+    # guided attention (DC-TTS's loss, here on a decoder-only stack): the first `guided_heads` heads of each
+    # block in `guided_layers`, their attention from speech positions renormalised over the text positions,
+    # are penalised for mass far from the diagonal (text position / text length = speech position / speech
+    # length), width `guided_sigma`. Speeds up learning the text-speech alignment; 0 = off.
+    guided_weight: float = 0.0
+    guided_layers: tuple[int, ...] = (1, 2)
+    guided_heads: int = 2
+    guided_sigma: float = 0.2
+
+
+def guided_attention_loss(q: torch.Tensor, k: torch.Tensor, text_lengths: torch.Tensor,
+                          code_lengths: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean off-diagonal attention mass from speech queries to text keys.
+
+    q: (batch, heads, speech_len, head_dim) queries of the speech positions; k: (batch, heads, text_len,
+    head_dim) keys of the text positions; text_lengths / code_lengths: (batch,) the real lengths (padding
+    beyond them is ignored). The attention is renormalised over the real text keys.
+    """
+    b, _, m, d = q.shape
+    t = k.shape[2]
+    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)  # (batch, heads, speech, text)
+    i = torch.arange(t, device=q.device)
+    j = torch.arange(m, device=q.device)
+    key_ok = i[None] < text_lengths[:, None]  # (batch, text)
+    query_ok = j[None] < code_lengths[:, None]  # (batch, speech)
+    attn = logits.masked_fill(~key_ok[:, None, None], float("-inf")).softmax(dim=-1)
+    rel = (i[None, None] / text_lengths[:, None, None].float()
+           - j[None, :, None] / code_lengths[:, None, None].float())  # (batch, speech, text)
+    weight = 1.0 - torch.exp(-rel ** 2 / (2 * sigma ** 2))
+    per_query = (attn * weight[:, None]).sum(-1)  # (batch, heads, speech)
+    mask = query_ok[:, None].to(per_query.dtype).expand_as(per_query)
+    return (per_query * mask).sum() / mask.sum().clamp(min=1)
 
 
 class GPTObjective(Objective):
     name, kind = "gpt", "autoregressive"
     config_class, options_class = GPTConfig, GPTOptions
     features = ("ar_mel", "codes")
+
+    def __init__(self, config=None, options=None):
+        super().__init__(config, options)
+        o = self.options
+        if o.guided_weight > 0:
+            bad = [i for i in o.guided_layers if not 0 <= i < self.config.layers]
+            if bad or not o.guided_layers:
+                raise TrainingError(f"options.guided_layers must name blocks 0..{self.config.layers - 1} "
+                                    f"(got {list(o.guided_layers)})")
+            if not 1 <= o.guided_heads <= self.config.heads:
+                raise TrainingError(f"options.guided_heads must be in 1..{self.config.heads} (got {o.guided_heads})")
+            if o.guided_sigma <= 0:
+                raise TrainingError(f"options.guided_sigma must be > 0 (got {o.guided_sigma})")
 
     def limits(self):
         c = self.config
@@ -246,11 +294,36 @@ class GPTObjective(Objective):
 
     def loss(self, phase, models, batch, step, scratch):
         model = models["model"]
-        latent = model.conditioning_latent(batch["cond"])  # (batch, dim)
-        out = model(latent, batch["text"], batch["text_lengths"], batch["codes"], batch["wav_lengths"])
         o = self.options
+        blocks = [model.blocks[i] for i in o.guided_layers] if o.guided_weight > 0 else []
+        for block in blocks:
+            block.record_qk = True
+        try:
+            latent = model.conditioning_latent(batch["cond"])  # (batch, dim)
+            out = model(latent, batch["text"], batch["text_lengths"], batch["codes"], batch["wav_lengths"])
+        finally:
+            for block in blocks:
+                block.record_qk = False
         total = o.text_weight * out.loss_text.float() + o.mel_weight * out.loss_mel.float()
-        return {"loss": total, "text_ce": out.loss_text.detach().float(), "mel_ce": out.loss_mel.detach().float()}
+        losses = {"text_ce": out.loss_text.detach().float(), "mel_ce": out.loss_mel.detach().float()}
+        if blocks:
+            text_len = out.text_logits.shape[-1]  # start + text + stop (the batch's longest)
+            codes_len = out.mel_logits.shape[-1]
+            # the sequence is [voice latent, text inputs, speech inputs]
+            t_lens = batch["text_lengths"].to(out.text_logits.device) + 2
+            c_lens = (batch["wav_lengths"].to(out.text_logits.device) // model.config.mel_length_compression
+                      ).clamp(max=codes_len - 2) + 2
+            guided = []
+            for block in blocks:
+                q, k = block.recorded
+                block.recorded = None
+                h = o.guided_heads
+                guided.append(guided_attention_loss(q[:, :h, 1 + text_len:], k[:, :h, 1:1 + text_len],
+                                                    t_lens, c_lens, o.guided_sigma))
+            g = torch.stack(guided).mean()
+            total = total + o.guided_weight * g
+            losses["guided"] = g.detach()
+        return {"loss": total, **losses}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -309,6 +382,9 @@ class DiffusionOptions:
     vlb_weight: float = 1.0
     aux_mel_weight: float = 0.0  # MSE of `mel_head` on the aligned conditioning (0 = off)
     trained_steps: int = 4000
+    # train the denoiser only on the first fraction of the schedule (t < fraction * trained_steps): for a model
+    # sampled with shallow diffusion (`diffusion_start` <= this fraction), all capacity goes to the steps it runs
+    max_t_fraction: float = 1.0
     min_seconds: float = 0.5
 
 
@@ -323,6 +399,8 @@ class DiffusionObjective(Objective):
         super().__init__(config, options)
         if self.options.cond_from not in ("speaker", "self"):
             raise TrainingError(f"options.cond_from must be 'speaker' or 'self', not {self.options.cond_from!r}")
+        if not 0 < self.options.max_t_fraction <= 1:
+            raise TrainingError(f"options.max_t_fraction must be in (0, 1] (got {self.options.max_t_fraction})")
         from hare import audio
 
         try:
@@ -382,7 +460,8 @@ class DiffusionObjective(Objective):
         model = models["model"]
         x0 = batch["mel"]  # (batch, mels, frames) in [-1, 1]
         b, c, frames = x0.shape
-        t = torch.randint(0, self.options.trained_steps, (b,), device=x0.device)
+        top = max(1, round(self.options.max_t_fraction * self.options.trained_steps))
+        t = torch.randint(0, top, (b,), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = q_sample(x0, t, noise, self.options.trained_steps)
         cond_latent = model.conditioning_latent(batch["cond"])
