@@ -61,6 +61,20 @@ def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN, calm_code: i
     return int(over[0, 0]) if over.numel() else int(codes.shape[0])
 
 
+def drop_short_candidates(codes: torch.Tensor, scores: torch.Tensor, ratio: float,
+                          calm_code: int = CALM_CODE) -> torch.Tensor:
+    """Scores with the too-short candidates set to -inf (a new tensor).
+
+    codes: (candidates, length) after `fix_candidates`; scores: (candidates,). A candidate is too short when
+    its speech (`calm_cut`) is under `ratio` times the median candidate's; if every one is, none is dropped.
+    """
+    lengths = torch.tensor([calm_cut(c, calm_code=calm_code) for c in codes], dtype=torch.float32)
+    short = (lengths < ratio * lengths.median()).to(scores.device)
+    if bool(short.all()):
+        return scores
+    return scores.masked_fill(short, float("-inf"))
+
+
 def diffusion_frames(num_codes: int) -> int:
     """24 kHz mel frames Tortoise's diffusion decoder produces for `num_codes` speech codes."""
     from hare.audio import MEL_FORMATS
@@ -95,6 +109,10 @@ class Settings:
     # shallow diffusion: start the reverse process at this fraction of the schedule from the decoder's own
     # mel guess (`mel_head`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference)
     diffusion_start: float = 1.0
+    # candidates whose speech (before its trailing silence) is shorter than this fraction of the median
+    # candidate's are never picked, unless all are: a weak model's sampler can fall silent after a few codes,
+    # and a reranker may then prefer the silence. 0 (the reference's behaviour) keeps them all.
+    min_length_ratio: float = 0.0
     k: int = 1  # candidates returned (the best k by CLVP score)
     split_desired_length: int = 200
     split_max_length: int = 300
@@ -117,6 +135,7 @@ class Settings:
         need(self.cond_free_k >= 0, f"cond_free_k must be >= 0 (got {self.cond_free_k})")
         need(self.diffusion_temperature >= 0, f"diffusion_temperature must be >= 0 (got {self.diffusion_temperature})")
         need(0 < self.diffusion_start <= 1, f"diffusion_start must be in (0, 1] (got {self.diffusion_start})")
+        need(0 <= self.min_length_ratio < 1, f"min_length_ratio must be in [0, 1) (got {self.min_length_ratio})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
         need(0 < self.split_desired_length <= self.split_max_length,
              "split lengths must satisfy 0 < desired <= max")
@@ -417,6 +436,8 @@ class TextToSpeech:
                 cvvp = self._optional_model("cvvp")
                 voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(dev), codes) for m in cond_mels]).mean(0)
                 scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
+            if settings.min_length_ratio > 0:
+                scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
             best = codes[scores.topk(settings.k).indices]
         if self.diffusion.config.conditioning_input == "codes":  # a decoder trained on codes (hare-mini)
             latents = best

@@ -1,5 +1,6 @@
 """The candidate fix-up, the calm-code cut and the diffusion output length (hand-computed expectations)."""
 
+import pytest
 import torch
 
 from hare.pipeline import CALM_CODE, calm_cut, diffusion_frames, fix_candidates
@@ -39,3 +40,27 @@ def test_diffusion_frames():
     assert diffusion_frames(100) == 435  # 100*4*24000//22050 = 435.37
     assert diffusion_frames(500) == 2176
     assert diffusion_frames(0) == 0
+
+
+def test_drop_short_candidates_never_picks_a_silent_one():
+    from hare.pipeline import drop_short_candidates
+
+    calm = 7
+    speech = torch.arange(20)[None].repeat(3, 1) % 5  # no calm code: full length (20)
+    silent = torch.tensor([[1, 2] + [calm] * 18])  # calm after two codes: 10 kept (cut after 8 calm codes)
+    codes = torch.cat([speech, silent])
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.9])  # the reranker prefers the silent one
+    out = drop_short_candidates(codes, scores, 0.8, calm_code=calm)
+    assert out[3] == float("-inf") and torch.equal(out[:3], scores[:3]) and int(out.argmax()) == 2
+    assert torch.equal(drop_short_candidates(codes, scores, 0.4, calm_code=calm), scores)  # 10 >= 0.4 * 20
+    # all short (or all alike): nothing is dropped
+    assert torch.equal(drop_short_candidates(silent.repeat(2, 1), scores[:2], 0.8, calm_code=calm), scores[:2])
+
+
+def test_min_length_ratio_is_validated():
+    from hare.errors import SettingsError
+    from hare.pipeline import make_settings
+
+    assert make_settings("fast").min_length_ratio == 0.0  # the reference's behaviour by default
+    with pytest.raises(SettingsError, match="min_length_ratio"):
+        make_settings("fast", min_length_ratio=1.0)
