@@ -107,7 +107,7 @@ class Settings:
     cond_free_k: float = 2.0
     diffusion_temperature: float = 1.0
     # shallow diffusion: start the reverse process at this fraction of the schedule from the decoder's own
-    # mel guess (`mel_head`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference)
+    # mel guess (`predict_mel`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference)
     diffusion_start: float = 1.0
     # candidates whose speech (before its trailing silence) is shorter than this fraction of the median
     # candidate's are never picked, unless all are: a weak model's sampler can fall silent after a few codes,
