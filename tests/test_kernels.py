@@ -253,3 +253,10 @@ def test_vocoder_with_and_without_the_kernel(monkeypatch):
         monkeypatch.setenv("HARE_KERNELS", "0")
         without = vocoder.vocode(mel, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(with_kernel, without, atol=1e-5, rtol=1e-5)
+
+
+def test_autograd_records_only_when_grad_mode_and_a_tensor_needs_it():
+    a, b = torch.zeros(2), torch.zeros(2, requires_grad=True)
+    assert not kernels.autograd_records(a, None) and kernels.autograd_records(a, None, b)
+    with torch.no_grad():
+        assert not kernels.autograd_records(b)

@@ -45,6 +45,12 @@ _ready: dict[str, bool] = {}  # kernel -> whether it is loaded and checked in th
 _library_path: str | None = None  # the library this process loaded (its ops cannot be registered twice)
 
 
+def autograd_records(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record an operation on these tensors (grad mode on, one of them requiring grad).
+    The compiled kernels (and oneDNN-packed layers) have no backward: callers use them only when this is False."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def enabled() -> bool:
     """False when `HARE_KERNELS` is 0/off/false/no: PyTorch's kernels are used instead."""
     return os.environ.get("HARE_KERNELS", "1").strip().lower() not in ("0", "off", "false", "no")

@@ -118,7 +118,7 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> 
         return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
     k, v = cache.own(layer, end)
     pk, pv = cache.prefix(layer)
-    inference = not (torch.is_grad_enabled() and q.requires_grad)  # the kernel has no gradient
+    inference = not kernels.autograd_records(q)  # the kernel has no gradient
     op = kernels.decode_attention() if inference and q.dtype == k.dtype == torch.float32 else None
     if op is not None:
         return op(q[:, :, 0], k, v, pk[0], pv[0], q.shape[-1] ** -0.5).unsqueeze(2)

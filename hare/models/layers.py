@@ -52,8 +52,7 @@ def _time_major_inference(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
         return False
     if weight is not None and weight.dtype != torch.float32:
         return False
-    differentiable = x.requires_grad or (weight is not None and weight.requires_grad)
-    return x.transpose(1, 2).is_contiguous() and not (torch.is_grad_enabled() and differentiable)
+    return x.transpose(1, 2).is_contiguous() and not kernels.autograd_records(x, weight)
 
 
 def group_norm(channels: int) -> GroupNorm32:

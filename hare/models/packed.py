@@ -44,7 +44,7 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 def _check_inference_input(x: torch.Tensor, what: str) -> None:
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise RuntimeError(f"a packed {what} runs float32 on the CPU (got {x.dtype} on {x.device})")
-    if torch.is_grad_enabled() and x.requires_grad:
+    if kernels.autograd_records(x):
         raise RuntimeError(f"a packed {what} is for inference: it has no gradients")
 
 

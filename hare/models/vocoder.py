@@ -55,7 +55,7 @@ def location_variable_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Te
     -> (batch, out, frames*hop). Float32 CPU inference runs Hare's compiled kernel when it is available
     (`hare.kernels.location_variable_conv`: no unfolded copy of x); otherwise, as the reference, an einsum.
     """
-    inference = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, kernel, bias)))
+    inference = not kernels.autograd_records(x, kernel, bias)
     cpu32 = all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, kernel, bias))
     op = kernels.location_variable_conv() if inference and cpu32 and kernel.shape[3] == 3 else None
     if op is None:

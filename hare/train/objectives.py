@@ -223,7 +223,7 @@ def guided_attention_loss(q: torch.Tensor, k: torch.Tensor, text_lengths: torch.
     head_dim) keys of the text positions; text_lengths / code_lengths: (batch,) the real lengths (padding
     beyond them is ignored). The attention is renormalised over the real text keys.
     """
-    b, _, m, d = q.shape
+    m, d = q.shape[2:]
     t = k.shape[2]
     logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)  # (batch, heads, speech, text)
     i = torch.arange(t, device=q.device)
