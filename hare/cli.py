@@ -298,6 +298,8 @@ def _add_training_commands(sub) -> None:
                     help="fraction (<1) or number of sentences held out (default 0.1)")
     sy.add_argument("--heldout-speakers", default="0",
                     help="number of speakers held out, or comma-separated speaker specs (default 0)")
+    sy.add_argument("--readers", type=_positive_int, default=None, metavar="N",
+                    help="each sentence is read by N training speakers chosen at random (default: all of them)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--workers", type=_positive_int, default=2)
     dsub.add_parser("speakers", help="list the synthetic speakers available here")
@@ -412,7 +414,7 @@ def cmd_data(args) -> int:
         sentences = synth.read_sentences(args.sentences or synth.DEFAULT_SENTENCES)
         corpus = synth.make_corpus(sentences, args.out_dir, args.speaker or None,
                                    heldout_sentences=int(amount) if amount >= 1 else amount, heldout_speakers=held,
-                                   seed=args.seed, workers=args.workers, progress=True)
+                                   seed=args.seed, readers=args.readers, workers=args.workers, progress=True)
         print(f"wrote {corpus.counts} clips by {len(corpus.speakers)} speakers: {corpus.train}, {corpus.heldout}")
         return 0
     if args.data_command == "check":

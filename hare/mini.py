@@ -89,6 +89,45 @@ def assemble(runs: Path, out_dir: Path = PACKAGE_DIR, voice_clips: list[Path] = 
     return written
 
 
+def grow_gpt(source: Path, out_dir: Path, insert_after: list[int]) -> Path:
+    """A deeper copy of a GPT that computes the same function: a new block after each listed block index.
+
+    Each new block's output projections (attention and MLP) start at zero, so it adds nothing to the residual
+    stream until training moves it (function-preserving growth): a trained small GPT keeps what it knows and
+    gains capacity. Indices refer to the source's blocks, e.g. [1, 3] turns blocks 0 1 2 3 into
+    0 1 new 2 3 new."""
+    import dataclasses
+
+    import torch
+
+    from hare import checkpoints
+
+    model, kind, config = checkpoints.load(source)
+    if kind != "autoregressive":
+        raise ValueError(f"{source} holds a {kind} model, not the autoregressive GPT")
+    if not insert_after or any(not 0 <= i < config.layers for i in insert_after):
+        raise ValueError(f"insert-after indices must be block numbers 0..{config.layers - 1}, got {insert_after}")
+    grown_config = dataclasses.replace(config, layers=config.layers + len(insert_after))
+    grown = checkpoints.build(kind, grown_config)
+    order = []  # for each new block: the source block it copies, or None for a fresh one
+    for i in range(config.layers):
+        order.append(i)
+        order += [None] * insert_after.count(i)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
+    for new_index, old_index in enumerate(order):
+        block = grown.blocks[new_index]
+        if old_index is None:
+            for linear in (block.attn_out, block.proj):
+                torch.nn.init.zeros_(linear.weight)
+                torch.nn.init.zeros_(linear.bias)
+        else:
+            block.load_state_dict(model.blocks[old_index].state_dict())
+        state.update({f"blocks.{new_index}.{k}": v for k, v in block.state_dict().items()})
+    checkpoints.load_strict(grown, state, what="grown GPT")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return checkpoints.save(grown, kind, grown_config, out_dir / "autoregressive.safetensors")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hare.mini", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,8 +143,15 @@ def main(argv=None) -> int:
     e = sub.add_parser("export", help="a training checkpoint -> Hare safetensors (EMA weights if the run kept them)")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out_dir", type=Path)
+    g = sub.add_parser("grow-gpt", help="a deeper GPT computing the same function (zero-initialised new blocks)")
+    g.add_argument("source", type=Path, help="a GPT's autoregressive.safetensors")
+    g.add_argument("out_dir", type=Path)
+    g.add_argument("--insert-after", type=int, action="append", required=True, metavar="BLOCK",
+                   help="add a block after this source block (repeatable)")
     args = p.parse_args(argv)
-    if args.command == "import-vocoder":
+    if args.command == "grow-gpt":
+        print(grow_gpt(args.source, args.out_dir, args.insert_after))
+    elif args.command == "import-vocoder":
         print(import_vocoder(args.source, args.out_dir))
     elif args.command == "export":
         from hare.train.loop import export_checkpoint

@@ -168,3 +168,29 @@ def test_model_json_sets_defaults(tmp_path, mini_models):
     (folder / "model.json").write_text(json.dumps({"settings": {"no_such_setting": 1}}))
     with pytest.raises(Exception, match="no_such_setting"):
         hare.load_model(folder)
+
+
+def test_grow_gpt_keeps_the_function_and_adds_blocks(tmp_path):
+    from hare.mini import grow_gpt, main as mini_main
+    from hare.models.configs import GPTConfig
+
+    torch.manual_seed(3)
+    cfg = GPTConfig(layers=2, dim=32, heads=2, max_mel_tokens=40, max_text_tokens=40, mel_vocab=66,
+                    start_mel_token=64, stop_mel_token=65, cond_attn_blocks=1)
+    gpt = checkpoints.build("autoregressive", cfg).eval()
+    src = checkpoints.save(gpt, "autoregressive", cfg, tmp_path / "src" / "autoregressive.safetensors")
+    assert mini_main(["grow-gpt", str(src), str(tmp_path / "big"), "--insert-after", "0",
+                      "--insert-after", "1"]) == 0
+    big, kind, big_cfg = checkpoints.load(tmp_path / "big" / "autoregressive.safetensors")
+    assert kind == "autoregressive" and big_cfg.layers == 4 and len(big.blocks) == 4
+    torch.testing.assert_close(big.blocks[2].qkv.weight, gpt.blocks[1].qkv.weight)  # 0 new 1 new
+    assert big.blocks[1].attn_out.weight.abs().sum() == 0 and big.blocks[3].proj.bias.abs().sum() == 0
+    assert big.blocks[1].qkv.weight.abs().sum() > 0  # the rest of a new block is initialised normally
+    args = (torch.randn(2, 32), torch.randint(1, 50, (2, 7)), torch.tensor([7, 5]), torch.randint(0, 64, (2, 6)),
+            torch.tensor([6 * 1024, 4 * 1024]))
+    with torch.no_grad():
+        a, b = gpt(*args), big.eval()(*args)
+    torch.testing.assert_close(b.mel_logits, a.mel_logits, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(gpt.blocks[0].qkv.weight, big.blocks[1].qkv.weight)
+    with pytest.raises(ValueError, match="block numbers"):
+        grow_gpt(src, tmp_path / "bad", [2])

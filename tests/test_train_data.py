@@ -277,3 +277,27 @@ def test_parallel_preprocessing_matches_in_process(tmp_path):
     for fa, fb in zip(one.files, two.files):
         a, b = D._read_features(fa), D._read_features(fb)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_synth_readers_per_sentence(tmp_path, monkeypatch):
+    """--readers N: each sentence by N training speakers (seeded), held-out speakers still read all of them."""
+    def fake_speak(spec, text, target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(target, np.full(11025, 0.1, dtype=np.float32), 22050)
+
+    monkeypatch.setattr(synth, "synthesize_one", fake_speak)
+    sentences = [f"Sentence number {i}." for i in range(12)]
+    speakers = ["flite:a", "flite:b", "flite:c", "flite:d"]
+    corpus = synth.make_corpus(sentences, tmp_path / "c", speakers, heldout_sentences=2,
+                               heldout_speakers=["flite:d"], readers=1, seed=4)
+    assert corpus.counts == {"train": 10, "heldout": 2, "heldout_speakers": 12}
+    train = D.load_manifest(corpus.train)[0]
+    assert len({u.text for u in train}) == 10 and {u.speaker for u in train} <= {"flite-a", "flite-b", "flite-c"}
+    assert len({u.speaker for u in train}) > 1  # spread over the speakers, not all by one
+    again = synth.make_corpus(sentences, tmp_path / "c2", speakers, heldout_sentences=2,
+                              heldout_speakers=["flite:d"], readers=1, seed=4)
+    assert [(u.text, u.speaker) for u in D.load_manifest(again.train)[0]] == [(u.text, u.speaker) for u in train]
+    two = synth.make_corpus(sentences, tmp_path / "c3", speakers, heldout_sentences=0, readers=2, seed=4)
+    assert two.counts["train"] == 24
+    with pytest.raises(TrainingError, match="readers"):
+        synth.make_corpus(sentences, tmp_path / "c4", speakers, heldout_speakers=["flite:d"], readers=4)

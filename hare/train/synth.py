@@ -182,8 +182,11 @@ def _pick_heldout(items: Sequence, amount: float | int, rng: random.Random) -> s
 
 def make_corpus(sentences: Sequence[str], out_dir: str | os.PathLike, speakers: Sequence[str] | None = None, *,
                 heldout_sentences: float | int = 0.1, heldout_speakers: Sequence[str] | int = 0, seed: int = 0,
-                workers: int = 2, progress: bool = False) -> SynthCorpus:
+                readers: int | None = None, workers: int = 2, progress: bool = False) -> SynthCorpus:
     """Synthesise every sentence with every speaker and write the manifests (see the module docstring).
+
+    `readers`: if set, each sentence is read by only that many of the training speakers (chosen at random,
+    seeded; held-out speakers still read every sentence) - more distinct text for the same synthesis time.
 
     `speakers`: `flite:<voice>` / `espeak:<voice>` specs (default: `available_speakers()`).
     `heldout_sentences`: a fraction (< 1) or a count of sentences kept out of training.
@@ -214,9 +217,17 @@ def make_corpus(sentences: Sequence[str], out_dir: str | os.PathLike, speakers: 
         if held_spk == set(speakers):
             raise TrainingError("every speaker is held out; keep at least one for training")
 
+    trained = [spec for spec in speakers if spec not in held_spk]
+    if readers is not None and not 1 <= readers <= len(trained):
+        raise TrainingError(f"readers per sentence must be between 1 and the {len(trained)} training speakers, "
+                            f"got {readers}")
+    pick = random.Random(f"{seed}-readers")
+    chosen = [set(pick.sample(trained, readers)) if readers else None for _ in sentences]
     jobs = []
     for spec in speakers:
         for i, text in enumerate(sentences):
+            if chosen[i] is not None and spec not in held_spk and spec not in chosen[i]:
+                continue
             jobs.append((spec, i, text, out / "wavs" / speaker_name(spec) / f"{i:05d}.wav"))
     todo = [j for j in jobs if not j[3].is_file()]
     bar = tqdm(total=len(todo), desc="synthesising", unit="clip", disable=not progress)
