@@ -105,7 +105,7 @@ def test_broad_vocabulary_reaches_new_words_and_keeps_the_core_output():
     assert len(broad_vocab.words()) > 5000
 
 
-def test_shipped_training_text_is_what_the_generator_writes():
+def test_shipped_training_text_is_what_the_generator_writes(monkeypatch):
     """configs/mini-sentences-3.txt (hare-mini's third corpus) is reproduced by the command in its header."""
     import hashlib
     import io
@@ -117,6 +117,7 @@ def test_shipped_training_text_is_what_the_generator_writes():
     shipped = (configs / "mini-sentences-3.txt").read_text()
     header = shipped.splitlines()[0]
     args = shlex.split(header[header.index("(") + 1:header.rindex(")")])
+    monkeypatch.chdir(configs.parents[2])  # the header's paths are relative to the checkout
     out = io.StringIO()
     with redirect_stdout(out):
         textgen.main(args)
