@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -122,3 +123,12 @@ def test_shipped_training_text_is_what_the_generator_writes(monkeypatch):
     with redirect_stdout(out):
         textgen.main(args)
     assert hashlib.sha256(out.getvalue().encode()).hexdigest() == hashlib.sha256(shipped.encode()).hexdigest()
+
+
+@pytest.mark.skipif(not (Path("/usr/share/wordnet/index.noun").is_file()
+                         and Path("/usr/share/dict/american-english").is_file()),
+                    reason="needs apt-get install wordnet-base wamerican")
+def test_shipped_word_list_is_what_the_builder_writes():
+    from hare.train import wordlist
+
+    assert wordlist.write(wordlist.build()) == textgen.BROAD_WORDS.read_text()

@@ -126,7 +126,7 @@ def build(wordnet: Path = WORDNET, dictionary: Path = DICTIONARY, min_count: int
         return (_WORD.match(lemma) is not None and lemma in known and lemma not in _BLOCK
                 and counts.get((lemma, pos), 0) >= min_count)
 
-    def inflect(word: str, candidates: list[str], listed=frozenset()) -> str | None:
+    def inflect(candidates: list[str], listed=frozenset()) -> str | None:
         """The candidate spelling the dictionary knows (one WordNet lists for this word first: stopped, not
         the mining verb's stoped)."""
         found = [c for c in candidates if c in known and c not in _BLOCK]
@@ -135,7 +135,7 @@ def build(wordnet: Path = WORDNET, dictionary: Path = DICTIONARY, min_count: int
 
     nouns = []
     for noun in sorted(index_lemmas(wordnet, "n")):
-        if common(noun, "n") and (plural := inflect(noun, _candidates_plural(noun))):
+        if common(noun, "n") and (plural := inflect(_candidates_plural(noun))):
             nouns.append((noun, plural))
     adjectives = sorted(a for a in index_lemmas(wordnet, "a") if common(a, "a"))
     adverbs = sorted(r for r in index_lemmas(wordnet, "r") if common(r, "r") and r.endswith("ly"))
@@ -147,7 +147,7 @@ def build(wordnet: Path = WORDNET, dictionary: Path = DICTIONARY, min_count: int
         candidates = [_candidates_past(verb), _candidates_ing(verb), _candidates_third(verb)]
         if listed - {c for group in candidates for c in group}:
             continue  # irregular: went, ran, sang (the exception list does not say which form is the past)
-        forms = (verb, *(inflect(verb, group, listed) for group in candidates))
+        forms = (verb, *(inflect(group, listed) for group in candidates))
         if None in forms:
             continue
         frames = verb_frames(wordnet, offsets[0])
