@@ -1,10 +1,13 @@
 """Seeded English sentence generator: many different, plain sentences for synthetic training corpora.
 
     python -m hare.train.textgen --count 3000 --seed 1 > sentences.txt
+    python -m hare.train.textgen --count 24000 --vocab broad --exclude configs/eval-sentences.txt > more.txt
 
 Public-domain text corpora are not installable offline, so Hare writes its own training text: a small
 grammar over ~900 common words (written for Hare; the output is free to use, CC0). The sentences are simple
-but varied in sound, which is what a speech model needs to learn to read. Real, hand-written sentences
+but varied in sound, which is what a speech model needs to learn to read. `--vocab broad` adds ~9 000 common
+words (`configs/words-broad.txt`, see `hare.train.wordlist`) and templates with function words, so a model
+learns how spelling sounds rather than a few hundred words. Real, hand-written sentences
 (`configs/sentences.txt`, `configs/eval-sentences.txt`) stay the held-out test material.
 """
 
