@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare import kernels
 from hare.models.configs import CLVPConfig, CVVPConfig
 from hare.models.layers import AttentionBlock
 
@@ -90,7 +91,7 @@ class GatedFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj_in(x).chunk(2, dim=-1)
-        if self.training or (torch.is_grad_enabled() and gate.requires_grad):
+        if self.training or kernels.autograd_records(gate):
             return self.proj_out(self.dropout(value * F.gelu(gate)))
         # inference (eval mode, no autograd): in place in the projection's output, no two more (tokens x inner)
         # buffers to allocate

@@ -155,14 +155,7 @@ class Vocabulary:
 
 
 BROAD_WORDS = Path(__file__).parent / "configs" / "words-broad.txt"
-_DEFAULT: Vocabulary | None = None
-
-
-def _default() -> Vocabulary:
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = Vocabulary()
-    return _DEFAULT
+CORE = Vocabulary()  # the grammar's own words, the default
 
 
 def _np(rng: random.Random, v: Vocabulary) -> str:
@@ -188,7 +181,7 @@ def _place(rng: random.Random) -> str:
 
 def sentence(rng: random.Random, vocab: Vocabulary | None = None) -> str:
     """One sentence from a few templates, words drawn from `vocab` (default: the built-in words)."""
-    v = vocab or _default()
+    v = vocab or CORE
     t = rng.randrange(20 if v.rich else 10)
     if t >= 10:
         return _rich_sentence(rng, v, t - 10)
