@@ -8,8 +8,12 @@ For every sentence of an evaluation suite (`hare data eval-suite`) and its real 
     HiFi-GAN's by a least-squares fit on the voice's prompt clips (the codes' ceiling);
   - `prior`: the true codes through the diffusion decoder's prior (`predict_mel`) alone;
   - `start=S`: the true codes through shallow diffusion from S (ultra_fast's 30-step schedule);
-  - `gpt`: the model's own codes (16 candidates, the CLVP's pick) through the VQ-VAE path of `vqvae`.
-Needs a model whose diffusion decoder reads codes and a VQ-VAE file beside it (hare-mini).
+  - `gpt`: the model's own codes (16 candidates sampled with the model's settings, the CLVP's pick) through
+    the VQ-VAE path of `vqvae`;
+  - `gpt+decoder`: the same codes through the diffusion decoder (shallow diffusion from the model's own
+    `diffusion_start`, as `hare speak` runs it).
+A decoder on GPT latents (`conditioning_input: latents`) reads the GPT's teacher-forced latents of the codes
+(true or its own), as the pipeline computes them. Needs a VQ-VAE file beside the model (hare-mini).
 """
 
 from __future__ import annotations
@@ -62,33 +66,47 @@ def main(argv=None) -> int:
                                                          generator=torch.Generator().manual_seed(0))
     asr = evaluate.recognizer("pocketsphinx")
     starts = args.start or [0.02, 0.1]
-    modes = ["real", "vqvae", "prior", *[f"start={s}" for s in starts], "gpt"]
+    modes = ["real", "vqvae", "prior", *[f"start={s}" for s in starts], "gpt", "gpt+decoder"]
     heard = {m: [] for m in modes}
-    sampling = SamplingSettings(temperature=0.8, top_p=0.8, top_k=50, repetition_penalty=2.0,
-                                length_penalty=1.0, max_codes=tts.gpt.max_codes)
+    own = make_settings("ultra_fast", **tts.default_settings)  # the model's own sampling settings
+    sampling = SamplingSettings(temperature=own.temperature, top_p=own.top_p, top_k=own.top_k,
+                                repetition_penalty=own.repetition_penalty, length_penalty=own.length_penalty,
+                                max_codes=tts.gpt.max_codes)
 
     def vq_path(codes):
         m = vq.decode(codes.clamp(max=vq.config.num_codes - 1))[0] * norms
         return (torch.cat([m, torch.ones(1, m.shape[1])]).T @ mapping).T[None]
 
+    def decoder_input(text, codes, keep):  # what the diffusion decoder reads for these codes
+        if tts.diffusion.config.conditioning_input == "codes":
+            return codes[:, :keep]
+        return tts.gpt.speech_latents(ar_latent, text, codes).float()[:, :keep]
+
+    def diffuse(cond, frames, start):
+        st = make_settings("ultra_fast", diffusion_start=start)
+        return audio.denormalize_mel(tts._diffuse(cond, diff_latent, frames, st, g, False, ""))
+
     g = torch.Generator().manual_seed(0)
     for sentence, path in zip(sentences, real):
         wav = audio.load_audio(path, 22050)
         with torch.inference_mode():
+            text = torch.tensor([tts.tokenizer.encode(sentence) + [tts.tokenizer.stop_token]])
             codes = vq.encode(audio.ar_mel(wav).reshape(1, 80, -1)).reshape(1, -1)
             frames = tts.mel_format.frames_for_codes(codes.shape[1])
-            aligned = tts.diffusion.aligned_conditioning(codes, diff_latent, frames)
+            cond = decoder_input(text, codes, codes.shape[1])
+            aligned = tts.diffusion.aligned_conditioning(cond, diff_latent, frames)
             mels = {"real": audio.hifigan_mel(wav).reshape(1, 80, -1), "vqvae": vq_path(codes),
                     "prior": audio.denormalize_mel(tts.diffusion.predict_mel(aligned).float())}
             for s in starts:
-                st = make_settings("ultra_fast", diffusion_start=s)
-                mels[f"start={s}"] = audio.denormalize_mel(tts._diffuse(codes, diff_latent, frames, st, g, False, ""))
-            text = torch.tensor([tts.tokenizer.encode(sentence) + [tts.tokenizer.stop_token]])
+                mels[f"start={s}"] = diffuse(cond, frames, s)
             cands = sample_codes(tts.gpt, ar_latent, text, 16, 16, sampling, g)
             gc = tts.gpt.config
             cands = fix_candidates(cands, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
             best = cands[tts.clvp.similarity(text, cands).argmax()]
-            mels["gpt"] = vq_path(best[None, : calm_cut(best, calm_code=gc.calm_code)])
+            keep = calm_cut(best, calm_code=gc.calm_code)
+            mels["gpt"] = vq_path(best[None, :keep])
+            mels["gpt+decoder"] = diffuse(decoder_input(text, best[None], keep),
+                                          tts.mel_format.frames_for_codes(keep), own.diffusion_start)
             for m in modes:
                 out = tts.vocoder.vocode(mels[m], generator=g)[0].float().numpy().reshape(-1)
                 heard[m].append(asr.transcribe(out, tts.sample_rate))

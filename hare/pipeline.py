@@ -439,7 +439,7 @@ class TextToSpeech:
             if settings.min_length_ratio > 0:
                 scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
             best = codes[scores.topk(settings.k).indices]
-        if self.diffusion.config.conditioning_input == "codes":  # a decoder trained on codes (hare-mini)
+        if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
             with timer("latents"), self._autocast():

@@ -1,4 +1,4 @@
-"""hare-mini's layout (codes-conditioned diffusion, HiFi-GAN mels and vocoder, its own silence codes) on toy
+"""hare-mini's layout (diffusion on codes or GPT latents, HiFi-GAN mels and vocoder, its own silence codes) on toy
 networks, the models-folder conventions it uses, and the bundled model itself when it is in the checkout."""
 
 from __future__ import annotations
@@ -55,6 +55,32 @@ def test_codes_conditioned_hifigan_pipeline(tmp_path, mini_models, monkeypatch):
     assert seen["calm"] == 3
     assert out.audio.numel() == seen["keep"] * 4 * 256  # 4 HiFi-GAN frames per code, 256 samples per frame
     assert "latents" not in out.timings  # a codes-conditioned decoder needs no GPT latents
+
+
+def test_latent_conditioned_hifigan_pipeline(tmp_path, mini_models, monkeypatch):
+    """Today's hare-mini: the decoder reads the GPT's latents of the picked codes, cut at the calm code."""
+    import dataclasses
+
+    import hare.pipeline as P
+
+    diff = mini_models["diffusion_decoder"]
+    on_latents = checkpoints.build("diffusion_decoder", dataclasses.replace(diff.config, conditioning_input="latents"))
+    on_latents.load_state_dict(diff.state_dict())
+    write_voice(tmp_path / "v" / "ann")
+    tts = _tts({**mini_models, "diffusion_decoder": on_latents.eval()}, tmp_path / "v")
+    seen = {}
+    real_aligned = on_latents.aligned_conditioning
+
+    def spy(aligned, *a, **k):
+        seen["aligned"] = aligned
+        return real_aligned(aligned, *a, **k)
+
+    monkeypatch.setattr(on_latents, "aligned_conditioning", spy)
+    out = tts.tts("A small test.", voice="ann", preset="ultra_fast", seed=1, **SHRINK)
+    assert "latents" in out.timings and torch.isfinite(out.audio).all()
+    lat = seen["aligned"]
+    assert lat.is_floating_point() and lat.shape[-1] == mini_models["autoregressive"].config.dim
+    assert out.audio.numel() == lat.shape[1] * 4 * 256  # one latent per kept code
 
 
 def test_fix_candidates_uses_the_models_silence_codes():

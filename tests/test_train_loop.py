@@ -3,6 +3,7 @@ fine-tuning from official-layout weights, and every objective end to end on a ti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -59,7 +60,8 @@ def corpus(tmp_path_factory):
 
 def make_config(corpus, objective: str, out_dir: Path, **sections) -> dict:
     cfg = {
-        "objective": objective, "out_dir": str(out_dir), "model": MODELS[objective], "options": OPTIONS[objective],
+        "objective": objective, "out_dir": str(out_dir), "model": dict(MODELS[objective]),
+        "options": dict(OPTIONS[objective]),  # copies: the sections below update them
         "data": {"train": str(corpus["train"]), "eval": str(corpus["eval"]), "cache_dir": str(corpus["cache"]),
                  "vqvae": str(corpus["vqvae"]), "batch_size": 4, "workers": 0, "preprocess_workers": 0},
         "optim": {"lr": 1e-3, "warmup_steps": 2, "schedule": "cosine"},
@@ -371,3 +373,37 @@ def test_cpu_kernels_train_the_same_weights_as_plain_linears(corpus, tmp_path, c
     bad = make_config(corpus, "gpt", tmp_path / "bad", train={"cpu_kernels": "sometimes"})
     with pytest.raises(TrainingError, match="cpu_kernels"):
         TrainConfig.from_dict(bad).check()
+
+
+def test_diffusion_trains_on_a_frozen_gpts_latents(corpus, tmp_path):
+    """Tortoise's decoder: conditioned on a trained GPT's latents (options.gpt), the GPT untouched; only the
+    latent path of the conditioning learns (the code path gets no gradient)."""
+    from hare.models.configs import DiffusionConfig, GPTConfig
+
+    torch.manual_seed(0)
+    gpt = checkpoints.build("autoregressive", GPTConfig(**MODELS["gpt"]))
+    gpt_path = checkpoints.save(gpt, "autoregressive", gpt.config, tmp_path / "gpt")
+    before = load_file(str(gpt_path))
+    model = dict(MODELS["diffusion"], conditioning_input="latents")
+    start = checkpoints.build("diffusion_decoder", DiffusionConfig(**model))
+    start_path = checkpoints.save(start, "diffusion_decoder", start.config, tmp_path / "start")
+    cfg = make_config(corpus, "diffusion", tmp_path / "run", model=model,
+                      options={"gpt": str(gpt_path)},
+                      train={"steps": 2, "save_every": 0, "eval_every": 2, "init": str(start_path), "ema": None})
+    result = train(TrainConfig.from_dict(cfg))
+    _, _, config = checkpoints.load(result.exported)
+    assert config.conditioning_input == "latents"
+    after, initial = load_file(str(result.exported)), load_file(str(start_path))
+    assert not torch.equal(after["latent_in.weight"], initial["latent_in.weight"])
+    assert torch.equal(after["code_embedding.weight"], initial["code_embedding.weight"])
+    _assert_same_weights(load_file(str(gpt_path)), before)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2]
+    codes_init = checkpoints.save(start, "diffusion_decoder", dataclasses.replace(start.config,
+                                                                                  conditioning_input="codes"),
+                                  tmp_path / "codes")
+    bad = make_config(corpus, "diffusion", tmp_path / "bad", options={"gpt": str(gpt_path)},
+                      train={"init": str(codes_init)})
+    bad["model"] = {}  # the sizes and the input come from the initial weights: a decoder on codes
+    with pytest.raises(TrainingError, match="conditioning_input must be 'latents'"):
+        train(TrainConfig.from_dict(bad))

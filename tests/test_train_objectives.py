@@ -204,3 +204,68 @@ def test_diffusion_prior_blocks_survive_save_and_load(tmp_path):
     assert kind2 == "diffusion_decoder" and config2.prior_layers == 1
     aligned = torch.randn(1, TINY["diffusion"]["channels"], 12)
     torch.testing.assert_close(loaded.predict_mel(aligned), module.eval().predict_mel(aligned))
+
+
+def _tiny_gpt_file(tmp_path, **overrides):
+    from hare import checkpoints
+    from hare.models.configs import GPTConfig
+
+    torch.manual_seed(3)
+    gpt = checkpoints.build("autoregressive", GPTConfig(**dict(TINY["gpt"], **overrides)))
+    return checkpoints.save(gpt, "autoregressive", gpt.config, tmp_path / "gpt"), gpt.eval()
+
+
+def test_diffusion_on_gpt_latents_sees_the_pipelines_latents(tmp_path):
+    """Each row's conditioning = the frozen GPT's teacher-forced latents of the whole utterance (text + stop
+    token, as the pipeline passes them), cut to the row's window; zeros past the utterance's end."""
+    gpt_path, gpt = _tiny_gpt_file(tmp_path)
+    config = dict(TINY["diffusion"], conditioning_input="latents", latent_channels=64)
+    objective = make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt=str(gpt_path)))
+    assert objective.features == ("diff_mel", "codes", "ar_mel")
+    assert objective.limits()["needs_text"] and objective.limits()["max_text_tokens"] == 64
+    g = torch.Generator().manual_seed(0)
+    examples = _examples("diffusion", objective, 2, g)
+    lengths, starts = (20, 5), (9, 0)  # row 0: a window inside a longer utterance; row 1: shorter than a window
+    for e, n, start in zip(examples, lengths, starts):
+        e.update(text=torch.randint(1, 255, (7,), generator=g), prefix=torch.randint(0, CODES, (n,), generator=g)[
+            :start + 8], start=start, ar_cond=torch.randn(2, 80, 32, generator=g))
+    batch = objective.collate(examples)
+    latents = objective.gpt_latents(batch)
+    assert latents.shape == (2, 8, 64)
+    with torch.no_grad():
+        for i, n in enumerate(lengths):
+            voice = gpt.conditioning_latent(batch["ar_cond"][i:i + 1])
+            full = torch.randint(0, CODES, (n,), generator=torch.Generator().manual_seed(9))
+            full[: len(batch["prefix"][i])] = batch["prefix"][i]  # the codes after the window do not matter
+            want = gpt.speech_latents(voice, batch["text"][i][None], full[None])[0, starts[i]:starts[i] + 8]
+            torch.testing.assert_close(latents[i, :want.shape[0]], want)
+            assert not latents[i, want.shape[0]:].any()
+    models = objective.build_models()
+    opt = torch.optim.Adam(models["model"].parameters(), lr=1e-3)
+    losses = objective.loss("main", models, batch, 0, {})
+    losses["loss"].backward()
+    model = models["model"]
+    assert model.latent_in.weight.grad is not None and model.code_embedding.weight.grad is None
+    opt.step()
+    assert all(not p.requires_grad for p in objective.gpt().parameters())  # the GPT stays frozen
+
+
+def test_diffusion_on_gpt_latents_checks_its_gpt(tmp_path):
+    from hare import checkpoints
+
+    config = dict(TINY["diffusion"], conditioning_input="latents", latent_channels=64)
+    on_codes = make_objective("diffusion", config, OPTIONS["diffusion"])  # Tortoise's first stage
+    assert not on_codes.on_latents and on_codes.features == ("diff_mel", "codes")
+    gpt_path, _ = _tiny_gpt_file(tmp_path)
+    options = dict(OPTIONS["diffusion"], gpt=str(gpt_path))
+    with pytest.raises(TrainingError, match="conditioning_input must be 'latents'"):
+        make_objective("diffusion", dict(config, conditioning_input="codes"), options)
+    narrow = make_objective("diffusion", dict(config, latent_channels=32), options)
+    with pytest.raises(TrainingError, match="latent_channels must be the GPT's width 64"):
+        narrow.limits()
+    other = checkpoints.save(make_objective("clvp", TINY["clvp"]).build_models()["model"], "clvp2",
+                             make_objective("clvp", TINY["clvp"]).config, tmp_path / "clvp")
+    with pytest.raises(TrainingError, match="holds a clvp2 model, not a GPT"):
+        make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt=str(other))).gpt()
+    with pytest.raises(TrainingError, match="options.gpt: checkpoint file not found"):
+        make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt=str(tmp_path / "missing"))).gpt()

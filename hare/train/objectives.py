@@ -13,7 +13,8 @@ collate examples into a batch, and how to turn a batch into a dict of losses.
   Optional guided attention (`guided_weight`): a diagonal prior on some heads' attention from speech to text.
 - `clvp`: symmetric contrastive loss over the batch (text <-> speech codes).
 - `diffusion`: epsilon MSE + the learned-variance VLB term, conditioning dropped at random
-  (`unconditioned_percentage`) so conditioning-free guidance works; conditioned on VQ-VAE codes.
+  (`unconditioned_percentage`) so conditioning-free guidance works; conditioned on VQ-VAE codes, or (as
+  Tortoise) on the latents a frozen GPT computes from the text and those codes (`options.gpt`).
   Optional: the auxiliary mel loss (`aux_mel_weight`, the shallow-diffusion prior) and training the denoiser
   on the start of the schedule only (`max_t_fraction`, for models sampled with shallow diffusion).
 - `vocoder`: UniVNet: multi-resolution STFT loss + least-squares GAN with period and resolution
@@ -27,6 +28,7 @@ crop lengths) are the `*Options` dataclasses below.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ from hare.audio import MEL_FORMATS
 from hare.models.configs import CLVPConfig, DiffusionConfig, GPTConfig, VocoderConfig, VQVAEConfig
 from hare.train import TrainingError
 from hare.train.data import AR_RATE, CODE_SAMPLES, pad_stack, random_crop
+
+log = logging.getLogger(__name__)
 
 DIFFUSION_FRAMES_PER_CODE = MEL_FORMATS["univnet"].frames_per_code  # 4.3537... (Tortoise's 24 kHz mel)
 
@@ -239,6 +243,20 @@ def guided_attention_loss(q: torch.Tensor, k: torch.Tensor, text_lengths: torch.
     return (per_query * mask).sum() / mask.sum().clamp(min=1)
 
 
+def ar_conditioning_clips(corpus, index: int, rng: random.Random, clips: int, frames: int) -> torch.Tensor:
+    """(clips, 80, frames) random crops of the AR mels of other utterances by the same speaker (itself if alone),
+    short ones padded with silence: the GPT's voice-latent input."""
+    others = corpus.same_speaker(index) or [index]
+    out = []
+    silence = _silence_ar_mel()
+    for _ in range(clips):
+        mel = corpus.features(rng.choice(others), ("ar_mel",))["ar_mel"].float()
+        if mel.shape[-1] < frames:
+            mel = torch.cat([mel, silence.expand(mel.shape[0], frames - mel.shape[-1])], dim=1)
+        out.append(random_crop(mel, frames, rng))
+    return torch.stack(out)
+
+
 class GPTObjective(Objective):
     name, kind = "gpt", "autoregressive"
     config_class, options_class = GPTConfig, GPTOptions
@@ -264,17 +282,7 @@ class GPTObjective(Objective):
                 "max_text_tokens": c.max_text_tokens, "needs_text": True}
 
     def conditioning_clips(self, corpus, index, rng) -> torch.Tensor:
-        """(clips, 80, cond_frames) random crops of other utterances by the same speaker (itself if alone)."""
-        others = corpus.same_speaker(index) or [index]
-        clips = []
-        silence = _silence_ar_mel()
-        for _ in range(self.options.cond_clips):
-            mel = corpus.features(rng.choice(others), ("ar_mel",))["ar_mel"].float()
-            frames = self.options.cond_frames
-            if mel.shape[-1] < frames:
-                mel = torch.cat([mel, silence.expand(mel.shape[0], frames - mel.shape[-1])], dim=1)
-            clips.append(random_crop(mel, frames, rng))
-        return torch.stack(clips)
+        return ar_conditioning_clips(corpus, index, rng, self.options.cond_clips, self.options.cond_frames)
 
     def example(self, corpus, index, rng):
         feats = corpus.features(index, ("codes", "samples22"))
@@ -386,14 +394,20 @@ class DiffusionOptions:
     # sampled with shallow diffusion (`diffusion_start` <= this fraction), all capacity goes to the steps it runs
     max_t_fraction: float = 1.0
     min_seconds: float = 0.5
+    # a trained GPT (Hare safetensors): the decoder trains on its latents (model.conditioning_input "latents",
+    # Tortoise's) instead of the codes. Frozen, it turns each utterance's text and true codes into latents
+    # exactly as the pipeline does at inference (teacher forcing; voice latent from `gpt_cond_clips` other
+    # clips of the speaker). Unset: the decoder trains on the codes whatever conditioning_input says.
+    gpt: str | None = None
+    gpt_cond_clips: int = 2
+    gpt_cond_frames: int = 517
 
 
 class DiffusionObjective(Objective):
     name, kind = "diffusion", "diffusion_decoder"
     config_class, options_class = DiffusionConfig, DiffusionOptions
-    features = ("diff_mel", "codes")
     default_ema = 0.999
-    find_unused_parameters = True  # the latent-conditioning path (inference) is idle when training on codes
+    find_unused_parameters = True  # one of the two conditioning paths (codes, GPT latents) is idle
 
     def __init__(self, config=None, options=None):
         super().__init__(config, options)
@@ -412,26 +426,97 @@ class DiffusionObjective(Objective):
                                 f"{self.mel_format.name!r} (got {self.config.in_channels})")
         if self.config.conditioning_input not in ("latents", "codes"):
             raise TrainingError("model.conditioning_input must be 'latents' or 'codes'")
+        self._check_input()
+        if self.config.conditioning_input == "latents" and not self.on_latents:
+            log.warning("diffusion: model.conditioning_input is 'latents' but options.gpt is not set, so this "
+                        "run trains on VQ-VAE codes; the latent path stays untrained until a fine-tune with "
+                        "options.gpt (Tortoise's second stage)")
+        self._gpt = None
         # the target mel feature in the cache
         self.mel_feature = "diff_mel" if self.mel_format.name == "univnet" else "hifi_mel"
-        self.features = (self.mel_feature, "codes")
+
+    @property
+    def on_latents(self) -> bool:
+        """Trains on a frozen GPT's latents (options.gpt) instead of the codes."""
+        return bool(self.options.gpt)
+
+    def _check_input(self) -> None:
+        # (again in `limits`: a run started from other weights replaces the config)
+        if self.on_latents and self.config.conditioning_input != "latents":
+            raise TrainingError("options.gpt trains the decoder on GPT latents: model.conditioning_input must be "
+                                f"'latents' (got {self.config.conditioning_input!r})")
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return (self.mel_feature, "codes") + (("ar_mel",) if self.on_latents else ())
+
+    def __getstate__(self):  # data-loader workers never run the GPT
+        state = super().__getstate__()
+        state["_gpt"] = None
+        return state
+
+    def gpt(self, device=None):
+        """The frozen GPT of `options.gpt` (loaded once, eval mode, no gradients)."""
+        if self._gpt is None:
+            from hare import checkpoints
+
+            from hare.errors import CheckpointError
+
+            try:
+                model, kind, _ = checkpoints.load(self.options.gpt)
+            except CheckpointError as exc:  # a training-config problem here
+                raise TrainingError(f"options.gpt: {exc}") from exc
+            if kind != "autoregressive":
+                raise TrainingError(f"options.gpt: {self.options.gpt} holds a {kind} model, not a GPT")
+            if model.config.dim != self.config.latent_channels:
+                raise TrainingError(f"model.latent_channels must be the GPT's width {model.config.dim} "
+                                    f"(got {self.config.latent_channels})")
+            self._gpt = model.requires_grad_(False)
+        if device is not None:
+            self._gpt = self._gpt.to(device)
+        return self._gpt
+
+    def gpt_latents(self, batch) -> torch.Tensor:
+        """(batch, max_codes, latent_channels) GPT latents of each row's window, zero past its end.
+
+        Each row runs alone (as at inference: no text padding for its codes to attend to) on its codes up to
+        the window's end; the GPT is causal, so those are the latents of the whole utterance.
+        """
+        device = batch["codes"].device
+        gpt = self.gpt(device)
+        window = self.options.max_codes
+        out = torch.zeros(batch["codes"].shape[0], window, self.config.latent_channels, device=device)
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            voice = gpt.conditioning_latent(batch["ar_cond"].float())  # (batch, dim)
+            for i, (text, codes) in enumerate(zip(batch["text"], batch["prefix"])):
+                start = int(batch["start"][i])
+                lat = gpt.speech_latents(voice[i:i + 1], text.to(device)[None], codes.to(device)[None])
+                lat = lat[0, start:start + window].float()
+                out[i, :lat.shape[0]] = lat
+        return out
 
     @property
     def frames(self) -> int:
         return int(self.options.max_codes * self.mel_format.frames_per_code)
 
     def limits(self):
-        return {**super().limits(), "min_seconds": self.options.min_seconds}
+        limits = {**super().limits(), "min_seconds": self.options.min_seconds}
+        self._check_input()
+        if self.on_latents:  # the GPT reads the text and the whole utterance
+            c = self.gpt().config
+            limits.update(needs_text=True, max_text_tokens=c.max_text_tokens,
+                          max_seconds=(c.max_mel_tokens - 1) * CODE_SAMPLES / AR_RATE)
+        return limits
 
     def example(self, corpus, index, rng):
         from hare import audio
 
         name, per_code = self.mel_feature, self.mel_format.frames_per_code
         feats = corpus.features(index, ("codes", name))
-        codes, mel = feats["codes"].long(), feats[name].float()
-        n, window, frames = codes.shape[0], self.options.max_codes, self.frames
+        all_codes, mel = feats["codes"].long(), feats[name].float()
+        n, window, frames = all_codes.shape[0], self.options.max_codes, self.frames
         start = rng.randint(0, n - window) if n > window else 0
-        codes = codes[start:start + window]
+        codes = all_codes[start:start + window]
         f0 = int(start * per_code)
         valid = max(0, min(frames, int(codes.shape[0] * per_code), mel.shape[-1] - f0))
         target = mel[:, f0:f0 + valid]
@@ -440,19 +525,30 @@ class DiffusionObjective(Objective):
         if self.options.cond_from == "speaker":
             cond_index = rng.choice(corpus.same_speaker(index) or [index])
         cond_mel = (mel if cond_index == index else corpus.features(cond_index, (name,))[name].float())
-        return {
+        example = {
             "codes": F.pad(codes, (0, window - codes.shape[0]), value=pad_code),
             "mel": F.pad(audio.normalize_mel(target), (0, frames - valid), value=-1.0),
             "frames": valid,
             "cond": random_crop(cond_mel, self.options.cond_frames, rng, pad_value=audio.TACOTRON_MEL_MIN),
         }
+        if self.on_latents:  # what the pipeline gives the GPT: the text + its stop token, the codes so far
+            text = self.tokenizer.encode(corpus.utterances[index].text) + [self.tokenizer.stop_token]
+            clips = ar_conditioning_clips(corpus, index, rng, self.options.gpt_cond_clips, self.options.gpt_cond_frames)
+            example.update(text=torch.tensor(text, dtype=torch.long), prefix=all_codes[:start + window],
+                           start=start, ar_cond=clips)
+        return example
 
     def collate(self, examples):
         frames = examples[0]["mel"].shape[-1]
-        return {"codes": torch.stack([e["codes"] for e in examples]),
-                "mel": torch.stack([e["mel"] for e in examples]),
-                "mask": torch.arange(frames)[None] < _as_long([e["frames"] for e in examples])[:, None],
-                "cond": torch.stack([e["cond"] for e in examples])}
+        batch = {"codes": torch.stack([e["codes"] for e in examples]),
+                 "mel": torch.stack([e["mel"] for e in examples]),
+                 "mask": torch.arange(frames)[None] < _as_long([e["frames"] for e in examples])[:, None],
+                 "cond": torch.stack([e["cond"] for e in examples])}
+        if self.on_latents:  # variable lengths: lists, each row runs the GPT alone
+            batch.update(text=[e["text"] for e in examples], prefix=[e["prefix"] for e in examples],
+                         start=_as_long([e["start"] for e in examples]),
+                         ar_cond=torch.stack([e["ar_cond"] for e in examples]))
+        return batch
 
     def loss(self, phase, models, batch, step, scratch):
         from hare.schedulers import q_sample, vlb_term
@@ -466,7 +562,8 @@ class DiffusionObjective(Objective):
         x_t = q_sample(x0, t, noise, self.options.trained_steps)
         cond_latent = model.conditioning_latent(batch["cond"])
         drop = model.random_drop_mask(b, x0.device)
-        aligned = model.aligned_conditioning(batch["codes"], cond_latent, frames, drop_mask=drop)
+        source = self.gpt_latents(batch) if self.on_latents else batch["codes"]
+        aligned = model.aligned_conditioning(source, cond_latent, frames, drop_mask=drop)
         out = model(x_t, t, aligned).float()  # (batch, 200, frames) [eps | v]
         mask = batch["mask"][:, None].to(out.dtype)
         denom = mask.sum().clamp(min=1) * c
