@@ -8,8 +8,8 @@ For every sentence of an evaluation suite (`hare data eval-suite`) and its real 
     HiFi-GAN's by a least-squares fit on the voice's prompt clips (the codes' ceiling);
   - `prior`: the true codes through the diffusion decoder's prior (`predict_mel`) alone;
   - `start=S`: the true codes through shallow diffusion from S (ultra_fast's 30-step schedule);
-  - `gpt`: the model's own codes (16 candidates sampled with the model's settings, the CLVP's pick) through
-    the VQ-VAE path of `vqvae`;
+  - `gpt`: the model's own codes (16 candidates sampled with the model's settings, the pipeline's pick:
+    `TextToSpeech.rerank`) through the VQ-VAE path of `vqvae`;
   - `gpt+decoder`: the same codes through the diffusion decoder (shallow diffusion from the model's own
     `diffusion_start`, as `hare speak` runs it).
 A decoder on GPT latents (`conditioning_input: latents`) reads the GPT's teacher-forced latents of the codes
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from hare import audio, checkpoints, evaluate
-from hare.pipeline import calm_cut, fix_candidates, load_model, make_settings
+from hare.pipeline import calm_cut, load_model, make_settings
 from hare.sampling import SamplingSettings, sample_codes
 
 
@@ -100,10 +100,8 @@ def main(argv=None) -> int:
             for s in starts:
                 mels[f"start={s}"] = diffuse(cond, frames, s)
             cands = sample_codes(tts.gpt, ar_latent, text, 16, 16, sampling, g)
-            gc = tts.gpt.config
-            cands = fix_candidates(cands, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-            best = cands[tts.clvp.similarity(text, cands).argmax()]
-            keep = calm_cut(best, calm_code=gc.calm_code)
+            best = tts.rerank(text, cands, own)[0]
+            keep = calm_cut(best, calm_code=tts.gpt.config.calm_code)
             mels["gpt"] = vq_path(best[None, :keep])
             mels["gpt+decoder"] = diffuse(decoder_input(text, best[None], keep),
                                           tts.mel_format.frames_for_codes(keep), own.diffusion_start)

@@ -411,6 +411,27 @@ class TextToSpeech:
                          settings=info)
 
     @torch.inference_mode()
+    def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None) -> torch.Tensor:
+        """The `settings.k` best candidates: (n, length) sampled codes -> (k, length) fixed codes.
+
+        Stop tokens and what follows become the model's silence codes (`fix_candidates`); the CLVP scores each
+        candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
+        when `cvvp_amount` > 0 and prompt mels are given; candidates under `min_length_ratio` of the median
+        length are never picked.
+        """
+        gc = self.gpt.config
+        codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
+        scores = self.clvp.similarity(text, codes)
+        if settings.cvvp_amount > 0 and cond_mels is not None:
+            cvvp = self._optional_model("cvvp")
+            voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
+                                        for m in cond_mels]).mean(0)
+            scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
+        if settings.min_length_ratio > 0:
+            scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
+        return codes[scores.topk(settings.k).indices]
+
+    @torch.inference_mode()
     def _synthesize(self, tokens, ar_latent, diff_latent, cond_mels, settings: Settings, generator, timer,
                     progress: bool, desc: str) -> list[torch.Tensor]:
         from hare import audio
@@ -429,16 +450,7 @@ class TextToSpeech:
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
             _return_freed_memory(dev)  # the KV caches
         with timer("rerank"), self._autocast():
-            gc = self.gpt.config
-            codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-            scores = self.clvp.similarity(text, codes)
-            if settings.cvvp_amount > 0 and cond_mels is not None:
-                cvvp = self._optional_model("cvvp")
-                voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(dev), codes) for m in cond_mels]).mean(0)
-                scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
-            if settings.min_length_ratio > 0:
-                scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
-            best = codes[scores.topk(settings.k).indices]
+            best = self.rerank(text, codes, settings, cond_mels)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:

@@ -83,6 +83,30 @@ def test_latent_conditioned_hifigan_pipeline(tmp_path, mini_models, monkeypatch)
     assert out.audio.numel() == lat.shape[1] * 4 * 256  # one latent per kept code
 
 
+def test_rerank_fixes_scores_and_skips_short_candidates(mini_models, monkeypatch):
+    """`TextToSpeech.rerank`: stop -> the model's silence codes, the CLVP's order, `min_length_ratio` obeyed."""
+    from hare.pipeline import make_settings
+
+    tts = _tts(mini_models)
+    speech = torch.arange(20)[None].repeat(3, 1) % 5 + 10  # full length, no stop
+    silent = torch.tensor([[11, 12, 65] + [9] * 17])  # stops after two codes
+    codes = torch.cat([speech, silent])
+    text = torch.tensor([[20, 21, 22, 0]])
+    scores = torch.tensor([0.1, 0.3, 0.2, 0.9])  # the CLVP prefers the silent one
+    seen = {}
+
+    def similarity(t, c):
+        seen["codes"] = c
+        return scores
+
+    monkeypatch.setattr(tts.clvp, "similarity", similarity)
+    best = tts.rerank(text, codes, make_settings("ultra_fast"))
+    assert best.shape == (1, 20) and best[0, :3].tolist() == [11, 12, 3]  # fixed codes of the CLVP's pick
+    assert seen["codes"][3, 2:].tolist() == [3] * 15 + [3, 3, 5]  # calm code, then the tail codes
+    best = tts.rerank(text, codes, make_settings("ultra_fast", min_length_ratio=0.8, k=2))
+    assert torch.equal(best, codes[[1, 2]])  # the short one is never picked; k rows in score order
+
+
 def test_fix_candidates_uses_the_models_silence_codes():
     codes = torch.tensor([[5, 6, 65, 9, 9, 9, 9]])
     fixed = fix_candidates(codes, stop_token=65, calm_code=3, tail_codes=(3, 4))
