@@ -347,7 +347,7 @@ def _slaney_filterbank(sample_rate: int, n_mels: int, fmax: float) -> torch.Tens
 
 def _vocoder_filterbank() -> torch.Tensor:
     """UnivNet's 100 bands, 0-12 kHz at 24 kHz."""
-    return _slaney_filterbank(VOCODER_SAMPLE_RATE, VOCODER_MELS, 12000.0)
+    return _slaney_filterbank(VOCODER_SAMPLE_RATE, VOCODER_MELS, MEL_FORMATS["univnet"].fmax)
 
 
 def _dft_basis() -> torch.Tensor:
@@ -366,7 +366,7 @@ def _tensors(device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor
         "window": torch.hann_window(N_FFT, periodic=True, dtype=dtype, device=device),  # as torchaudio builds it
         "ar_fb": _ar_filterbank().to(device, dtype),
         "voc_fb": _vocoder_filterbank().to(device, dtype),
-        "hifi_fb": _slaney_filterbank(AR_SAMPLE_RATE, AR_MELS, 8000.0).to(device, dtype),
+        "hifi_fb": _slaney_filterbank(AR_SAMPLE_RATE, AR_MELS, MEL_FORMATS["hifigan"].fmax).to(device, dtype),
         "dft": _dft_basis().to(device, dtype),
         "mel_norms": mel_norms().to(device, dtype),
     }
@@ -450,6 +450,7 @@ class MelFormat:
     sample_rate: int
     n_mels: int
     conditioning_samples: int  # the voice clip length the diffusion conditioning sees (at `sample_rate`)
+    fmax: float  # top of the (Slaney) mel scale, Hz
 
     def frames_for_codes(self, num_codes: int) -> int:
         """Mel frames spanned by `num_codes` speech codes (1024 samples of 22.05 kHz audio each)."""
@@ -471,8 +472,8 @@ class MelFormat:
 
 
 MEL_FORMATS = {
-    "univnet": MelFormat("univnet", VOCODER_SAMPLE_RATE, VOCODER_MELS, DIFFUSION_CLIP_SAMPLES),
-    "hifigan": MelFormat("hifigan", AR_SAMPLE_RATE, AR_MELS, 94208),  # 368 frames, ~4.27 s as Tortoise's
+    "univnet": MelFormat("univnet", VOCODER_SAMPLE_RATE, VOCODER_MELS, DIFFUSION_CLIP_SAMPLES, 12000.0),
+    "hifigan": MelFormat("hifigan", AR_SAMPLE_RATE, AR_MELS, 94208, 8000.0),  # 368 frames, ~4.27 s as Tortoise's
 }
 
 
@@ -480,6 +481,28 @@ def mel_format(name: str) -> MelFormat:
     if name not in MEL_FORMATS:
         raise ValueError(f"unknown mel format {name!r}; known: {', '.join(MEL_FORMATS)}")
     return MEL_FORMATS[name]
+
+
+def warp_mel_frequencies(mel: torch.Tensor, factor: float, fmt: MelFormat) -> torch.Tensor:
+    """Scale every frequency of a log mel spectrogram by `factor` (> 1 moves the spectrum up: higher pitch
+    and formants, a "shorter vocal tract"; < 1 down), keeping its timing: a speaker augmentation (VTLP)
+    done on the mel itself. Each band reads the input at its centre frequency / factor, interpolated
+    linearly between band centres (bands past the input's top repeat its top band).
+    (..., fmt.n_mels, frames) -> same shape."""
+    if factor <= 0:
+        raise ValueError(f"frequency warp factor must be positive (got {factor})")
+    if mel.shape[-2] != fmt.n_mels:
+        raise ValueError(f"expected {fmt.n_mels} mel bands for format {fmt.name!r}, got {mel.shape[-2]}")
+    if factor == 1.0:
+        return mel
+    mels = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmt.fmax)), fmt.n_mels + 2)
+    centres = _slaney_mel_to_hz(mels[1:-1])
+    source = np.interp(centres / factor, centres, np.arange(fmt.n_mels, dtype=np.float64))
+    low = np.floor(source).astype(np.int64)
+    high = np.minimum(low + 1, fmt.n_mels - 1)
+    frac = torch.from_numpy(source - low).to(mel.device, mel.dtype)[:, None]
+    low, high = torch.from_numpy(low).to(mel.device), torch.from_numpy(high).to(mel.device)
+    return mel.index_select(-2, low) * (1 - frac) + mel.index_select(-2, high) * frac
 
 
 def normalize_mel(mel: torch.Tensor) -> torch.Tensor:

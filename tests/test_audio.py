@@ -260,6 +260,23 @@ def test_mel_of_tone_peaks_at_right_band(freq):
     assert abs(vm[:, 10:-10].mean(1).argmax().item() - _slaney_band(freq)) <= 1
 
 
+@pytest.mark.parametrize("freq,factor", [(500.0, 1.3), (2000.0, 0.8), (1000.0, 1.0)])
+def test_frequency_warp_moves_a_tone(freq, factor):
+    """A warped mel of a tone at f peaks where the mel of a tone at factor * f peaks; timing is kept."""
+    fmt = audio.mel_format("hifigan")
+    mel = audio.hifigan_mel(torch.from_numpy(_tone(freq, 22050)))
+    warped = audio.warp_mel_frequencies(mel, factor, fmt)
+    assert warped.shape == mel.shape
+    moved = audio.hifigan_mel(torch.from_numpy(_tone(freq * factor, 22050)))
+    assert abs(warped[:, 10:-10].mean(1).argmax().item() - moved[:, 10:-10].mean(1).argmax().item()) <= 1
+    batch = torch.stack([mel, mel.flip(-1)])
+    torch.testing.assert_close(audio.warp_mel_frequencies(batch, factor, fmt)[1], warped.flip(-1))
+    with pytest.raises(ValueError, match="positive"):
+        audio.warp_mel_frequencies(mel, 0.0, fmt)
+    with pytest.raises(ValueError, match="100 mel bands"):
+        audio.warp_mel_frequencies(mel, factor, audio.mel_format("univnet"))
+
+
 def test_mel_levels_silence_and_clipping():
     silence = torch.zeros(8000)
     assert torch.allclose(audio.ar_mel_unnormalised(silence), torch.tensor(math.log(1e-5)))

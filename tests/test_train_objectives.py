@@ -269,3 +269,47 @@ def test_diffusion_on_gpt_latents_checks_its_gpt(tmp_path):
         make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt=str(other))).gpt()
     with pytest.raises(TrainingError, match="options.gpt: checkpoint file not found"):
         make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt=str(tmp_path / "missing"))).gpt()
+
+
+class _TwoClipCorpus:
+    """Two utterances of one speaker: codes and a 100-band diffusion mel each (no disk, no cache)."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(3)
+        self.items = [{"codes": torch.randint(0, CODES, (8,), generator=g),
+                       "diff_mel": torch.randn(100, 40, generator=g) - 5} for _ in range(2)]
+
+    def features(self, index, names):
+        return {n: self.items[index][n] for n in names}
+
+    def same_speaker(self, index):
+        return [1 - index]
+
+
+def test_diffusion_speaker_warp_moves_target_and_voice_clip_together():
+    import random
+
+    from hare import audio
+
+    corpus, fmt = _TwoClipCorpus(), audio.mel_format("univnet")
+    options = dict(OPTIONS["diffusion"], cond_frames=40)
+    plain = make_objective("diffusion", TINY["diffusion"], options).example(corpus, 0, random.Random(5))
+    frames = plain["frames"]
+    torch.testing.assert_close(plain["mel"][:, :frames], audio.normalize_mel(corpus.items[0]["diff_mel"][:, :frames]))
+    torch.testing.assert_close(plain["cond"], corpus.items[1]["diff_mel"])
+    warped = make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[1.25, 1.25],
+                                                                 speaker_warp_prob=1.0))
+    assert warped.options.speaker_warp == (1.25, 1.25)
+    ex = warped.example(corpus, 0, random.Random(5))
+    want = audio.warp_mel_frequencies(corpus.items[0]["diff_mel"][:, :frames], 1.25, fmt)
+    torch.testing.assert_close(ex["mel"][:, :frames], audio.normalize_mel(want))
+    torch.testing.assert_close(ex["cond"], audio.warp_mel_frequencies(corpus.items[1]["diff_mel"], 1.25, fmt))
+    assert not torch.allclose(ex["cond"], plain["cond"])
+    never = make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[0.8, 1.3],
+                                                                speaker_warp_prob=0.0))
+    torch.testing.assert_close(never.example(corpus, 0, random.Random(5))["cond"], plain["cond"])
+    for bad in ([1.3, 0.8], [0, 1.2], [1.1], "1.2"):
+        with pytest.raises(TrainingError, match="speaker_warp"):
+            make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=bad))
+    with pytest.raises(TrainingError, match="speaker_warp_prob"):
+        make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[0.9, 1.1], speaker_warp_prob=2))

@@ -401,6 +401,22 @@ class DiffusionOptions:
     gpt: str | None = None
     gpt_cond_clips: int = 2
     gpt_cond_frames: int = 517
+    # speaker augmentation: with probability `speaker_warp_prob` an example's target mel and its voice clip
+    # are both frequency-warped by one factor drawn log-uniformly from `speaker_warp` ([low, high], e.g.
+    # [0.85, 1.3]): a new "speaker" whose timbre only the voice clip tells (the GPT's inputs stay as recorded),
+    # so the decoder learns to take the timbre from the clip rather than from a few training voices.
+    speaker_warp: tuple[float, float] | None = None
+    speaker_warp_prob: float = 0.5
+
+    def __post_init__(self):
+        w = self.speaker_warp
+        if w is not None:
+            if (not isinstance(w, (list, tuple)) or len(w) != 2
+                    or not all(isinstance(x, (int, float)) and x > 0 for x in w) or w[0] > w[1]):
+                raise TrainingError(f"options.speaker_warp must be [low, high] with 0 < low <= high (got {w!r})")
+            object.__setattr__(self, "speaker_warp", (float(w[0]), float(w[1])))
+        if not 0 <= self.speaker_warp_prob <= 1:
+            raise TrainingError(f"options.speaker_warp_prob must be in [0, 1] (got {self.speaker_warp_prob})")
 
 
 class DiffusionObjective(Objective):
@@ -525,6 +541,11 @@ class DiffusionObjective(Objective):
         if self.options.cond_from == "speaker":
             cond_index = rng.choice(corpus.same_speaker(index) or [index])
         cond_mel = (mel if cond_index == index else corpus.features(cond_index, (name,))[name].float())
+        warp = self.options.speaker_warp
+        if warp is not None and rng.random() < self.options.speaker_warp_prob:
+            factor = math.exp(rng.uniform(math.log(warp[0]), math.log(warp[1])))
+            target = audio.warp_mel_frequencies(target, factor, self.mel_format)
+            cond_mel = audio.warp_mel_frequencies(cond_mel, factor, self.mel_format)
         example = {
             "codes": F.pad(codes, (0, window - codes.shape[0]), value=pad_code),
             "mel": F.pad(audio.normalize_mel(target), (0, frames - valid), value=-1.0),
