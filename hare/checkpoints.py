@@ -389,6 +389,16 @@ def files_digest(directory: Path, pattern: str = "*.safetensors") -> str:
     return h.hexdigest()[:12]
 
 
+def files_stamp(directory: Path) -> str:
+    """A short, cheap key of the files at the top of `directory` (names, sizes, modification times): it
+    changes whenever a model file is replaced or added, without reading gigabytes of weights."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def package_path(relative: str) -> Path:
     """A folder inside the installed `hare` package (bundled models and voices)."""
     return Path(__file__).resolve().parent / relative

@@ -541,7 +541,8 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelNotFoundError(f"models folder not found: {directory}")
-        model_id = f"dir-{directory.resolve()}"
+        # keyed on the folder's files too: replaced weights must not reuse the old weights' voice latents
+        model_id = f"dir-{directory.resolve()}-{checkpoints.files_stamp(directory)}"
         model_dir = directory
         default_voice = "random"
         if (directory / "voices").is_dir():

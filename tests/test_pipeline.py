@@ -130,6 +130,27 @@ def test_load_model_from_directory(tmp_path, models):
         hare.load_model("no-such-model")
 
 
+def test_replaced_folder_weights_never_reuse_cached_voice_latents(tmp_path, models):
+    """Overwriting a model folder's weights (a new training run exported to the same place) must not serve
+    the old weights' cached voice latents: the cache key covers the folder's files."""
+    from hare import audio, checkpoints
+
+    d = save_official_layout(models, tmp_path / "models")
+    voices = write_voice(tmp_path / "v" / "carol").parent
+    first = hare.load_model(d, voices_dirs=[voices]).voice_latents("carol")[0]
+    again = hare.load_model(d, voices_dirs=[voices]).voice_latents("carol")[0]
+    torch.testing.assert_close(again, first)
+    other = tiny_models(seed=1)["autoregressive"]
+    checkpoints.save(other, "autoregressive", other.config, d / "autoregressive.safetensors")
+    tts = hare.load_model(d, voices_dirs=[voices])
+    fresh = tts.voice_latents("carol")[0]
+    clips = sorted((voices / "carol").iterdir())
+    want = tts.conditioning_latents([audio.load_audio(c, 22050) for c in clips],
+                                    generator=torch.Generator().manual_seed(0))[0]
+    assert not torch.allclose(fresh, first)
+    torch.testing.assert_close(fresh, want)
+
+
 def test_freed_memory_goes_back_to_the_system_on_cpu_only(monkeypatch):
     import sys
 
