@@ -1,7 +1,8 @@
 """How much a better reranker could gain: every candidate of a preset voiced and scored, against the CLVP's pick.
 
     python bench/rerank_oracle.py data/mini-eval [--model hare-mini] [--voice flite-rms] [--preset ultra_fast]
-        [--limit N] [--asr pocketsphinx]
+        [--limit N] [--asr pocketsphinx] [--json OUT.json]
+    python bench/rerank_oracle.py --rescore OUT.json [--clvp CLVP.safetensors ...] [--likelihood-weight W ...]
 
 For each sentence of an evaluation suite (`hare data eval-suite`) the pipeline runs as `hare eval` runs it
 (same seed per sentence) but returns all its candidates (`k` = the preset's candidate count), ordered by the
@@ -11,28 +12,48 @@ the mean over all candidates (a random pick), and the oracle (for each sentence,
 word errors): the gap between rank 1 and the oracle is what reranking could still win with these candidates;
 the gap between the mean and rank 1 is what the reranker wins now. Candidates that `min_length_ratio` rules
 out are ranked last, as the pipeline never picks them.
+
+`--json` keeps every candidate's codes, transcript and errors. `--rescore` then needs no audio: each given
+CLVP (Hare safetensors or an official clvp2.pth; the run's own model's when none is given) scores the saved
+candidates, blended with the GPT's likelihood at each `--likelihood-weight` (the pipeline's setting; the run's
+model and voice compute it), and its pick's WER is printed beside the saved reranker's, the mean and the
+oracle (the same candidates, so the same word errors).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
+import torch
+
 from hare import evaluate
-from hare.pipeline import PRESETS, load_model
+from hare.pipeline import PRESETS, fix_candidates, load_model, make_settings
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("suite")
+    ap.add_argument("suite", nargs="?", help="an evaluation suite folder (not with --rescore)")
     ap.add_argument("--model", default="hare-mini")
     ap.add_argument("--voice", default="flite-rms")
     ap.add_argument("--preset", default="ultra_fast", choices=sorted(PRESETS))
     ap.add_argument("--limit", type=int, default=None, help="the first N sentences only")
     ap.add_argument("--asr", default="pocketsphinx", choices=["pocketsphinx", "whisper"])
     ap.add_argument("--seed", type=int, default=0, help="the first sentence's seed, as `hare eval --seed`")
-    ap.add_argument("--json", default=None, help="write every candidate's transcript and errors here")
+    ap.add_argument("--json", default=None, help="write every candidate's codes, transcript and errors here")
+    ap.add_argument("--rescore", metavar="JSON", default=None,
+                    help="score the candidates a --json run saved with each --clvp file")
+    ap.add_argument("--clvp", action="append", default=[], help="a CLVP weight file for --rescore (repeatable)")
+    ap.add_argument("--likelihood-weight", type=float, action="append", default=[],
+                    help="with --rescore: also blend in the GPT's likelihood at this weight (repeatable)")
     args = ap.parse_args()
+    if args.rescore:
+        if args.suite:
+            ap.error("--rescore takes a saved JSON, no suite")
+        return rescore(args.rescore, args.clvp, args.likelihood_weight)
+    if args.clvp or args.likelihood_weight or not args.suite:
+        ap.error("give a suite folder (or --rescore JSON [--clvp FILE] [--likelihood-weight W])")
 
     suite = evaluate.Suite.load(args.suite)
     if args.voice not in suite.voices:
@@ -42,23 +63,35 @@ def main() -> None:
     tts = load_model(args.model)
     n = PRESETS[args.preset]["num_candidates"]
     asr = evaluate.recognizer(args.asr)
+    ranked = {}
+    pipeline_rerank = tts.rerank
+    gc = tts.gpt.config
 
-    per_sentence = []  # [(reference words, [errors of rank 1, rank 2, ...], [transcripts])]
+    def recording_rerank(text, codes, settings, *args, **kwargs):  # keep the text and the ranked candidates
+        best = pipeline_rerank(text, codes, settings, *args, **kwargs)
+        fixed, order = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes).tolist(), []
+        for row in best.tolist():  # each ranked (fixed) candidate's row among the sampled ones
+            order.append(next(j for j, f in enumerate(fixed) if f == row and j not in order))
+        ranked.update(text=text[0].tolist(), codes=best.tolist(), sampled=codes[order].tolist())
+        return best
+
+    tts.rerank = recording_rerank
+    per_sentence = []  # [(words, [errors of rank 1, rank 2, ...], [transcripts], text tokens, codes, sampled)]
     for i, text in enumerate(sentences):
         speech = tts.tts(text, voice=voice_dir, preset=args.preset, seed=args.seed + i, k=n)
         hyps = [asr.transcribe(wav.numpy(), speech.sample_rate) for wav in speech.candidates]
         errors = [evaluate.word_errors(text, h) for h in hyps]
         words = errors[0][1]
-        per_sentence.append((words, [e for e, _ in errors], hyps))
+        per_sentence.append((words, [e for e, _ in errors], hyps, ranked["text"], ranked["codes"], ranked["sampled"]))
         print(f"{i:3d} rank-1 {errors[0][0]:2d}/{words}  best {min(e for e, _ in errors):2d}  "
               f"errors by rank {[e for e, _ in errors]}", flush=True)
 
-    total = sum(w for w, _, _ in per_sentence)
+    total = sum(p[0] for p in per_sentence)
     pct = lambda e: 100.0 * e / total  # noqa: E731
-    by_rank = [pct(sum(errs[r] for _, errs, _ in per_sentence)) for r in range(n)]
+    by_rank = [pct(sum(p[1][r] for p in per_sentence)) for r in range(n)]
     mean = sum(by_rank) / n
-    oracle = pct(sum(min(errs) for _, errs, _ in per_sentence))
-    oracle_rank = [errs.index(min(errs)) + 1 for _, errs, _ in per_sentence]
+    oracle = pct(sum(min(p[1]) for p in per_sentence))
+    oracle_rank = [p[1].index(min(p[1])) + 1 for p in per_sentence]
     print(f"\n{args.model} {args.voice} {args.preset}, {len(sentences)} sentences, {n} candidates, {args.asr} WER:")
     print(f"  reranker's pick (rank 1): {by_rank[0]:.1f} %")
     print(f"  mean over candidates (a random pick): {mean:.1f} %")
@@ -67,10 +100,57 @@ def main() -> None:
     print(f"  the oracle's candidate's rank per sentence: {oracle_rank}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "voice": args.voice, "preset": args.preset, "asr": args.asr,
-                       "wer_by_rank": by_rank, "wer_mean": mean, "wer_oracle": oracle,
-                       "sentences": [{"text": t, "words": w, "errors": e, "transcripts": h}
-                                     for t, (w, e, h) in zip(sentences, per_sentence)]}, f, indent=1)
+            json.dump({"model": args.model, "suite": args.suite, "voice": args.voice, "preset": args.preset,
+                       "asr": args.asr, "settings": dataclasses.asdict(make_settings(args.preset,
+                                                                                    **tts.default_settings)),
+                       "calm_code": gc.calm_code, "wer_by_rank": by_rank, "wer_mean": mean, "wer_oracle": oracle,
+                       "sentences": [{"text": t, "words": w, "errors": e, "transcripts": h, "text_tokens": tok,
+                                      "codes": codes, "sampled": sampled}
+                                     for t, (w, e, h, tok, codes, sampled) in zip(sentences, per_sentence)]}, f)
+
+
+def rescore(path: str, clvp_files: list[str], weights: list[float]) -> None:
+    """Each CLVP's pick (blended with the GPT's likelihood at each weight) among a --json run's saved
+    candidates, and its WER (the saved errors)."""
+    from hare import checkpoints, evaluate
+    from hare.pipeline import _standardize, drop_short_candidates
+
+    with open(path) as f:
+        run = json.load(f)
+    sentences = run["sentences"]
+    if not sentences or "sampled" not in sentences[0]:
+        raise SystemExit(f"{path} holds no candidate codes: write it with this script's --json")
+    total = sum(s["words"] for s in sentences)
+    ratio = run["settings"]["min_length_ratio"]
+    print(f"{path}: {run['model']} {run['voice']} {run['preset']}, {len(sentences)} sentences, {run['asr']} WER")
+    print(f"  saved reranker's pick: {run['wer_by_rank'][0]:.1f} %   mean: {run['wer_mean']:.1f} %   "
+          f"oracle: {run['wer_oracle']:.1f} %")
+    tts = load_model(run["model"]) if weights or not clvp_files else None
+    likelihoods = []
+    if weights:
+        voice = evaluate.Suite.load(run["suite"]).voices[run["voice"]].ref[0].parent
+        ar_latent = tts.voice_latents(voice)[0]
+        with torch.inference_mode():
+            likelihoods = [tts.gpt.code_log_likelihood(ar_latent, torch.tensor([s["text_tokens"]]),
+                                                       torch.tensor(s["sampled"])) for s in sentences]
+    clvps = [(file, checkpoints.load(file)) for file in clvp_files] or [(f"{run['model']}'s CLVP",
+                                                                       (tts.clvp, "clvp2", None))]
+    for name, (model, kind, _) in clvps:
+        if kind != "clvp2":
+            raise SystemExit(f"{name} holds a {kind} model, not a CLVP")
+        model.eval()
+        for w in [0.0] + weights:
+            errors = 0
+            with torch.inference_mode():
+                for i, s in enumerate(sentences):
+                    codes = torch.tensor(s["codes"])
+                    scores = model.similarity(torch.tensor([s["text_tokens"]]), codes).float()
+                    if w > 0:
+                        scores = (1 - w) * _standardize(scores) + w * _standardize(likelihoods[i])
+                    if ratio > 0:
+                        scores = drop_short_candidates(codes, scores, ratio, run["calm_code"])
+                    errors += s["errors"][int(scores.argmax())]
+            print(f"  {name}, likelihood weight {w:g}: {100.0 * errors / total:.1f} %", flush=True)
 
 
 if __name__ == "__main__":

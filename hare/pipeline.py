@@ -113,6 +113,10 @@ class Settings:
     # candidate's are never picked, unless all are: a weak model's sampler can fall silent after a few codes,
     # and a reranker may then prefer the silence. 0 (the reference's behaviour) keeps them all.
     min_length_ratio: float = 0.0
+    # weight of the GPT's own mean log-likelihood of each candidate in the reranking score, blended with the
+    # CLVP's (and CVVP's) score after standardising both over the candidates: 0 (the reference's behaviour)
+    # ranks by the CLVP alone, 1 by the likelihood alone. Costs one teacher-forced GPT pass over the candidates.
+    likelihood_weight: float = 0.0
     k: int = 1  # candidates returned (the best k by CLVP score)
     split_desired_length: int = 200
     split_max_length: int = 300
@@ -136,6 +140,7 @@ class Settings:
         need(self.diffusion_temperature >= 0, f"diffusion_temperature must be >= 0 (got {self.diffusion_temperature})")
         need(0 < self.diffusion_start <= 1, f"diffusion_start must be in (0, 1] (got {self.diffusion_start})")
         need(0 <= self.min_length_ratio < 1, f"min_length_ratio must be in [0, 1) (got {self.min_length_ratio})")
+        need(0 <= self.likelihood_weight <= 1, f"likelihood_weight must be in [0, 1] (got {self.likelihood_weight})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
         need(0 < self.split_desired_length <= self.split_max_length,
              "split lengths must satisfy 0 < desired <= max")
@@ -411,15 +416,18 @@ class TextToSpeech:
                          settings=info)
 
     @torch.inference_mode()
-    def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None) -> torch.Tensor:
+    def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
+               ar_latent: torch.Tensor | None = None) -> torch.Tensor:
         """The `settings.k` best candidates: (n, length) sampled codes -> (k, length) fixed codes.
 
         Stop tokens and what follows become the model's silence codes (`fix_candidates`); the CLVP scores each
         candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
-        when `cvvp_amount` > 0 and prompt mels are given; candidates under `min_length_ratio` of the median
-        length are never picked.
+        when `cvvp_amount` > 0 and prompt mels are given, and with the GPT's likelihood of the candidate when
+        `likelihood_weight` > 0 (needs the voice's `ar_latent`, (1, dim)); candidates under `min_length_ratio`
+        of the median length are never picked.
         """
         gc = self.gpt.config
+        sampled = codes
         codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         scores = self.clvp.similarity(text, codes)
         if settings.cvvp_amount > 0 and cond_mels is not None:
@@ -427,6 +435,13 @@ class TextToSpeech:
             voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
                                         for m in cond_mels]).mean(0)
             scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
+        if settings.likelihood_weight > 0:
+            if ar_latent is None:
+                raise SettingsError("likelihood_weight needs the voice's ar_latent in rerank")
+            batch = settings.batch_size or min(settings.num_candidates, 16)
+            likelihood = self.gpt.code_log_likelihood(ar_latent, text, sampled, batch_size=batch)
+            w = settings.likelihood_weight
+            scores = (1 - w) * _standardize(scores.float()) + w * _standardize(likelihood)
         if settings.min_length_ratio > 0:
             scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
         return codes[scores.topk(settings.k).indices]
@@ -450,7 +465,7 @@ class TextToSpeech:
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
             _return_freed_memory(dev)  # the KV caches
         with timer("rerank"), self._autocast():
-            best = self.rerank(text, codes, settings, cond_mels)
+            best = self.rerank(text, codes, settings, cond_mels, ar_latent=ar_latent)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
@@ -483,6 +498,12 @@ class TextToSpeech:
             progress=_bar(progress, f"{desc}: diffusion", settings.diffusion_steps),
             start=settings.diffusion_start, prior=prior,
         )
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit spread over the candidates (a constant row stays constant: zeros)."""
+    spread = x.std() if x.numel() > 1 else x.new_tensor(0.0)
+    return (x - x.mean()) / spread.clamp(min=1e-6)
 
 
 def _bar(enabled: bool, desc: str, total: int):

@@ -34,7 +34,8 @@ def env(tmp_path, monkeypatch):
 def test_speak_writes_wav_and_report(models_dir, env, tmp_path):
     out, report = tmp_path / "o.wav", tmp_path / "r.json"
     code = cli.main(["speak", "Hello world.", "--voice", "alice", "--voices-dir", str(env), "--models-dir",
-                     str(models_dir), "-o", str(out), "--report", str(report), "--seed", "1", *FAST])
+                     str(models_dir), "-o", str(out), "--report", str(report), "--seed", "1",
+                     "--likelihood-weight", "0.5", *FAST])
     assert code == 0
     data, sr = soundfile.read(out)
     assert sr == 24000 and len(data) > 0
@@ -42,6 +43,7 @@ def test_speak_writes_wav_and_report(models_dir, env, tmp_path):
     assert set(r["stages"]) >= {"autoregressive", "diffusion", "vocoder"}
     assert r["audio_s"] == pytest.approx(len(data) / 24000, abs=1e-3)
     assert r["settings"]["num_candidates"] == 2 and r["settings"]["diffusion_steps"] == 3
+    assert r["settings"]["likelihood_weight"] == 0.5  # reranked with the GPT's likelihood blended in
 
 
 def test_speak_to_stdout_and_from_file(models_dir, env, tmp_path):

@@ -107,6 +107,71 @@ def test_rerank_fixes_scores_and_skips_short_candidates(mini_models, monkeypatch
     assert torch.equal(best, codes[[1, 2]])  # the short one is never picked; k rows in score order
 
 
+def test_gpt_likelihood_of_candidates_matches_a_row_by_row_teacher_forced_pass(mini_models):
+    """`GPT.code_log_likelihood`: mean log-prob of each row's codes and its first stop; stop padding and
+    batching change nothing; a row without a stop counts all its codes."""
+    import torch.nn.functional as F
+
+    gpt = mini_models["autoregressive"].eval()
+    stop = gpt.config.stop_mel_token
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(1, gpt.config.dim, generator=g)
+    text = torch.tensor([[20, 21, 22, 0]])
+    lengths = [5, 9, 12, 3]
+    codes = torch.full((4, 12), stop)
+    for i, n in enumerate(lengths):
+        codes[i, :n] = torch.randint(0, 60, (n,), generator=g)
+
+    def by_hand(row: torch.Tensor, n: int, with_stop: bool) -> float:
+        x = row[:n][None]
+        out = gpt(cond, text, torch.tensor([text.shape[1]]), x, torch.tensor([n * gpt.config.mel_length_compression]),
+                  clip_inputs=False)
+        logp = F.log_softmax(out.mel_logits.float(), dim=1)[0]
+        targets = torch.cat([row[:n], torch.tensor([stop])])[: n + int(with_stop)]
+        return float(logp[targets, torch.arange(len(targets))].mean())
+
+    with torch.no_grad():
+        got = gpt.code_log_likelihood(cond, text, codes, batch_size=3)
+        want = [by_hand(codes[i], n, with_stop=n < 12) for i, n in enumerate(lengths)]
+        assert got.shape == (4,) and torch.allclose(got, torch.tensor(want), atol=1e-5)
+        wider = torch.cat([codes, torch.full((4, 5), stop)], dim=1)  # more stop padding: same scores
+        again = gpt.code_log_likelihood(cond, text, wider, batch_size=16)
+        assert torch.allclose(again[[0, 1, 3]], got[[0, 1, 3]], atol=1e-5)
+        # the full-length row now has its stop token, which counts too
+        assert abs(float(again[2]) - by_hand(codes[2], 12, with_stop=True)) < 1e-5 and float(again[2]) != float(got[2])
+
+
+def test_rerank_blends_the_gpt_likelihood_when_asked(mini_models, monkeypatch):
+    from hare.errors import SettingsError
+    from hare.pipeline import make_settings
+
+    tts = _tts(mini_models)
+    codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    text = torch.tensor([[20, 21, 22, 0]])
+    cond = torch.zeros(1, tts.gpt.config.dim)
+    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c: torch.tensor([0.9, 0.5, 0.1]))
+    likelihood = torch.tensor([-3.0, -1.0, -2.0])
+    seen = {}
+
+    def code_log_likelihood(latent, t, c, batch_size=16):
+        seen["args"] = (latent, t, c)
+        return likelihood
+
+    monkeypatch.setattr(tts.gpt, "code_log_likelihood", code_log_likelihood)
+    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast"), ar_latent=cond), codes[[0]])
+    assert "args" not in seen  # off by default: the reference's ranking, no extra GPT pass
+    only = make_settings("ultra_fast", likelihood_weight=1.0, k=3)
+    assert torch.equal(tts.rerank(text, codes, only, ar_latent=cond), codes[[1, 2, 0]])
+    assert seen["args"][0] is cond and torch.equal(seen["args"][2], codes)  # the sampled codes, unfixed
+    # standardised blend at 0.5: CLVP z = (1, 0, -1), likelihood z = (-1, 1, 0) -> (0, 0.5, -0.5)
+    half = make_settings("ultra_fast", likelihood_weight=0.5)
+    assert torch.equal(tts.rerank(text, codes, half, ar_latent=cond), codes[[1]])
+    with pytest.raises(SettingsError, match="ar_latent"):
+        tts.rerank(text, codes, half)
+    with pytest.raises(SettingsError, match="likelihood_weight"):
+        make_settings("fast", likelihood_weight=1.5)
+
+
 def test_fix_candidates_uses_the_models_silence_codes():
     codes = torch.tensor([[5, 6, 65, 9, 9, 9, 9]])
     fixed = fix_candidates(codes, stop_token=65, calm_code=3, tail_codes=(3, 4))

@@ -313,3 +313,82 @@ def test_diffusion_speaker_warp_moves_target_and_voice_clip_together():
             make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=bad))
     with pytest.raises(TrainingError, match="speaker_warp_prob"):
         make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[0.9, 1.1], speaker_warp_prob=2))
+
+
+def test_damage_codes_drops_repeats_or_replaces_a_span():
+    import random
+
+    from hare.train.objectives import damage_codes
+
+    codes, other = torch.arange(40), torch.arange(100, 160)
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(60):
+        bad = damage_codes(codes, other, rng, span=(0.2, 0.3))
+        assert not torch.equal(bad, codes)
+        if len(bad) < len(codes):  # dropped: an in-order subsequence missing one contiguous span of 8-12
+            seen.add("drop")
+            assert 8 <= len(codes) - len(bad) <= 12 and bool((bad.diff() >= 1).all())
+        elif len(bad) > len(codes):  # said twice: one span of 8-12 repeated
+            seen.add("repeat")
+            assert 8 <= len(bad) - len(codes) <= 12 and set(bad.tolist()) == set(codes.tolist())
+        else:  # babble: a span replaced by the other utterance's codes
+            seen.add("replace")
+            foreign = bad >= 100
+            idx = foreign.nonzero()[:, 0]
+            assert 8 <= len(idx) <= 12 and int(idx[-1] - idx[0]) == len(idx) - 1  # one contiguous span
+            assert torch.equal(bad[~foreign], codes[~foreign])  # the rest untouched
+    assert seen == {"drop", "repeat", "replace"}
+
+
+def test_clvp_trains_on_candidates_as_the_pipeline_hands_them_over():
+    """calm_code/tail_codes: the codes end in a silence run and the tail codes, unmasked, as after
+    `fix_candidates`; hard negatives add damaged copies that the loss ranks below the true codes."""
+    import random
+
+    from hare.pipeline import fix_candidates
+
+    opts = dict(calm_code=5, tail_codes=[5, 5, 9], max_calm_pad=6, hard_negatives=1.0)
+    obj = make_objective("clvp", TINY["clvp"], opts)
+    rng = random.Random(0)
+    cand = obj._as_candidate(torch.arange(20, 40), rng)
+    pad = len(cand) - 20 - 3
+    assert 1 <= pad <= 6 and cand[:20].tolist() == list(range(20, 40)) and cand[20:].tolist() == [5] * pad + [5, 5, 9]
+    # the same layout fix_candidates gives a sampled candidate that stopped after 20 codes
+    sampled = torch.cat([torch.arange(20, 40), torch.tensor([63] * (pad + 3))])[None]
+    assert fix_candidates(sampled, stop_token=63, calm_code=5, tail_codes=(5, 5, 9))[0].tolist() == cand.tolist()
+    # never longer than the model's speech_seq_len, and the speech is kept whole when it fits
+    long = obj._as_candidate(torch.arange(0, 63), rng)
+    assert len(long) == 64 and long[-4:].tolist() == [5, 5, 5, 9]
+
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(6):
+        ex = {"text": torch.randint(1, 255, (6 + i,), generator=g), "codes": torch.randint(10, CODES, (12 + i,), generator=g)}
+        ex["negative"] = ex["codes"].flip(0)
+        examples.append(ex)
+    examples[2].pop("negative")
+    batch = obj.collate(examples)
+    assert batch["negatives"].shape[0] == 5 and batch["negative_of"].tolist() == [0, 1, 3, 4, 5]
+    assert batch["negative_mask"].sum(1).tolist() == [len(e["negative"]) for e in examples if "negative" in e]
+    model = obj.build_models()
+    out = obj.loss("main", model, batch, 0, {})
+    assert {"loss", "accuracy", "hard_accuracy"} <= set(out)
+    # the damaged copies enter the text-to-speech softmax: with them the loss is higher than without
+    plain = {k: v for k, v in batch.items() if not k.startswith("negative")}
+    assert float(out["loss"]) > float(obj.loss("main", model, plain, 0, {})["loss"])
+    # and training pushes a text's own damaged copy below its true codes
+    opt = torch.optim.Adam(model["model"].parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = obj.loss("main", model, batch, 0, {})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(obj.loss("main", model, batch, 0, {})["hard_accuracy"]) == 1.0
+
+
+def test_clvp_options_are_checked():
+    with pytest.raises(ValueError, match="hard_negatives"):
+        make_objective("clvp", TINY["clvp"], {"hard_negatives": 1.5})
+    with pytest.raises(ValueError, match="damage_span"):
+        make_objective("clvp", TINY["clvp"], {"damage_span": [0.5, 0.2]})

@@ -330,6 +330,35 @@ class GPT(nn.Module):
         return self(cond_latent, text_tokens, text_lengths, codes, wav_lengths, clip_inputs=False,
                     return_latent=True)
 
+    def code_log_likelihood(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, codes: torch.Tensor,
+                            batch_size: int = 16) -> torch.Tensor:
+        """Each sampled candidate's mean log-probability per code under this model (teacher forced).
+
+        cond_latent: (1, dim); text_tokens: (1, text_len) as the pipeline passes them; codes: (b, n) as sampled,
+        right-padded with the stop token -> (b,) float32: the mean over each row's codes up to and including
+        its first stop token (all n codes when it has none). Computed `batch_size` rows at a time.
+        """
+        c = self.config
+        stop = c.stop_mel_token
+        is_stop = codes == stop
+        has_stop = is_stop.any(dim=1)
+        lengths = torch.where(has_stop, is_stop.int().argmax(dim=1), torch.full_like(has_stop, codes.shape[1],
+                                                                                   dtype=torch.long))
+        out = []
+        for i in range(0, codes.shape[0], batch_size):
+            rows, lens, stops = codes[i: i + batch_size], lengths[i: i + batch_size], has_stop[i: i + batch_size]
+            rows = rows[:, : int(lens.max()) + 1]  # the sampler pads to its code limit: skip the stop padding
+            b = rows.shape[0]
+            wav_lengths = lens * c.mel_length_compression
+            logits = self(cond_latent.expand(b, -1), text_tokens.expand(b, -1),
+                          torch.full((b,), text_tokens.shape[1], device=codes.device), rows, wav_lengths,
+                          clip_inputs=False).mel_logits.float()  # (b, vocab, n + 2)
+            targets = F.pad(self.pad_codes_after_end(rows, wav_lengths), (0, 2), value=stop)
+            logp = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)  # (b, n + 2)
+            counted = torch.arange(targets.shape[1], device=codes.device)[None] < (lens + stops.long())[:, None]
+            out.append((logp * counted).sum(1) / counted.sum(1).clamp(min=1))
+        return torch.cat(out)
+
     # -- cached decoding ---------------------------------------------------------------------------------
     def prompt_length(self, text_len: int) -> int:
         """Positions in the prompt for a text of `text_len` tokens: latent, start, text, stop, start_mel."""

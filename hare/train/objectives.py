@@ -11,7 +11,9 @@ collate examples into a batch, and how to turn a batch into a dict of losses.
 - `gpt`: text and speech-code cross-entropy (weights 0.01 and 1, as the community Tortoise recipe), the voice
   latent computed from clips of *other* utterances of the same speaker.
   Optional guided attention (`guided_weight`): a diagonal prior on some heads' attention from speech to text.
-- `clvp`: symmetric contrastive loss over the batch (text <-> speech codes).
+- `clvp`: symmetric contrastive loss over the batch (text <-> speech codes). Optional: codes laid out as the
+  pipeline's reranker receives them (`calm_code`, `tail_codes`) and hard negatives (`hard_negatives`: damaged
+  copies of each example's own codes that its text must score below the true ones).
 - `diffusion`: epsilon MSE + the learned-variance VLB term, conditioning dropped at random
   (`unconditioned_percentage`) so conditioning-free guidance works; conditioned on VQ-VAE codes, or (as
   Tortoise) on the latents a frozen GPT computes from the text and those codes (`options.gpt`).
@@ -341,6 +343,28 @@ class GPTObjective(Objective):
 @dataclass(frozen=True)
 class CLVPOptions:
     min_seconds: float = 0.5
+    # Train on codes as the pipeline hands them to the reranker (`fix_candidates`): a run of the VQ-VAE's silence
+    # code (`calm_code`, 1 to `max_calm_pad` of them, as shorter candidates are padded to the longest) and the
+    # `tail_codes` after the speech, all of it seen by the encoder (no mask). None: plain masked codes.
+    calm_code: int | None = None
+    tail_codes: tuple[int, ...] = ()
+    max_calm_pad: int = 24
+    # Hard negatives: each example also yields a damaged copy of its own codes (a span dropped, repeated, or
+    # replaced by a span of another utterance: a GPT's usual failures), which its text must score below its
+    # true codes. The text-to-speech loss then ranks every text against the batch's true and damaged codes,
+    # teaching the fine-grained matching a reranker needs (candidates for one text all sound alike).
+    # 0 = off; otherwise the probability that an example carries a damaged copy.
+    hard_negatives: float = 0.0
+    damage_span: tuple[float, float] = (0.15, 0.4)  # fraction of the codes a damage touches
+
+    def __post_init__(self):
+        if not 0 <= self.hard_negatives <= 1:
+            raise ValueError(f"hard_negatives must be in [0, 1] (got {self.hard_negatives})")
+        lo, hi = self.damage_span
+        if not 0 < lo <= hi < 1:
+            raise ValueError(f"damage_span must be 0 < low <= high < 1 (got {self.damage_span})")
+        if self.calm_code is not None and self.max_calm_pad < 1:
+            raise ValueError(f"max_calm_pad must be >= 1 (got {self.max_calm_pad})")
 
 
 class CLVPObjective(Objective):
@@ -355,27 +379,83 @@ class CLVPObjective(Objective):
                 "max_text_tokens": c.text_seq_len, "needs_text": True}
 
     def example(self, corpus, index, rng):
-        codes = corpus.features(index, ("codes",))["codes"].long()[: self.config.speech_seq_len]
-        return {"text": torch.tensor(self.tokenizer.encode(corpus.utterances[index].text), dtype=torch.long),
-                "codes": codes}
+        o = self.options
+        codes = self._codes(corpus, index)
+        ex = {"text": torch.tensor(self.tokenizer.encode(corpus.utterances[index].text), dtype=torch.long),
+              "codes": self._as_candidate(codes, rng)}
+        if o.hard_negatives > 0 and rng.random() < o.hard_negatives:
+            other = self._codes(corpus, rng.randrange(len(corpus))) if len(corpus) > 1 else codes
+            ex["negative"] = self._as_candidate(damage_codes(codes, other, rng, o.damage_span), rng)
+        return ex
+
+    def _codes(self, corpus, index):
+        return corpus.features(index, ("codes",))["codes"].long()
+
+    def _as_candidate(self, codes, rng):
+        """Codes as the reranker sees them: silence run and tail codes appended when `calm_code` is set."""
+        o, n = self.options, self.config.speech_seq_len
+        if o.calm_code is not None:  # the speech keeps its length; the silence run shrinks to fit
+            tail = _as_long(list(o.tail_codes))
+            pad = max(1, min(rng.randint(1, o.max_calm_pad), n - len(codes) - len(tail)))
+            pad = torch.full((pad,), o.calm_code, dtype=codes.dtype)
+            codes = torch.cat([codes[: n - len(pad) - len(tail)], pad, tail])
+        return codes[:n]
 
     def collate(self, examples):
         texts, codes = [e["text"] for e in examples], [e["codes"] for e in examples]
+        negatives = [e["negative"] for e in examples if "negative" in e]
         text = pad_stack(texts, 0)
-        speech = pad_stack(codes, 0)
-        return {"text": text, "codes": speech,
-                "text_mask": torch.arange(text.shape[1])[None] < _as_long([len(t) for t in texts])[:, None],
-                "speech_mask": torch.arange(speech.shape[1])[None] < _as_long([len(s) for s in codes])[:, None]}
+        speech = pad_stack(codes + negatives, 0)
+        lengths = _as_long([len(s) for s in codes + negatives])
+        batch = {"text": text, "codes": speech[: len(codes)],
+                 "text_mask": torch.arange(text.shape[1])[None] < _as_long([len(t) for t in texts])[:, None],
+                 "speech_mask": torch.arange(speech.shape[1])[None] < lengths[: len(codes), None]}
+        if negatives:  # the damaged copies and, for each, the row of the text it belongs to
+            batch["negatives"] = speech[len(codes):]
+            batch["negative_mask"] = torch.arange(speech.shape[1])[None] < lengths[len(codes):, None]
+            batch["negative_of"] = _as_long([i for i, e in enumerate(examples) if "negative" in e])
+        return batch
 
     def loss(self, phase, models, batch, step, scratch):
         model = models["model"]
+        scale = model.temperature.exp().float()
         text_lat = model.text_latents(batch["text"], batch["text_mask"])
         speech_lat = model.speech_latents(batch["codes"], batch["speech_mask"])
-        logits = (text_lat @ speech_lat.t()).float() * model.temperature.exp().float()
+        logits = (text_lat @ speech_lat.t()).float() * scale
         labels = torch.arange(logits.shape[0], device=logits.device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-        accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
+        speech_to_text = F.cross_entropy(logits.t(), labels)
+        out = {"accuracy": (logits.argmax(dim=1) == labels).float().mean().detach()}
+        if "negatives" in batch:
+            neg_lat = model.speech_latents(batch["negatives"], batch["negative_mask"])
+            neg_logits = (text_lat @ neg_lat.t()).float() * scale  # every text against every damaged copy
+            logits = torch.cat([logits, neg_logits], dim=1)
+            rows = batch["negative_of"].to(logits.device)
+            # how often a text scores its own true codes above its own damaged copy
+            own_neg = neg_logits[rows, torch.arange(len(rows), device=logits.device)]
+            out["hard_accuracy"] = (logits[rows, rows] > own_neg).float().mean().detach()
+        out["loss"] = (F.cross_entropy(logits, labels) + speech_to_text) / 2
+        return out
+
+
+def damage_codes(codes: torch.Tensor, other: torch.Tensor, rng: random.Random,
+                 span: tuple[float, float] = (0.15, 0.4)) -> torch.Tensor:
+    """A damaged copy of a code sequence, as an autoregressive model fails: a span (a `span` fraction of the
+    length) dropped, said twice, or replaced by a span of `other` (another utterance: babble)."""
+    n = len(codes)
+    width = max(1, min(n - 1, round(n * rng.uniform(*span))))
+    start = rng.randrange(0, n - width + 1)
+    kind = rng.choice(("drop", "repeat", "replace")) if n > 1 else "replace"
+    head, mid, tail = codes[:start], codes[start: start + width], codes[start + width:]
+    if kind == "drop":
+        return torch.cat([head, tail])
+    if kind == "repeat":
+        return torch.cat([head, mid, mid, tail])
+    o = rng.randrange(0, max(1, len(other) - width + 1))
+    babble = other[o: o + width]
+    if torch.equal(babble, mid):  # the same codes (another copy of this utterance): babble in random codes
+        babble = torch.randint(0, int(codes.max()) + 1, (width,), generator=torch.Generator().manual_seed(
+            rng.randrange(2**31)), dtype=codes.dtype)
+    return torch.cat([head, babble, tail])
 
 
 # ------------------------------------------------------------------------------------------------------
