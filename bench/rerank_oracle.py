@@ -113,7 +113,7 @@ def rescore(path: str, clvp_files: list[str], weights: list[float]) -> None:
     """Each CLVP's pick (blended with the GPT's likelihood at each weight) among a --json run's saved
     candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
-    from hare.pipeline import _standardize, drop_short_candidates
+    from hare.pipeline import blend_likelihood, drop_short_candidates
 
     with open(path) as f:
         run = json.load(f)
@@ -146,7 +146,7 @@ def rescore(path: str, clvp_files: list[str], weights: list[float]) -> None:
                     codes = torch.tensor(s["codes"])
                     scores = model.similarity(torch.tensor([s["text_tokens"]]), codes).float()
                     if w > 0:
-                        scores = (1 - w) * _standardize(scores) + w * _standardize(likelihoods[i])
+                        scores = blend_likelihood(scores, likelihoods[i], w)
                     if ratio > 0:
                         scores = drop_short_candidates(codes, scores, ratio, run["calm_code"])
                     errors += s["errors"][int(scores.argmax())]

@@ -121,6 +121,11 @@ class Settings:
     split_desired_length: int = 200
     split_max_length: int = 300
 
+    @property
+    def ar_batch_size(self) -> int:
+        """Candidates per autoregressive batch: `batch_size`, or all of them up to 16."""
+        return self.batch_size or min(self.num_candidates, 16)
+
     def validate(self) -> "Settings":
         def need(ok: bool, what: str):
             if not ok:
@@ -438,10 +443,8 @@ class TextToSpeech:
         if settings.likelihood_weight > 0:
             if ar_latent is None:
                 raise SettingsError("likelihood_weight needs the voice's ar_latent in rerank")
-            batch = settings.batch_size or min(settings.num_candidates, 16)
-            likelihood = self.gpt.code_log_likelihood(ar_latent, text, sampled, batch_size=batch)
-            w = settings.likelihood_weight
-            scores = (1 - w) * _standardize(scores.float()) + w * _standardize(likelihood)
+            likelihood = self.gpt.code_log_likelihood(ar_latent, text, sampled, batch_size=settings.ar_batch_size)
+            scores = blend_likelihood(scores, likelihood, settings.likelihood_weight)
         if settings.min_length_ratio > 0:
             scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
         return codes[scores.topk(settings.k).indices]
@@ -460,8 +463,8 @@ class TextToSpeech:
                 repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
                 max_codes=settings.max_codes,
             )
-            batch = settings.batch_size or min(settings.num_candidates, 16)
-            codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, batch, sampling, generator,
+            codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, settings.ar_batch_size,
+                                 sampling, generator,
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
             _return_freed_memory(dev)  # the KV caches
         with timer("rerank"), self._autocast():
@@ -498,6 +501,12 @@ class TextToSpeech:
             progress=_bar(progress, f"{desc}: diffusion", settings.diffusion_steps),
             start=settings.diffusion_start, prior=prior,
         )
+
+
+def blend_likelihood(scores: torch.Tensor, likelihood: torch.Tensor, weight: float) -> torch.Tensor:
+    """The reranking score with the GPT's likelihood blended in (`Settings.likelihood_weight`): both standardised
+    over the candidates, then (1 - weight) * scores + weight * likelihood. (candidates,) -> (candidates,)."""
+    return (1 - weight) * _standardize(scores.float()) + weight * _standardize(likelihood.float())
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
