@@ -3,6 +3,7 @@
     python bench/rerank_oracle.py data/mini-eval [--model hare-mini] [--voice flite-rms] [--preset ultra_fast]
         [--limit N] [--asr pocketsphinx] [--json OUT.json]
     python bench/rerank_oracle.py --rescore OUT.json [--clvp CLVP.safetensors ...] [--likelihood-weight W ...]
+        [--alignment-weight W ...]
 
 For each sentence of an evaluation suite (`hare data eval-suite`) the pipeline runs as `hare eval` runs it
 (same seed per sentence) but returns all its candidates (`k` = the preset's candidate count), ordered by the
@@ -15,8 +16,9 @@ out are ranked last, as the pipeline never picks them.
 
 `--json` keeps every candidate's codes, transcript and errors. `--rescore` then needs no audio: each given
 CLVP (Hare safetensors or an official clvp2.pth; the run's own model's when none is given) scores the saved
-candidates, blended with the GPT's likelihood at each `--likelihood-weight` (the pipeline's setting; the run's
-model and voice compute it), and its pick's WER is printed beside the saved reranker's, the mean and the
+candidates, blended with the GPT's likelihood at each `--likelihood-weight` and its alignment score at each
+`--alignment-weight` (the pipeline's settings; every pair whose sum is at most 1; the run's model and voice
+compute them), and its pick's WER is printed beside the saved reranker's, the mean and the
 oracle (the same candidates, so the same word errors).
 """
 
@@ -47,12 +49,14 @@ def main() -> None:
     ap.add_argument("--clvp", action="append", default=[], help="a CLVP weight file for --rescore (repeatable)")
     ap.add_argument("--likelihood-weight", type=float, action="append", default=[],
                     help="with --rescore: also blend in the GPT's likelihood at this weight (repeatable)")
+    ap.add_argument("--alignment-weight", type=float, action="append", default=[],
+                    help="with --rescore: also blend in the GPT's alignment score at this weight (repeatable)")
     args = ap.parse_args()
     if args.rescore:
         if args.suite:
             ap.error("--rescore takes a saved JSON, no suite")
-        return rescore(args.rescore, args.clvp, args.likelihood_weight)
-    if args.clvp or args.likelihood_weight or not args.suite:
+        return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight)
+    if args.clvp or args.likelihood_weight or args.alignment_weight or not args.suite:
         ap.error("give a suite folder (or --rescore JSON [--clvp FILE] [--likelihood-weight W])")
 
     suite = evaluate.Suite.load(args.suite)
@@ -109,11 +113,12 @@ def main() -> None:
                                      for t, (w, e, h, tok, codes, sampled) in zip(sentences, per_sentence)]}, f)
 
 
-def rescore(path: str, clvp_files: list[str], weights: list[float]) -> None:
-    """Each CLVP's pick (blended with the GPT's likelihood at each weight) among a --json run's saved
-    candidates, and its WER (the saved errors)."""
+def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
+            alignment_weights: list[float]) -> None:
+    """Each CLVP's pick (blended with the GPT's likelihood and alignment scores at each pair of weights) among a
+    --json run's saved candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
-    from hare.pipeline import blend_likelihood, drop_short_candidates
+    from hare.pipeline import blend_scores, drop_short_candidates
 
     with open(path) as f:
         run = json.load(f)
@@ -125,32 +130,37 @@ def rescore(path: str, clvp_files: list[str], weights: list[float]) -> None:
     print(f"{path}: {run['model']} {run['voice']} {run['preset']}, {len(sentences)} sentences, {run['asr']} WER")
     print(f"  saved reranker's pick: {run['wer_by_rank'][0]:.1f} %   mean: {run['wer_mean']:.1f} %   "
           f"oracle: {run['wer_oracle']:.1f} %")
-    tts = load_model(run["model"]) if weights or not clvp_files else None
-    likelihoods = []
-    if weights:
+    need_gpt = bool(likelihood_weights or alignment_weights)
+    tts = load_model(run["model"]) if need_gpt or not clvp_files else None
+    gpt_scores = []
+    if need_gpt:
         voice = evaluate.Suite.load(run["suite"]).voices[run["voice"]].ref[0].parent
         ar_latent = tts.voice_latents(voice)[0]
         with torch.inference_mode():
-            likelihoods = [tts.gpt.code_log_likelihood(ar_latent, torch.tensor([s["text_tokens"]]),
-                                                       torch.tensor(s["sampled"])) for s in sentences]
+            gpt_scores = [tts.gpt.score_candidates(ar_latent, torch.tensor([s["text_tokens"]]),
+                                                   torch.tensor(s["sampled"]), alignment=bool(alignment_weights))
+                          for s in sentences]
+    pairs = [(wl, wa) for wl in [0.0] + likelihood_weights for wa in [0.0] + alignment_weights if wl + wa <= 1]
     clvps = [(file, checkpoints.load(file)) for file in clvp_files] or [(f"{run['model']}'s CLVP",
                                                                        (tts.clvp, "clvp2", None))]
     for name, (model, kind, _) in clvps:
         if kind != "clvp2":
             raise SystemExit(f"{name} holds a {kind} model, not a CLVP")
         model.eval()
-        for w in [0.0] + weights:
+        for wl, wa in pairs:
             errors = 0
             with torch.inference_mode():
                 for i, s in enumerate(sentences):
                     codes = torch.tensor(s["codes"])
                     scores = model.similarity(torch.tensor([s["text_tokens"]]), codes).float()
-                    if w > 0:
-                        scores = blend_likelihood(scores, likelihoods[i], w)
+                    if wl > 0 or wa > 0:
+                        g = gpt_scores[i]
+                        scores = blend_scores(scores, [(wl, g.log_likelihood), (wa, g.alignment)])
                     if ratio > 0:
                         scores = drop_short_candidates(codes, scores, ratio, run["calm_code"])
                     errors += s["errors"][int(scores.argmax())]
-            print(f"  {name}, likelihood weight {w:g}: {100.0 * errors / total:.1f} %", flush=True)
+            print(f"  {name}, likelihood weight {wl:g}, alignment weight {wa:g}: {100.0 * errors / total:.1f} %",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -505,6 +505,29 @@ def warp_mel_frequencies(mel: torch.Tensor, factor: float, fmt: MelFormat) -> to
     return mel.index_select(-2, low) * (1 - frac) + mel.index_select(-2, high) * frac
 
 
+def warp_mel_source_filter(mel: torch.Tensor, pitch_factor: float, formant_factor: float, fmt: MelFormat,
+                           envelope_coefficients: int = 12) -> torch.Tensor:
+    """Scale a log mel spectrogram's pitch and its formants by separate factors: a source-filter speaker
+    augmentation done on the mel itself. The spectral envelope is the log mel smoothed across bands (its first
+    `envelope_coefficients` DCT coefficients over the band axis, per frame); the rest is the fine structure, the
+    harmonics of the voice's pitch where the bands resolve them (below ~1 kHz). The envelope is frequency-warped
+    by `formant_factor` and the fine structure by `pitch_factor` (`warp_mel_frequencies`), and the two summed:
+    equal factors are `warp_mel_frequencies` itself, 1 and 1 the input. (..., fmt.n_mels, frames) -> same shape."""
+    n = fmt.n_mels
+    if mel.shape[-2] != n:
+        raise ValueError(f"expected {n} mel bands for format {fmt.name!r}, got {mel.shape[-2]}")
+    if not 1 <= envelope_coefficients <= n:
+        raise ValueError(f"envelope_coefficients must be in 1..{n} (got {envelope_coefficients})")
+    k = np.arange(n, dtype=np.float64)
+    basis = np.cos(np.pi / n * (k[None] + 0.5) * k[:, None]) * np.sqrt(2.0 / n)  # orthonormal DCT-II rows
+    basis[0] /= np.sqrt(2.0)
+    smooth = basis[:envelope_coefficients].T @ basis[:envelope_coefficients]  # (bands, bands) projection
+    smooth = torch.from_numpy(smooth).to(mel.device, mel.dtype)
+    envelope = torch.einsum("ij,...jt->...it", smooth, mel)
+    return (warp_mel_frequencies(envelope, formant_factor, fmt)
+            + warp_mel_frequencies(mel - envelope, pitch_factor, fmt))
+
+
 def normalize_mel(mel: torch.Tensor) -> torch.Tensor:
     """Vocoder log-mel -> the diffusion model's [-1, 1] range."""
     return 2 * ((mel - TACOTRON_MEL_MIN) / (TACOTRON_MEL_MAX - TACOTRON_MEL_MIN)) - 1

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--likelihood-weight", type=_float_in(0.0, 1.0),
                    help="weight of the GPT's own likelihood of each candidate in reranking (default 0, the "
                         "reference's; a model's model.json may set it)")
+    s.add_argument("--alignment-weight", type=_float_in(0.0, 1.0),
+                   help="weight of the GPT's alignment score (its guided-attention heads follow the text) in "
+                        "reranking (default 0; needs a GPT trained with guided attention; a model.json may set it)")
     s.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per chunk (default 500)")
     s.add_argument("--seed", type=int, help="random seed (same seed, same audio)")
     _add_model_options(s)
@@ -156,7 +159,7 @@ def _overrides(args) -> dict:
         "sampler": "sampler", "cond_free_k": "cond_free_k", "temperature": "temperature", "top_p": "top_p",
         "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
         "diffusion_temperature": "diffusion_temperature", "cvvp_amount": "cvvp_amount", "max_codes": "max_codes",
-        "likelihood_weight": "likelihood_weight",
+        "likelihood_weight": "likelihood_weight", "alignment_weight": "alignment_weight",
     }
     out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}
     if args.cond_free is not None:

@@ -107,12 +107,14 @@ def grow_gpt(source: Path, out_dir: Path, insert_after: list[int]) -> Path:
         raise ValueError(f"{source} holds a {kind} model, not the autoregressive GPT")
     if not insert_after or any(not 0 <= i < config.layers for i in insert_after):
         raise ValueError(f"insert-after indices must be block numbers 0..{config.layers - 1}, got {insert_after}")
-    grown_config = dataclasses.replace(config, layers=config.layers + len(insert_after))
-    grown = checkpoints.build(kind, grown_config)
     order = []  # for each new block: the source block it copies, or None for a fresh one
     for i in range(config.layers):
         order.append(i)
         order += [None] * insert_after.count(i)
+    # the alignment heads move with their blocks
+    heads = tuple((order.index(layer), head) for layer, head in config.alignment_heads)
+    grown_config = dataclasses.replace(config, layers=len(order), alignment_heads=heads)
+    grown = checkpoints.build(kind, grown_config)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}
     for new_index, old_index in enumerate(order):
         block = grown.blocks[new_index]

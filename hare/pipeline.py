@@ -117,6 +117,10 @@ class Settings:
     # CLVP's (and CVVP's) score after standardising both over the candidates: 0 (the reference's behaviour)
     # ranks by the CLVP alone, 1 by the likelihood alone. Costs one teacher-forced GPT pass over the candidates.
     likelihood_weight: float = 0.0
+    # weight of the GPT's alignment score of each candidate (how closely its guided-attention heads follow the
+    # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
+    # `alignment_heads`. likelihood_weight + alignment_weight <= 1; the CLVP keeps the rest.
+    alignment_weight: float = 0.0
     k: int = 1  # candidates returned (the best k by CLVP score)
     split_desired_length: int = 200
     split_max_length: int = 300
@@ -146,6 +150,10 @@ class Settings:
         need(0 < self.diffusion_start <= 1, f"diffusion_start must be in (0, 1] (got {self.diffusion_start})")
         need(0 <= self.min_length_ratio < 1, f"min_length_ratio must be in [0, 1) (got {self.min_length_ratio})")
         need(0 <= self.likelihood_weight <= 1, f"likelihood_weight must be in [0, 1] (got {self.likelihood_weight})")
+        need(0 <= self.alignment_weight <= 1, f"alignment_weight must be in [0, 1] (got {self.alignment_weight})")
+        need(self.likelihood_weight + self.alignment_weight <= 1 + 1e-9,
+             f"likelihood_weight + alignment_weight must be at most 1 (got {self.likelihood_weight} + "
+             f"{self.alignment_weight})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
         need(0 < self.split_desired_length <= self.split_max_length,
              "split lengths must satisfy 0 < desired <= max")
@@ -427,9 +435,9 @@ class TextToSpeech:
 
         Stop tokens and what follows become the model's silence codes (`fix_candidates`); the CLVP scores each
         candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
-        when `cvvp_amount` > 0 and prompt mels are given, and with the GPT's likelihood of the candidate when
-        `likelihood_weight` > 0 (needs the voice's `ar_latent`, (1, dim)); candidates under `min_length_ratio`
-        of the median length are never picked.
+        when `cvvp_amount` > 0 and prompt mels are given, and with the GPT's likelihood and alignment scores of
+        the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
+        voice's `ar_latent`, (1, dim)); candidates under `min_length_ratio` of the median length are never picked.
         """
         gc = self.gpt.config
         sampled = codes
@@ -440,11 +448,16 @@ class TextToSpeech:
             voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
                                         for m in cond_mels]).mean(0)
             scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
-        if settings.likelihood_weight > 0:
+        wl, wa = settings.likelihood_weight, settings.alignment_weight
+        if wl > 0 or wa > 0:
             if ar_latent is None:
-                raise SettingsError("likelihood_weight needs the voice's ar_latent in rerank")
-            likelihood = self.gpt.code_log_likelihood(ar_latent, text, sampled, batch_size=settings.ar_batch_size)
-            scores = blend_likelihood(scores, likelihood, settings.likelihood_weight)
+                raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
+            if wa > 0 and not gc.alignment_heads:
+                raise SettingsError("alignment_weight needs a GPT trained with guided attention (its config's "
+                                    "alignment_heads); this model's names none: set alignment_weight to 0")
+            gpt_scores = self.gpt.score_candidates(ar_latent, text, sampled, batch_size=settings.ar_batch_size,
+                                                   alignment=wa > 0)
+            scores = blend_scores(scores, [(wl, gpt_scores.log_likelihood), (wa, gpt_scores.alignment)])
         if settings.min_length_ratio > 0:
             scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
         return codes[scores.topk(settings.k).indices]
@@ -503,10 +516,15 @@ class TextToSpeech:
         )
 
 
-def blend_likelihood(scores: torch.Tensor, likelihood: torch.Tensor, weight: float) -> torch.Tensor:
-    """The reranking score with the GPT's likelihood blended in (`Settings.likelihood_weight`): both standardised
-    over the candidates, then (1 - weight) * scores + weight * likelihood. (candidates,) -> (candidates,)."""
-    return (1 - weight) * _standardize(scores.float()) + weight * _standardize(likelihood.float())
+def blend_scores(scores: torch.Tensor, parts: list[tuple[float, torch.Tensor | None]]) -> torch.Tensor:
+    """The reranking score with the GPT's scores blended in (`Settings.likelihood_weight`, `alignment_weight`):
+    each standardised over the candidates, then (1 - sum of weights) * scores + sum of weight * part. Parts of
+    weight 0 are skipped (they may be None). (candidates,) -> (candidates,)."""
+    parts = [(w, p) for w, p in parts if w > 0]
+    out = (1 - sum(w for w, _ in parts)) * _standardize(scores.float())
+    for w, p in parts:
+        out = out + w * _standardize(p.float())
+    return out
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

@@ -277,6 +277,47 @@ def test_frequency_warp_moves_a_tone(freq, factor):
         audio.warp_mel_frequencies(mel, factor, audio.mel_format("univnet"))
 
 
+def _voiced(f0: float, formant: float, sr: int = 22050, seconds: float = 1.0) -> np.ndarray:
+    """A steady vowel-like sound: harmonics of f0 under one resonance at `formant` Hz (and its octave)."""
+    t = np.arange(int(sr * seconds)) / sr
+    h = np.arange(1, int(7000 / f0))[:, None]
+    amp = np.exp(-((h * f0 - formant) / 300.0) ** 2) + 0.3 * np.exp(-((h * f0 - 2 * formant) / 500.0) ** 2) + 0.01
+    return (0.3 * (amp * np.sin(2 * np.pi * h * f0 * t)).sum(0) / amp.sum()).astype(np.float32)
+
+
+def test_source_filter_warp_moves_pitch_and_formants_separately():
+    """The pitch factor moves the harmonics, the formant factor the envelope: the warped mel of one vowel is
+    nearer the mel of the vowel really sung at the new pitch (or with the new formant) than to the original."""
+    fmt = audio.mel_format("hifigan")
+
+    def mel_of(f0, formant):
+        return audio.hifigan_mel(torch.from_numpy(_voiced(f0, formant)))[:, 10:-10].mean(1, keepdim=True)
+
+    base = mel_of(110.0, 700.0)
+    torch.testing.assert_close(audio.warp_mel_source_filter(base, 1.0, 1.0, fmt), base, atol=1e-5, rtol=0)
+    torch.testing.assert_close(audio.warp_mel_source_filter(base, 1.3, 1.3, fmt),
+                               audio.warp_mel_frequencies(base, 1.3, fmt), atol=1e-5, rtol=0)  # one factor: plain warp
+    def corr(a, b):  # shape similarity over bands 3-29 (~0.1-1.1 kHz, where the bands resolve harmonics)
+        a, b = a[3:30, 0] - a[3:30, 0].mean(), b[3:30, 0] - b[3:30, 0].mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    def dist(a, b):  # below ~1.6 kHz
+        return float((a[:40] - b[:40]).pow(2).mean())
+
+    for f0, pitch in ((110.0, 1.7), (180.0, 0.7)):  # a higher (lower) voice, the same vowel
+        b, target = mel_of(f0, 700.0), mel_of(f0 * pitch, 700.0)
+        moved = audio.warp_mel_source_filter(b, pitch, 1.0, fmt)
+        assert corr(moved, target) > corr(b, target) + 0.3
+        assert corr(moved, target) > corr(audio.warp_mel_frequencies(b, pitch, fmt), target)  # formant kept
+    for f0, formant in ((110.0, 1.3), (150.0, 0.8)):  # the same voice, another vowel
+        b, target = mel_of(f0, 700.0), mel_of(f0, 700.0 * formant)
+        moved = audio.warp_mel_source_filter(b, 1.0, formant, fmt)
+        assert dist(moved, target) < 0.6 * dist(b, target)
+        assert dist(moved, target) < dist(audio.warp_mel_frequencies(b, formant, fmt), target)  # pitch kept
+    with pytest.raises(ValueError, match="envelope_coefficients"):
+        audio.warp_mel_source_filter(base, 1.0, 1.0, fmt, envelope_coefficients=0)
+
+
 def test_mel_levels_silence_and_clipping():
     silence = torch.zeros(8000)
     assert torch.allclose(audio.ar_mel_unnormalised(silence), torch.tensor(math.log(1e-5)))

@@ -3,6 +3,7 @@ networks, the models-folder conventions it uses, and the bundled model itself wh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -141,8 +142,59 @@ def test_gpt_likelihood_of_candidates_matches_a_row_by_row_teacher_forced_pass(m
         assert abs(float(again[2]) - by_hand(codes[2], 12, with_stop=True)) < 1e-5 and float(again[2]) != float(got[2])
 
 
-def test_rerank_blends_the_gpt_likelihood_when_asked(mini_models, monkeypatch):
+def test_gpt_alignment_score_of_candidates_matches_a_row_by_row_pass(mini_models):
+    """`GPT.score_candidates(alignment=True)`: minus the mean off-diagonal attention mass of the config's alignment
+    heads from each row's speech positions (start, codes, stop) to the text; padding and batching change nothing."""
+    from hare.models.gpt import diagonal_attention_cost
+
+    gpt = mini_models["autoregressive"].eval()
+    c = gpt.config
+    assert c.alignment_heads == ((0, 1),)
+    stop = c.stop_mel_token
+    g = torch.Generator().manual_seed(1)
+    cond = torch.randn(1, c.dim, generator=g)
+    text = torch.tensor([[20, 21, 22, 23, 0]])
+    lengths = [5, 9, 12]
+    codes = torch.full((3, 12), stop)
+    for i, n in enumerate(lengths):
+        codes[i, :n] = torch.randint(0, 60, (n,), generator=g)
+
+    def by_hand(row: torch.Tensor, n: int) -> float:
+        block = gpt.blocks[0]
+        block.record_qk = True
+        try:
+            gpt(cond, text, torch.tensor([text.shape[1]]), row[:n][None],
+                torch.tensor([n * c.mel_length_compression]), clip_inputs=False)
+        finally:
+            block.record_qk = False
+        q, k = block.recorded
+        t = text.shape[1] + 2  # start, text (its stop included), the stop the GPT appends
+        cost, valid = diagonal_attention_cost(q[:, 1:2, 1 + t:], k[:, 1:2, 1:1 + t], torch.tensor([t]),
+                                              torch.tensor([n + 2]), 0.2)
+        assert valid.all()  # one row: every speech position is real
+        return -float(cost.mean())
+
+    with torch.no_grad():
+        got = gpt.score_candidates(cond, text, codes, batch_size=2, alignment=True)
+        want = [by_hand(codes[i], n) for i, n in enumerate(lengths)]
+        assert got.alignment.shape == (3,) and torch.allclose(got.alignment, torch.tensor(want), atol=1e-5)
+        assert (got.alignment <= 0).all() and (got.alignment > -1).all()
+        assert torch.allclose(got.log_likelihood, gpt.code_log_likelihood(cond, text, codes), atol=1e-6)
+        wider = torch.cat([codes, torch.full((3, 4), stop)], dim=1)
+        again = gpt.score_candidates(cond, text, wider, batch_size=16, alignment=True)
+        assert torch.allclose(again.alignment[:2], got.alignment[:2], atol=1e-5)
+        assert gpt.score_candidates(cond, text, codes).alignment is None  # not asked: not computed
+        assert gpt.blocks[0].recorded is None and not gpt.blocks[0].record_qk  # nothing left behind
+        plain = checkpoints.build("autoregressive", dataclasses.replace(c, alignment_heads=())).eval()
+        with pytest.raises(ValueError, match="alignment_heads"):
+            plain.score_candidates(cond, text, codes, alignment=True)
+    with pytest.raises(ValueError, match="alignment_heads"):
+        checkpoints.build("autoregressive", dataclasses.replace(c, alignment_heads=((1, 0),)))  # one block only
+
+
+def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
     from hare.errors import SettingsError
+    from hare.models.gpt import CandidateScores
     from hare.pipeline import make_settings
 
     tts = _tts(mini_models)
@@ -151,25 +203,39 @@ def test_rerank_blends_the_gpt_likelihood_when_asked(mini_models, monkeypatch):
     cond = torch.zeros(1, tts.gpt.config.dim)
     monkeypatch.setattr(tts.clvp, "similarity", lambda t, c: torch.tensor([0.9, 0.5, 0.1]))
     likelihood = torch.tensor([-3.0, -1.0, -2.0])
+    alignment = torch.tensor([-0.2, -0.5, -0.1])
     seen = {}
 
-    def code_log_likelihood(latent, t, c, batch_size=16):
-        seen["args"] = (latent, t, c)
-        return likelihood
+    def score_candidates(latent, t, c, batch_size=16, alignment=False):
+        seen["args"] = (latent, t, c, alignment)
+        return CandidateScores(likelihood, alignment_scores if alignment else None)
 
-    monkeypatch.setattr(tts.gpt, "code_log_likelihood", code_log_likelihood)
+    alignment_scores = alignment
+    monkeypatch.setattr(tts.gpt, "score_candidates", score_candidates)
     assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast"), ar_latent=cond), codes[[0]])
     assert "args" not in seen  # off by default: the reference's ranking, no extra GPT pass
     only = make_settings("ultra_fast", likelihood_weight=1.0, k=3)
     assert torch.equal(tts.rerank(text, codes, only, ar_latent=cond), codes[[1, 2, 0]])
     assert seen["args"][0] is cond and torch.equal(seen["args"][2], codes)  # the sampled codes, unfixed
+    assert seen["args"][3] is False  # the alignment is not computed when its weight is 0
     # standardised blend at 0.5: CLVP z = (1, 0, -1), likelihood z = (-1, 1, 0) -> (0, 0.5, -0.5)
     half = make_settings("ultra_fast", likelihood_weight=0.5)
     assert torch.equal(tts.rerank(text, codes, half, ar_latent=cond), codes[[1]])
+    by_alignment = make_settings("ultra_fast", alignment_weight=1.0, k=3)
+    assert torch.equal(tts.rerank(text, codes, by_alignment, ar_latent=cond), codes[[2, 0, 1]])
+    assert seen["args"][3] is True
+    # thirds: CLVP z (1, 0, -1), likelihood z (-1, 1, 0), alignment z (0.32, -1.12, 0.80) -> row 2 lowest
+    thirds = make_settings("ultra_fast", likelihood_weight=1 / 3, alignment_weight=1 / 3, k=3)
+    assert tts.rerank(text, codes, thirds, ar_latent=cond)[2].tolist() == codes[2].tolist()
     with pytest.raises(SettingsError, match="ar_latent"):
         tts.rerank(text, codes, half)
     with pytest.raises(SettingsError, match="likelihood_weight"):
         make_settings("fast", likelihood_weight=1.5)
+    with pytest.raises(SettingsError, match="at most 1"):
+        make_settings("fast", likelihood_weight=0.6, alignment_weight=0.6)
+    monkeypatch.setattr(tts.gpt, "config", dataclasses.replace(tts.gpt.config, alignment_heads=()))
+    with pytest.raises(SettingsError, match="guided attention"):
+        tts.rerank(text, codes, by_alignment, ar_latent=cond)
 
 
 def test_fix_candidates_uses_the_models_silence_codes():
@@ -291,13 +357,14 @@ def test_grow_gpt_keeps_the_function_and_adds_blocks(tmp_path):
 
     torch.manual_seed(3)
     cfg = GPTConfig(layers=2, dim=32, heads=2, max_mel_tokens=40, max_text_tokens=40, mel_vocab=66,
-                    start_mel_token=64, stop_mel_token=65, cond_attn_blocks=1)
+                    start_mel_token=64, stop_mel_token=65, cond_attn_blocks=1, alignment_heads=((1, 0), (1, 1)))
     gpt = checkpoints.build("autoregressive", cfg).eval()
     src = checkpoints.save(gpt, "autoregressive", cfg, tmp_path / "src" / "autoregressive.safetensors")
     assert mini_main(["grow-gpt", str(src), str(tmp_path / "big"), "--insert-after", "0",
                       "--insert-after", "1"]) == 0
     big, kind, big_cfg = checkpoints.load(tmp_path / "big" / "autoregressive.safetensors")
     assert kind == "autoregressive" and big_cfg.layers == 4 and len(big.blocks) == 4
+    assert big_cfg.alignment_heads == ((2, 0), (2, 1))  # they move with their block
     torch.testing.assert_close(big.blocks[2].qkv.weight, gpt.blocks[1].qkv.weight)  # 0 new 1 new
     assert big.blocks[1].attn_out.weight.abs().sum() == 0 and big.blocks[3].proj.bias.abs().sum() == 0
     assert big.blocks[1].qkv.weight.abs().sum() > 0  # the rest of a new block is initialised normally

@@ -122,6 +122,13 @@ def test_vocoder_export_folds_weight_norm():
     torch.testing.assert_close(module(mel, noise), models["generator"](mel, noise))
 
 
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_objective_exports_its_network(name):
+    objective = make_objective(name, TINY[name], OPTIONS.get(name))
+    module, kind, config = objective.export(objective.build_models())
+    assert kind == objective.kind and type(config) is objective.config_class and module.state_dict()
+
+
 def test_unknown_settings_are_refused():
     with pytest.raises(TrainingError, match="unknown model settings: widht"):
         make_objective("gpt", {"widht": 3})
@@ -164,6 +171,11 @@ def test_gpt_guided_attention_trains_and_is_checked():
         opt.step()
     assert float(losses["guided"]) < 0.5 * first
     assert all(not b.record_qk for b in models["model"].blocks)  # recording is switched off again
+    # the exported config records the guided heads for the reranker's alignment score
+    assert objective.export(models)[2].alignment_heads == ((1, 0),)
+    assert make_objective("gpt", TINY["gpt"], OPTIONS["gpt"]).export(models)[2].alignment_heads == ()
+    named = make_objective("gpt", dict(TINY["gpt"], alignment_heads=[[0, 1]]), options)
+    assert named.export(named.build_models())[2].alignment_heads == ((0, 1),)  # a config's own pairs win
     with pytest.raises(TrainingError, match="guided_layers"):
         make_objective("gpt", TINY["gpt"], dict(options, guided_layers=[2]))
     with pytest.raises(TrainingError, match="guided_heads"):
@@ -313,6 +325,65 @@ def test_diffusion_speaker_warp_moves_target_and_voice_clip_together():
             make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=bad))
     with pytest.raises(TrainingError, match="speaker_warp_prob"):
         make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[0.9, 1.1], speaker_warp_prob=2))
+    # separate pitch and formant factors: the source-filter warp of both, with the same two factors
+    sf = make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[1.1, 1.1], speaker_pitch=[1.6, 1.6],
+                                                             speaker_warp_prob=1.0))
+    ex = sf.example(corpus, 0, random.Random(5))
+    want = audio.warp_mel_source_filter(corpus.items[0]["diff_mel"][:, :frames], 1.6, 1.1, fmt)
+    torch.testing.assert_close(ex["mel"][:, :frames], audio.normalize_mel(want))
+    torch.testing.assert_close(ex["cond"], audio.warp_mel_source_filter(corpus.items[1]["diff_mel"], 1.6, 1.1, fmt))
+    with pytest.raises(TrainingError, match="needs options.speaker_warp"):
+        make_objective("diffusion", TINY["diffusion"], dict(options, speaker_pitch=[0.8, 1.8]))
+    with pytest.raises(TrainingError, match="speaker_pitch"):
+        make_objective("diffusion", TINY["diffusion"], dict(options, speaker_warp=[1, 1], speaker_pitch=[2, 1]))
+
+
+class _SpeakersCorpus:
+    """Four utterances, two speakers (a, a, b, b), with the features a decoder on GPT latents reads."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        g = torch.Generator().manual_seed(4)
+        self.utterances = [SimpleNamespace(speaker=s, text="a short test") for s in "aabb"]
+        self.items = [{"codes": torch.randint(0, CODES, (12,), generator=g), "diff_mel": torch.randn(100, 60, generator=g),
+                       "ar_mel": torch.full((80, 40), float(i))} for i in range(4)]  # ar_mel tells the utterance
+
+    def features(self, index, names):
+        return {n: self.items[index][n] for n in names}
+
+    def same_speaker(self, index):
+        return [j for j, u in enumerate(self.utterances) if u.speaker == self.utterances[index].speaker and j != index]
+
+    @property
+    def speakers(self):
+        return sorted({u.speaker for u in self.utterances})
+
+
+def test_diffusion_gpt_voice_from_another_speaker(tmp_path):
+    """`gpt_cond_other_speaker`: the GPT's voice clips come from another speaker's utterances at that rate."""
+    import random
+
+    from hare.train.objectives import other_speaker_utterance
+
+    corpus = _SpeakersCorpus()
+    rng = random.Random(0)
+    assert {other_speaker_utterance(corpus, 0, rng) for _ in range(40)} == {2, 3}
+    assert {other_speaker_utterance(corpus, 3, rng) for _ in range(40)} == {0, 1}
+    gpt_path, _ = _tiny_gpt_file(tmp_path)
+    config = dict(TINY["diffusion"], conditioning_input="latents", latent_channels=64)
+
+    def voices(rate):  # the utterances the GPT's voice clips of utterance 0 come from, over many draws
+        obj = make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt=str(gpt_path), gpt_cond_clips=1,
+                                                       gpt_cond_frames=40, gpt_cond_other_speaker=rate))
+        return [int(obj.example(corpus, 0, random.Random(i))["ar_cond"][0, 0, 0]) for i in range(60)]
+
+    assert set(voices(0.0)) == {1}  # the speaker's other utterance
+    assert set(voices(1.0)) == {2, 3}
+    mixed = voices(0.5)
+    assert set(mixed) == {1, 2, 3} and 15 < mixed.count(1) < 45
+    with pytest.raises(TrainingError, match="gpt_cond_other_speaker"):
+        make_objective("diffusion", config, dict(OPTIONS["diffusion"], gpt_cond_other_speaker=1.5))
 
 
 def test_damage_codes_drops_repeats_or_replaces_a_span():

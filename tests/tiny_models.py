@@ -75,7 +75,7 @@ def tiny_mini_models(seed: int = 0) -> dict:
     models = tiny_models(seed)
     gpt_cfg = GPTConfig(layers=1, dim=GPT_DIM, heads=2, max_mel_tokens=80, max_text_tokens=200, mel_vocab=66,
                         start_mel_token=64, stop_mel_token=65, cond_attn_blocks=1, calm_code=3,
-                        tail_codes=(3, 3, 5))
+                        tail_codes=(3, 3, 5), alignment_heads=((0, 1),))
     models["autoregressive"] = checkpoints.build("autoregressive", gpt_cfg).eval()
     with torch.no_grad():
         models["autoregressive"].mel_head.bias[65] += 3.0

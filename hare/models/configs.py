@@ -34,6 +34,10 @@ class GPTConfig:
     # values; a model trained on another VQ-VAE records its own, see `hare.mini.silence_codes`)
     calm_code: int = 83
     tail_codes: tuple[int, ...] = (45, 45, 248)
+    # (block, head) pairs whose attention from speech to text was trained to follow the diagonal (the guided
+    # attention loss): the reranker can read how well a candidate follows its text there
+    # (`GPT.score_candidates`, `Settings.alignment_weight`). Empty for models trained without it (the official).
+    alignment_heads: tuple[tuple[int, int], ...] = ()
 
     @property
     def text_positions(self) -> int:

@@ -30,6 +30,9 @@ from hare.models.configs import GPTConfig
 from hare.models.layers import AttentionBlock
 from hare.models.packed import PackedLinear
 
+# width of the diagonal band the alignment score allows (relative positions; the guided-attention loss's sigma)
+ALIGNMENT_SIGMA = 0.2
+
 
 class KVCache:
     """Keys and values of every layer, filled up to `length` positions, stored position-major
@@ -181,6 +184,35 @@ class Block(nn.Module):
         return x + (F.dropout(m, drop) if drop else m)
 
 
+def diagonal_attention_cost(q: torch.Tensor, k: torch.Tensor, text_lengths: torch.Tensor,
+                            code_lengths: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each speech query's attention over the text lies from the diagonal (DC-TTS's guided attention).
+
+    q: (batch, heads, speech_len, head_dim) queries of the speech positions; k: (batch, heads, text_len,
+    head_dim) keys of the text positions; text_lengths / code_lengths: (batch,) the real lengths (padding beyond
+    them is ignored). The attention is renormalised over the real text keys, and each query's mass is weighted
+    by 1 - exp(-d^2 / 2 sigma^2), d = text position / text length - speech position / speech length.
+    Returns (cost (batch, heads, speech_len), valid (batch, speech_len) bool: the real speech queries).
+    """
+    m, d = q.shape[2:]
+    t = k.shape[2]
+    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)  # (batch, heads, speech, text)
+    i = torch.arange(t, device=q.device)
+    j = torch.arange(m, device=q.device)
+    key_ok = i[None] < text_lengths[:, None]  # (batch, text)
+    query_ok = j[None] < code_lengths[:, None]  # (batch, speech)
+    attn = logits.masked_fill(~key_ok[:, None, None], float("-inf")).softmax(dim=-1)
+    rel = (i[None, None] / text_lengths[:, None, None].float()
+           - j[None, :, None] / code_lengths[:, None, None].float())  # (batch, speech, text)
+    weight = 1.0 - torch.exp(-rel ** 2 / (2 * sigma ** 2))
+    return (attn * weight[:, None]).sum(-1), query_ok
+
+
+class CandidateScores(NamedTuple):
+    log_likelihood: torch.Tensor  # (candidates,) float32: mean log-probability per code (and first stop)
+    alignment: torch.Tensor | None  # (candidates,) float32: minus the mean off-diagonal attention mass; or None
+
+
 class GPTOutput(NamedTuple):
     loss_text: torch.Tensor  # scalar: mean cross-entropy over every text target (padding included)
     loss_mel: torch.Tensor  # scalar: the same over every speech target
@@ -194,6 +226,10 @@ class GPT(nn.Module):
         self.config = c = config
         if c.dim % c.heads:
             raise ValueError(f"dim ({c.dim}) must be divisible by heads ({c.heads})")
+        bad = [p for p in c.alignment_heads if len(p) != 2 or not (0 <= p[0] < c.layers and 0 <= p[1] < c.heads)]
+        if bad:
+            raise ValueError(f"alignment_heads must be (block, head) pairs with block < {c.layers} and head < "
+                             f"{c.heads} (got {[list(p) for p in bad]})")
         self.cond_in = nn.Conv1d(c.n_mels, c.dim, 1)
         self.cond_blocks = nn.ModuleList(AttentionBlock(c.dim, c.heads) for _ in range(c.cond_attn_blocks))
         self.text_embedding = nn.Embedding(c.text_vocab + 1, c.dim)
@@ -332,32 +368,70 @@ class GPT(nn.Module):
 
     def code_log_likelihood(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, codes: torch.Tensor,
                             batch_size: int = 16) -> torch.Tensor:
-        """Each sampled candidate's mean log-probability per code under this model (teacher forced).
+        """Each sampled candidate's mean log-probability per code under this model (teacher forced): the
+        `log_likelihood` of `score_candidates`, (b,) float32."""
+        return self.score_candidates(cond_latent, text_tokens, codes, batch_size).log_likelihood
+
+    def score_candidates(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, codes: torch.Tensor,
+                         batch_size: int = 16, alignment: bool = False,
+                         sigma: float = ALIGNMENT_SIGMA) -> CandidateScores:
+        """What this model thinks of each sampled candidate, from one teacher-forced pass (the reranker's input).
 
         cond_latent: (1, dim); text_tokens: (1, text_len) as the pipeline passes them; codes: (b, n) as sampled,
-        right-padded with the stop token -> (b,) float32: the mean over each row's codes up to and including
-        its first stop token (all n codes when it has none). Computed `batch_size` rows at a time.
+        right-padded with the stop token. `log_likelihood`: the mean log-probability over each row's codes up
+        to and including its first stop token (all n codes when it has none). With `alignment` (needs the
+        config's `alignment_heads`): minus the mean off-diagonal attention mass from the row's speech positions
+        (start, codes, stop) to the text (`diagonal_attention_cost`, width `sigma`) over those heads: near 0
+        for a candidate that reads its text in order, lower for one that skips, repeats or babbles.
+        Computed `batch_size` rows at a time.
         """
         c = self.config
+        if alignment and not c.alignment_heads:
+            raise ValueError("this GPT's config names no alignment_heads (it was not trained with guided "
+                             "attention): no alignment score")
         stop = c.stop_mel_token
         is_stop = codes == stop
         has_stop = is_stop.any(dim=1)
         lengths = torch.where(has_stop, is_stop.int().argmax(dim=1), torch.full_like(has_stop, codes.shape[1],
                                                                                    dtype=torch.long))
-        out = []
+        layers = sorted({layer for layer, _ in c.alignment_heads}) if alignment else []
+        likelihood, aligned = [], []
         for i in range(0, codes.shape[0], batch_size):
             rows, lens, stops = codes[i: i + batch_size], lengths[i: i + batch_size], has_stop[i: i + batch_size]
             rows = rows[:, : int(lens.max()) + 1]  # the sampler pads to its code limit: skip the stop padding
             b = rows.shape[0]
             wav_lengths = lens * c.mel_length_compression
-            logits = self(cond_latent.expand(b, -1), text_tokens.expand(b, -1),
-                          torch.full((b,), text_tokens.shape[1], device=codes.device), rows, wav_lengths,
-                          clip_inputs=False).mel_logits.float()  # (b, vocab, n + 2)
+            for layer in layers:
+                self.blocks[layer].record_qk = True
+            try:
+                logits = self(cond_latent.expand(b, -1), text_tokens.expand(b, -1),
+                              torch.full((b,), text_tokens.shape[1], device=codes.device), rows, wav_lengths,
+                              clip_inputs=False).mel_logits.float()  # (b, vocab, n + 2)
+            finally:
+                for layer in layers:
+                    self.blocks[layer].record_qk = False
             targets = F.pad(self.pad_codes_after_end(rows, wav_lengths), (0, 2), value=stop)
             logp = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)  # (b, n + 2)
             counted = torch.arange(targets.shape[1], device=codes.device)[None] < (lens + stops.long())[:, None]
-            out.append((logp * counted).sum(1) / counted.sum(1).clamp(min=1))
-        return torch.cat(out)
+            likelihood.append((logp * counted).sum(1) / counted.sum(1).clamp(min=1))
+            if layers:
+                aligned.append(-self._alignment_cost(layers, text_tokens.shape[1] + 2, lens + 2, sigma))
+        return CandidateScores(torch.cat(likelihood), torch.cat(aligned) if layers else None)
+
+    def _alignment_cost(self, layers: list[int], text_len: int, code_lengths: torch.Tensor,
+                        sigma: float) -> torch.Tensor:
+        """Mean off-diagonal mass over the alignment heads (each head's mean over the real speech queries), per
+        row, from the qk the blocks just recorded. The sequence is [voice latent, text inputs (text_len), speech]."""
+        total = 0.0
+        for layer in layers:
+            q, k = self.blocks[layer].recorded
+            self.blocks[layer].recorded = None
+            heads = [h for blk, h in self.config.alignment_heads if blk == layer]
+            q, k = q[:, heads, 1 + text_len:], k[:, heads, 1:1 + text_len]
+            text_lengths = torch.full((q.shape[0],), text_len, device=q.device)
+            cost, valid = diagonal_attention_cost(q, k, text_lengths, code_lengths.to(q.device), sigma)
+            total = total + (cost * valid[:, None]).sum((1, 2)) / valid.sum(1).clamp(min=1)  # summed over heads
+        return total / len(self.config.alignment_heads)
 
     # -- cached decoding ---------------------------------------------------------------------------------
     def prompt_length(self, text_len: int) -> int:

@@ -223,26 +223,23 @@ class GPTOptions:
 
 def guided_attention_loss(q: torch.Tensor, k: torch.Tensor, text_lengths: torch.Tensor,
                           code_lengths: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Mean off-diagonal attention mass from speech queries to text keys.
+    """Mean off-diagonal attention mass from speech queries to text keys over the batch's real speech queries
+    and the given heads (`hare.models.gpt.diagonal_attention_cost` for the arguments)."""
+    from hare.models.gpt import diagonal_attention_cost
 
-    q: (batch, heads, speech_len, head_dim) queries of the speech positions; k: (batch, heads, text_len,
-    head_dim) keys of the text positions; text_lengths / code_lengths: (batch,) the real lengths (padding
-    beyond them is ignored). The attention is renormalised over the real text keys.
-    """
-    m, d = q.shape[2:]
-    t = k.shape[2]
-    logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)  # (batch, heads, speech, text)
-    i = torch.arange(t, device=q.device)
-    j = torch.arange(m, device=q.device)
-    key_ok = i[None] < text_lengths[:, None]  # (batch, text)
-    query_ok = j[None] < code_lengths[:, None]  # (batch, speech)
-    attn = logits.masked_fill(~key_ok[:, None, None], float("-inf")).softmax(dim=-1)
-    rel = (i[None, None] / text_lengths[:, None, None].float()
-           - j[None, :, None] / code_lengths[:, None, None].float())  # (batch, speech, text)
-    weight = 1.0 - torch.exp(-rel ** 2 / (2 * sigma ** 2))
-    per_query = (attn * weight[:, None]).sum(-1)  # (batch, heads, speech)
+    per_query, query_ok = diagonal_attention_cost(q, k, text_lengths, code_lengths, sigma)
     mask = query_ok[:, None].to(per_query.dtype).expand_as(per_query)
     return (per_query * mask).sum() / mask.sum().clamp(min=1)
+
+
+def other_speaker_utterance(corpus, index: int, rng: random.Random) -> int:
+    """A random utterance of another speaker than `index`'s (`index` itself when the corpus has one speaker)."""
+    speaker = corpus.utterances[index].speaker
+    others = [s for s in corpus.speakers if s != speaker]
+    if not others:
+        return index
+    chosen = rng.choice(others)
+    return rng.choice([j for j, u in enumerate(corpus.utterances) if u.speaker == chosen])
 
 
 def ar_conditioning_clips(corpus, index: int, rng: random.Random, clips: int, frames: int) -> torch.Tensor:
@@ -276,6 +273,21 @@ class GPTObjective(Objective):
                 raise TrainingError(f"options.guided_heads must be in 1..{self.config.heads} (got {o.guided_heads})")
             if o.guided_sigma <= 0:
                 raise TrainingError(f"options.guided_sigma must be > 0 (got {o.guided_sigma})")
+
+    def guided_pairs(self) -> tuple[tuple[int, int], ...]:
+        """The (block, head) pairs the guided-attention loss shapes; () when it is off."""
+        o = self.options
+        if o.guided_weight <= 0:
+            return ()
+        return tuple((layer, head) for layer in o.guided_layers for head in range(o.guided_heads))
+
+    def export(self, models):
+        """The GPT with its config; guided attention is recorded as the config's `alignment_heads` (the
+        reranker's alignment score reads them), unless the model config already names some."""
+        module, kind, config = super().export(models)
+        if self.guided_pairs() and not config.alignment_heads:
+            config = dataclasses.replace(config, alignment_heads=self.guided_pairs())
+        return module, kind, config
 
     def limits(self):
         c = self.config
@@ -481,22 +493,38 @@ class DiffusionOptions:
     gpt: str | None = None
     gpt_cond_clips: int = 2
     gpt_cond_frames: int = 517
+    # with this probability the GPT's voice clips come from another speaker of the corpus: the latents then carry
+    # a wrong voice, which the decoder learns to overrule with its own voice clip (cloning a new voice, the GPT
+    # maps it to a training voice's latents)
+    gpt_cond_other_speaker: float = 0.0
     # speaker augmentation: with probability `speaker_warp_prob` an example's target mel and its voice clip
     # are both frequency-warped by one factor drawn log-uniformly from `speaker_warp` ([low, high], e.g.
     # [0.85, 1.3]): a new "speaker" whose timbre only the voice clip tells (the GPT's inputs stay as recorded),
     # so the decoder learns to take the timbre from the clip rather than from a few training voices.
     speaker_warp: tuple[float, float] | None = None
     speaker_warp_prob: float = 0.5
+    # with `speaker_pitch` ([low, high]) an augmented example's pitch gets its own factor, drawn the same way,
+    # and the `speaker_warp` factor moves only the spectral envelope (formants): `audio.warp_mel_source_filter`.
+    # Voices differ in pitch far more than in formants (a woman's ~1.7x a man's, her formants ~1.15x), which one
+    # factor for both cannot make.
+    speaker_pitch: tuple[float, float] | None = None
 
     def __post_init__(self):
-        w = self.speaker_warp
-        if w is not None:
+        for name in ("speaker_warp", "speaker_pitch"):
+            w = getattr(self, name)
+            if w is None:
+                continue
             if (not isinstance(w, (list, tuple)) or len(w) != 2
                     or not all(isinstance(x, (int, float)) and x > 0 for x in w) or w[0] > w[1]):
-                raise TrainingError(f"options.speaker_warp must be [low, high] with 0 < low <= high (got {w!r})")
-            object.__setattr__(self, "speaker_warp", (float(w[0]), float(w[1])))
+                raise TrainingError(f"options.{name} must be [low, high] with 0 < low <= high (got {w!r})")
+            object.__setattr__(self, name, (float(w[0]), float(w[1])))
+        if self.speaker_pitch is not None and self.speaker_warp is None:
+            raise TrainingError("options.speaker_pitch needs options.speaker_warp (the formant range; [1, 1] for "
+                                "pitch alone)")
         if not 0 <= self.speaker_warp_prob <= 1:
             raise TrainingError(f"options.speaker_warp_prob must be in [0, 1] (got {self.speaker_warp_prob})")
+        if not 0 <= self.gpt_cond_other_speaker <= 1:
+            raise TrainingError(f"options.gpt_cond_other_speaker must be in [0, 1] (got {self.gpt_cond_other_speaker})")
 
 
 class DiffusionObjective(Objective):
@@ -621,11 +649,16 @@ class DiffusionObjective(Objective):
         if self.options.cond_from == "speaker":
             cond_index = rng.choice(corpus.same_speaker(index) or [index])
         cond_mel = (mel if cond_index == index else corpus.features(cond_index, (name,))[name].float())
-        warp = self.options.speaker_warp
+        warp, pitch = self.options.speaker_warp, self.options.speaker_pitch
         if warp is not None and rng.random() < self.options.speaker_warp_prob:
             factor = math.exp(rng.uniform(math.log(warp[0]), math.log(warp[1])))
-            target = audio.warp_mel_frequencies(target, factor, self.mel_format)
-            cond_mel = audio.warp_mel_frequencies(cond_mel, factor, self.mel_format)
+            if pitch is None:
+                target = audio.warp_mel_frequencies(target, factor, self.mel_format)
+                cond_mel = audio.warp_mel_frequencies(cond_mel, factor, self.mel_format)
+            else:
+                p = math.exp(rng.uniform(math.log(pitch[0]), math.log(pitch[1])))
+                target = audio.warp_mel_source_filter(target, p, factor, self.mel_format)
+                cond_mel = audio.warp_mel_source_filter(cond_mel, p, factor, self.mel_format)
         example = {
             "codes": F.pad(codes, (0, window - codes.shape[0]), value=pad_code),
             "mel": F.pad(audio.normalize_mel(target), (0, frames - valid), value=-1.0),
@@ -634,7 +667,11 @@ class DiffusionObjective(Objective):
         }
         if self.on_latents:  # what the pipeline gives the GPT: the text + its stop token, the codes so far
             text = self.tokenizer.encode(corpus.utterances[index].text) + [self.tokenizer.stop_token]
-            clips = ar_conditioning_clips(corpus, index, rng, self.options.gpt_cond_clips, self.options.gpt_cond_frames)
+            voice_index = index
+            if self.options.gpt_cond_other_speaker > 0 and rng.random() < self.options.gpt_cond_other_speaker:
+                voice_index = other_speaker_utterance(corpus, index, rng)
+            clips = ar_conditioning_clips(corpus, voice_index, rng, self.options.gpt_cond_clips,
+                                          self.options.gpt_cond_frames)
             example.update(text=torch.tensor(text, dtype=torch.long), prefix=all_codes[:start + window],
                            start=start, ar_cond=clips)
         return example
