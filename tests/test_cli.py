@@ -65,6 +65,8 @@ def test_speak_to_stdout_and_from_file(models_dir, env, tmp_path):
     (["speak", "Hi.", "--voice", "alice", "--steps", "0"], "must be at least 1"),
     (["speak", "Hi.", "--voice", "alice", "--top-p", "7"], "between"),
     (["speak", "Hi.", "--voice", "alice", "--preset", "turbo"], "invalid choice"),
+    (["speak", "Hi.", "--voice", "alice", "--likelihood-weight", "0.7", "--alignment-weight", "0.5"], "at most 1"),
+    (["speak", "Hi.", "--voice", "alice", "--alignment-weight", "0.5", *FAST], "trained with guided attention"),
 ])
 def test_errors_are_one_line_exit_2(models_dir, env, args, needle, capsys):
     full = args + ["--voices-dir", str(env)]
