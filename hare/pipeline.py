@@ -121,7 +121,7 @@ class Settings:
     # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
     # `alignment_heads`. likelihood_weight + alignment_weight <= 1; the CLVP keeps the rest.
     alignment_weight: float = 0.0
-    k: int = 1  # candidates returned (the best k by CLVP score)
+    k: int = 1  # candidates returned (the best k by reranking score)
     split_desired_length: int = 200
     split_max_length: int = 300
 

@@ -203,14 +203,13 @@ def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
     cond = torch.zeros(1, tts.gpt.config.dim)
     monkeypatch.setattr(tts.clvp, "similarity", lambda t, c: torch.tensor([0.9, 0.5, 0.1]))
     likelihood = torch.tensor([-3.0, -1.0, -2.0])
-    alignment = torch.tensor([-0.2, -0.5, -0.1])
+    aligned = torch.tensor([-0.2, -0.5, -0.1])
     seen = {}
 
     def score_candidates(latent, t, c, batch_size=16, alignment=False):
         seen["args"] = (latent, t, c, alignment)
-        return CandidateScores(likelihood, alignment_scores if alignment else None)
+        return CandidateScores(likelihood, aligned if alignment else None)
 
-    alignment_scores = alignment
     monkeypatch.setattr(tts.gpt, "score_candidates", score_candidates)
     assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast"), ar_latent=cond), codes[[0]])
     assert "args" not in seen  # off by default: the reference's ranking, no extra GPT pass

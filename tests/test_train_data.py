@@ -172,6 +172,9 @@ def test_conditioning_clips_come_from_the_same_speaker(tmp_path):
     vq_path = checkpoints.save(vq, "vqvae", vq.config, tmp_path / "vq")
     corpus, report = D.CachedCorpus.build(manifest, tmp_path / "cache", ("ar_mel", "codes"), vqvae=vq_path)
     assert len(corpus) == 9 and report.kept == 9 and corpus.speakers == ["spk0", "spk1", "spk2"]
+    spk1 = corpus.utterances_of("spk1")
+    assert len(spk1) == 3 and spk1 == sorted(spk1) and {corpus.utterances[j].speaker for j in spk1} == {"spk1"}
+    assert corpus.same_speaker(spk1[1]) == [spk1[0], spk1[2]]
     gpt = make_objective("gpt", dict(layers=1, dim=32, heads=2, mel_vocab=18, start_mel_token=16, stop_mel_token=17),
                          dict(cond_frames=24, cond_clips=2))
     calls = []

@@ -352,8 +352,11 @@ class _SpeakersCorpus:
     def features(self, index, names):
         return {n: self.items[index][n] for n in names}
 
+    def utterances_of(self, speaker):
+        return [j for j, u in enumerate(self.utterances) if u.speaker == speaker]
+
     def same_speaker(self, index):
-        return [j for j, u in enumerate(self.utterances) if u.speaker == self.utterances[index].speaker and j != index]
+        return [j for j in self.utterances_of(self.utterances[index].speaker) if j != index]
 
     @property
     def speakers(self):

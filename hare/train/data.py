@@ -603,7 +603,11 @@ class CachedCorpus:
 
     def same_speaker(self, index: int) -> list[int]:
         """Other utterances of this utterance's speaker (empty if it is the speaker's only one)."""
-        return [j for j in self._by_speaker[self.utterances[index].speaker] if j != index]
+        return [j for j in self.utterances_of(self.utterances[index].speaker) if j != index]
+
+    def utterances_of(self, speaker: str) -> list[int]:
+        """The indices of a speaker's utterances, ascending (the corpus's own list: read, do not modify)."""
+        return self._by_speaker[speaker]
 
     @property
     def speakers(self) -> list[str]:

@@ -238,8 +238,7 @@ def other_speaker_utterance(corpus, index: int, rng: random.Random) -> int:
     others = [s for s in corpus.speakers if s != speaker]
     if not others:
         return index
-    chosen = rng.choice(others)
-    return rng.choice([j for j, u in enumerate(corpus.utterances) if u.speaker == chosen])
+    return rng.choice(corpus.utterances_of(rng.choice(others)))
 
 
 def ar_conditioning_clips(corpus, index: int, rng: random.Random, clips: int, frames: int) -> torch.Tensor:
