@@ -294,13 +294,15 @@ def _add_training_commands(sub) -> None:
                    help="override a config value, e.g. --set train.steps=100 (repeatable)")
     d = sub.add_parser("data", help="make, check and cache training data", description="Training data tools.")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
-    sy = dsub.add_parser("synth", help="synthesise a multi-speaker corpus with flite and espeak-ng",
-                         description="Synthesise a multi-speaker corpus (needs: apt-get install flite espeak-ng).")
+    sy = dsub.add_parser("synth", help="synthesise a multi-speaker corpus with flite, espeak-ng, festival, piper",
+                         description="Synthesise a multi-speaker corpus (needs: apt-get install flite espeak-ng; "
+                                     "festival voices need festival and a festvox package).")
     sy.add_argument("out_dir", type=Path, help="corpus folder (wavs/, train.csv, heldout.csv)")
     sy.add_argument("--sentences", type=Path, default=None,
                     help="text file, one sentence per line (default: 80 sentences shipped with Hare)")
     sy.add_argument("--speaker", action="append", default=[], metavar="SPEC",
-                    help="flite:<voice> or espeak:<voice> (repeatable; default: all of `hare data speakers`)")
+                    help="flite:<voice>, espeak:<voice>, festival:<voice> or piper:joe (repeatable; default: all of "
+                         "`hare data speakers`)")
     sy.add_argument("--heldout-sentences", type=float, default=0.1,
                     help="fraction (<1) or number of sentences held out (default 0.1)")
     sy.add_argument("--heldout-speakers", default="0",

@@ -132,3 +132,17 @@ def test_shipped_word_list_is_what_the_builder_writes():
     from hare.train import wordlist
 
     assert wordlist.write(wordlist.build()) == textgen.BROAD_WORDS.read_text()
+
+
+def test_festival_voice(tmp_path):
+    if not synth.have_festival():
+        pytest.skip(f"festival is not installed ({synth.FESTIVAL_HINT})")
+    target = tmp_path / "f.wav"
+    synth.synthesize_one("festival:ked_diphone", "A short test sentence.", target)
+    wav, sr = soundfile.read(str(target))
+    assert sr == 22050 and 0.5 < len(wav) / sr < 5 and abs(wav).max() > 0.05
+    with pytest.raises(TrainingError, match="festival failed for voice 'nobody'"):
+        synth.synthesize_one("festival:nobody", "Hello.", tmp_path / "x.wav")
+    with pytest.raises(TrainingError, match="bad festival voice name"):
+        synth.synthesize_one("festival:a)(b", "Hello.", tmp_path / "y.wav")
+    assert not (tmp_path / "x.wav").exists()

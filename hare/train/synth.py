@@ -8,6 +8,12 @@ reads every sentence. Audio is written as 22.05 kHz mono 16-bit WAV. Needs the t
 
     sudo apt-get install -y flite espeak-ng
 
+Optionally Festival's voices too, as `festival:<voice>` (the name `(voice.list)` prints, e.g. `ked_diphone`,
+Debian's festvox-kdlpc16k; other languages' voices read English with their own rules, which still gives
+the decoder new timbres):
+
+    sudo apt-get install -y festival festvox-kdlpc16k
+
 Splits: a fraction (or a count) of the sentences is held out (read by the training speakers, in
 `heldout.csv`); optionally whole speakers are held out too (all their clips in `heldout_speakers.csv`).
 The choice is seeded, and re-running skips clips already on disk.
@@ -34,6 +40,7 @@ from hare.train.data import AR_RATE, Utterance, write_manifest
 log = logging.getLogger(__name__)
 
 APT_HINT = "install them with: sudo apt-get install -y flite espeak-ng"
+FESTIVAL_HINT = "install it with: sudo apt-get install -y festival festvox-kdlpc16k"
 
 # flite's kal is an 8 kHz diphone voice; its 16 kHz build (kal16) is used when present
 DEFAULT_FLITE = ("kal", "awb", "rms", "slt")
@@ -47,6 +54,10 @@ def have_flite() -> bool:
 
 def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
+
+
+def have_festival() -> bool:
+    return shutil.which("text2wave") is not None
 
 
 def flite_voices() -> list[str]:
@@ -147,16 +158,28 @@ def synthesize_one(spec: str, text: str, target: Path) -> None:
                 raise TrainingError(f"espeak-ng is not installed; {APT_HINT}")
             cmd = ["espeak-ng", "-v", voice, "-w", str(raw), "--stdin"]
             proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
+        elif engine == "festival":
+            if not have_festival():
+                raise TrainingError(f"festival is not installed; {FESTIVAL_HINT}")
+            if not voice.replace("_", "").isalnum():
+                raise TrainingError(f"bad festival voice name {voice!r} (e.g. festival:ked_diphone)")
+            text_file = Path(tmp) / "text.txt"
+            text_file.write_text(text + "\n", encoding="utf-8")
+            cmd = ["text2wave", "-eval", f"(voice_{voice})", str(text_file), "-o", str(raw)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         elif engine == "piper":
             _piper_speak(voice, text, raw)
             proc = subprocess.CompletedProcess([], 0, "", "")
         else:
-            raise TrainingError(f"unknown synthesiser in speaker {spec!r}: use flite:<voice>, espeak:<voice> "
-                                "or piper:joe")
-        if proc.returncode != 0 or not raw.is_file():
+            raise TrainingError(f"unknown synthesiser in speaker {spec!r}: use flite:<voice>, espeak:<voice>, "
+                                "festival:<voice> or piper:joe")
+        if proc.returncode != 0 or not raw.is_file() or raw.stat().st_size == 0:
+            # festival reports an unknown voice on stderr and still exits 0, without writing the file
             raise TrainingError(f"{engine} failed for voice {voice!r}: {proc.stderr.strip()[:200]}")
         data, sr = soundfile.read(str(raw), dtype="float32", always_2d=True)
         wav = data.mean(axis=1)
+        if wav.size == 0 or not np.isfinite(wav).all():
+            raise TrainingError(f"{engine} voice {voice!r} wrote no usable audio for {text[:40]!r}")
         if sr != AR_RATE:
             wav = soxr.resample(wav, sr, AR_RATE, quality="HQ")
         partial = target.with_name(f".{target.name}.{os.getpid()}.tmp.wav")
