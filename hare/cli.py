@@ -301,8 +301,8 @@ def _add_training_commands(sub) -> None:
     sy.add_argument("--sentences", type=Path, default=None,
                     help="text file, one sentence per line (default: 80 sentences shipped with Hare)")
     sy.add_argument("--speaker", action="append", default=[], metavar="SPEC",
-                    help="flite:<voice>, espeak:<voice>, festival:<voice> or piper:joe (repeatable; default: all of "
-                         "`hare data speakers`)")
+                    help="flite:<voice>, espeak:<voice>, festival:<voice> or piper:joe (repeatable; default: all that "
+                         "`hare data speakers` lists without --all)")
     sy.add_argument("--heldout-sentences", type=float, default=0.1,
                     help="fraction (<1) or number of sentences held out (default 0.1)")
     sy.add_argument("--heldout-speakers", default="0",
@@ -311,7 +311,10 @@ def _add_training_commands(sub) -> None:
                     help="each sentence is read by N training speakers chosen at random (default: all of them)")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--workers", type=_positive_int, default=2)
-    dsub.add_parser("speakers", help="list the synthetic speakers available here")
+    sp = dsub.add_parser("speakers", help="list the synthetic speakers available here")
+    sp.add_argument("--all", action="store_true",
+                    help="also the installed Festival voices (not in the default set: some read English by "
+                         "another language's rules)")
     ck = dsub.add_parser("check", help="validate a manifest and count unusable rows")
     ck.add_argument("manifest", type=Path, help="LJSpeech folder, LibriTTS tree or path|text|speaker file")
     ck.add_argument("--format", default="auto", choices=("auto", "ljspeech", "libritts", "csv"))
@@ -413,6 +416,9 @@ def cmd_data(args) -> int:
     if args.data_command == "speakers":
         for spec in synth.available_speakers():
             print(spec)
+        if args.all:
+            for voice in synth.festival_voices():
+                print(f"festival:{voice}")
         if not (synth.have_flite() and synth.have_espeak()):
             print(f"hare: some synthesisers are missing; {synth.APT_HINT}", file=sys.stderr)
         return 0

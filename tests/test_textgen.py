@@ -146,3 +146,16 @@ def test_festival_voice(tmp_path):
     with pytest.raises(TrainingError, match="bad festival voice name"):
         synth.synthesize_one("festival:a)(b", "Hello.", tmp_path / "y.wav")
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_speakers_all_lists_festival_voices(capsys):
+    if not synth.have_festival():
+        pytest.skip(f"festival is not installed ({synth.FESTIVAL_HINT})")
+    from hare.cli import main
+    assert "ked_diphone" in synth.festival_voices()
+    assert main(["data", "speakers"]) == 0
+    default = capsys.readouterr().out.split()
+    assert main(["data", "speakers", "--all"]) == 0
+    every = capsys.readouterr().out.split()
+    assert not any(s.startswith("festival:") for s in default)
+    assert every[:len(default)] == default and "festival:ked_diphone" in every[len(default):]
