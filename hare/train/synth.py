@@ -64,8 +64,11 @@ def festival_voices() -> list[str]:
     """Voices the installed Festival offers (its `(voice.list)`), as `voice` in `festival:<voice>`."""
     if shutil.which("festival") is None:
         return []
-    proc = subprocess.run(["festival", "--pipe"], input="(print (voice.list))\n", capture_output=True, text=True,
-                          check=False, timeout=60)
+    try:
+        proc = subprocess.run(["festival", "--pipe"], input="(print (voice.list))\n", capture_output=True,
+                              text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
     lists = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("(")]
     return sorted(lists[-1].strip("()").split()) if lists else []
 
