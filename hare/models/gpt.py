@@ -17,6 +17,7 @@ which the fixtures pin, is not).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -152,7 +153,7 @@ class Block(nn.Module):
         self.fc = nn.Linear(d, 4 * d)
         self.proj = nn.Linear(4 * d, d)
         self.dropout = config.dropout
-        self.record_qk = False  # training probes (guided attention): keep this block's queries and keys
+        self.record_qk = False  # attention probes (`GPT.recording_qk`): keep this block's queries and keys
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # x: (batch, seq, dim); with a cache, x holds the positions from cache.length on (their keys/values are stored)
@@ -401,15 +402,10 @@ class GPT(nn.Module):
             rows = rows[:, : int(lens.max()) + 1]  # the sampler pads to its code limit: skip the stop padding
             b = rows.shape[0]
             wav_lengths = lens * c.mel_length_compression
-            for layer in layers:
-                self.blocks[layer].record_qk = True
-            try:
+            with self.recording_qk(layers):
                 logits = self(cond_latent.expand(b, -1), text_tokens.expand(b, -1),
                               torch.full((b,), text_tokens.shape[1], device=codes.device), rows, wav_lengths,
                               clip_inputs=False).mel_logits.float()  # (b, vocab, n + 2)
-            finally:
-                for layer in layers:
-                    self.blocks[layer].record_qk = False
             targets = F.pad(self.pad_codes_after_end(rows, wav_lengths), (0, 2), value=stop)
             logp = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)  # (b, n + 2)
             counted = torch.arange(targets.shape[1], device=codes.device)[None] < (lens + stops.long())[:, None]
@@ -418,16 +414,36 @@ class GPT(nn.Module):
                 aligned.append(-self._alignment_cost(layers, text_tokens.shape[1] + 2, lens + 2, sigma))
         return CandidateScores(torch.cat(likelihood), torch.cat(aligned) if layers else None)
 
+    @contextlib.contextmanager
+    def recording_qk(self, layers):
+        """Within the block, the forward passes of the blocks numbered `layers` keep their queries and keys (read
+        them with `speech_text_qk`): the guided-attention loss and the reranker's alignment score."""
+        blocks = [self.blocks[i] for i in layers]
+        for block in blocks:
+            block.record_qk = True
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block.record_qk = False
+
+    def speech_text_qk(self, layer: int, heads, text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block `layer`'s recorded queries of the speech positions and keys of the text positions, for `heads`
+        (a list or slice of head indices), and forget them. The sequence is [voice latent, text inputs
+        (text_len), speech inputs]: (batch, heads, speech_len, head_dim), (batch, heads, text_len, head_dim)."""
+        block = self.blocks[layer]
+        q, k = block.recorded
+        block.recorded = None
+        return q[:, heads, 1 + text_len:], k[:, heads, 1:1 + text_len]
+
     def _alignment_cost(self, layers: list[int], text_len: int, code_lengths: torch.Tensor,
                         sigma: float) -> torch.Tensor:
         """Mean off-diagonal mass over the alignment heads (each head's mean over the real speech queries), per
-        row, from the qk the blocks just recorded. The sequence is [voice latent, text inputs (text_len), speech]."""
+        row, from the qk the blocks just recorded."""
         total = 0.0
         for layer in layers:
-            q, k = self.blocks[layer].recorded
-            self.blocks[layer].recorded = None
             heads = [h for blk, h in self.config.alignment_heads if blk == layer]
-            q, k = q[:, heads, 1 + text_len:], k[:, heads, 1:1 + text_len]
+            q, k = self.speech_text_qk(layer, heads, text_len)
             text_lengths = torch.full((q.shape[0],), text_len, device=q.device)
             cost, valid = diagonal_attention_cost(q, k, text_lengths, code_lengths.to(q.device), sigma)
             total = total + (cost * valid[:, None]).sum((1, 2)) / valid.sum(1).clamp(min=1)  # summed over heads

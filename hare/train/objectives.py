@@ -316,31 +316,22 @@ class GPTObjective(Objective):
     def loss(self, phase, models, batch, step, scratch):
         model = models["model"]
         o = self.options
-        blocks = [model.blocks[i] for i in o.guided_layers] if o.guided_weight > 0 else []
-        for block in blocks:
-            block.record_qk = True
-        try:
+        layers = list(o.guided_layers) if o.guided_weight > 0 else []
+        with model.recording_qk(layers):
             latent = model.conditioning_latent(batch["cond"])  # (batch, dim)
             out = model(latent, batch["text"], batch["text_lengths"], batch["codes"], batch["wav_lengths"])
-        finally:
-            for block in blocks:
-                block.record_qk = False
         total = o.text_weight * out.loss_text.float() + o.mel_weight * out.loss_mel.float()
         losses = {"text_ce": out.loss_text.detach().float(), "mel_ce": out.loss_mel.detach().float()}
-        if blocks:
+        if layers:
             text_len = out.text_logits.shape[-1]  # start + text + stop (the batch's longest)
             codes_len = out.mel_logits.shape[-1]
-            # the sequence is [voice latent, text inputs, speech inputs]
             t_lens = batch["text_lengths"].to(out.text_logits.device) + 2
             c_lens = (batch["wav_lengths"].to(out.text_logits.device) // model.config.mel_length_compression
                       ).clamp(max=codes_len - 2) + 2
             guided = []
-            for block in blocks:
-                q, k = block.recorded
-                block.recorded = None
-                h = o.guided_heads
-                guided.append(guided_attention_loss(q[:, :h, 1 + text_len:], k[:, :h, 1:1 + text_len],
-                                                    t_lens, c_lens, o.guided_sigma))
+            for layer in layers:
+                q, k = model.speech_text_qk(layer, slice(None, o.guided_heads), text_len)
+                guided.append(guided_attention_loss(q, k, t_lens, c_lens, o.guided_sigma))
             g = torch.stack(guided).mean()
             total = total + o.guided_weight * g
             losses["guided"] = g.detach()
