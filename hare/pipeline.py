@@ -407,6 +407,7 @@ class TextToSpeech:
         from hare.text import split_text
 
         settings = make_settings(preset, **{**self.default_settings, **overrides})
+        self._check_model_settings(settings)  # before sampling: a settings error should not cost minutes
         if not isinstance(text, str) or not text.strip():
             raise TextError("the text is empty: give something to say")
         pieces = split_text(text, settings.split_desired_length, settings.split_max_length)
@@ -427,6 +428,12 @@ class TextToSpeech:
                                       progress, desc=f"chunk {i + 1}/{len(pieces)}")
             yield Speech(audio=audios[0], sample_rate=self.sample_rate, candidates=audios, timings=dict(timings),
                          settings=info)
+
+    def _check_model_settings(self, settings: Settings) -> None:
+        """The settings this model cannot honour (`Settings.validate` checks those that are wrong anywhere)."""
+        if settings.alignment_weight > 0 and not self.gpt.config.alignment_heads:
+            raise SettingsError("alignment_weight needs a GPT trained with guided attention (its config's "
+                                "alignment_heads); this model's names none: set alignment_weight to 0")
 
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
@@ -452,9 +459,7 @@ class TextToSpeech:
         if wl > 0 or wa > 0:
             if ar_latent is None:
                 raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
-            if wa > 0 and not gc.alignment_heads:
-                raise SettingsError("alignment_weight needs a GPT trained with guided attention (its config's "
-                                    "alignment_heads); this model's names none: set alignment_weight to 0")
+            self._check_model_settings(settings)
             gpt_scores = self.gpt.score_candidates(ar_latent, text, sampled, batch_size=settings.ar_batch_size,
                                                    alignment=wa > 0)
             scores = blend_scores(scores, [(wl, gpt_scores.log_likelihood), (wa, gpt_scores.alignment)])

@@ -236,6 +236,13 @@ def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
     with pytest.raises(SettingsError, match="guided attention"):
         tts.rerank(text, codes, by_alignment, ar_latent=cond)
 
+    def no_work(*args, **kwargs):
+        raise AssertionError("the settings error must come before any voice or sampling work")
+
+    monkeypatch.setattr(tts, "voice_latents", no_work)
+    with pytest.raises(SettingsError, match="guided attention"):
+        tts.tts("Hello there.", preset="ultra_fast", alignment_weight=0.5)
+
 
 def test_fix_candidates_uses_the_models_silence_codes():
     codes = torch.tensor([[5, 6, 65, 9, 9, 9, 9]])
