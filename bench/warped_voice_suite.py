@@ -65,11 +65,11 @@ def main(argv=None) -> int:
             folder = args.out / "voices" / name / kind
             folder.mkdir(parents=True)
             for f in files:
-                wav, sr = audio.load_audio(f, 22050), 22050
+                wav = audio.load_audio(f, 22050)  # HiFi-GAN mels are of 22.05 kHz audio
                 mel = audio.warp_mel_source_filter(audio.hifigan_mel(wav), pitch, formant, tts.mel_format)
                 with torch.inference_mode():
                     out = tts.vocoder.vocode(mel[None].to(tts.device))[0].float().cpu().numpy()
-                soundfile.write(folder / f"{f.stem}.wav", out, sr)
+                soundfile.write(folder / f"{f.stem}.wav", out, tts.sample_rate)
         print(f"{name}: pitch x{pitch:g}, formants x{formant:g}")
     print(f"wrote {args.out}: {n} sentences, voices {', '.join(sorted(suite.voices) + [w[0] for w in warps])}")
     return 0
