@@ -27,7 +27,7 @@ import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import torch
@@ -526,6 +526,42 @@ def warp_mel_source_filter(mel: torch.Tensor, pitch_factor: float, formant_facto
     envelope = torch.einsum("ij,...jt->...it", smooth, mel)
     return (warp_mel_frequencies(envelope, formant_factor, fmt)
             + warp_mel_frequencies(mel - envelope, pitch_factor, fmt))
+
+
+SPEECH_FRAME_RANGE = 4.0  # nats of log mel: a frame counts as speech within this of its clip's loudest frame
+
+
+def speech_frame_mask(mel: torch.Tensor, floor: float = SPEECH_FRAME_RANGE) -> torch.Tensor:
+    """Which frames of a log mel (n_mels, frames) are speech rather than pause: those whose log energy (the
+    log of the bands' summed mel magnitude) is within `floor` nats (~35 dB at 4) of the loudest frame's.
+    -> (frames,) bool."""
+    energy = mel.float().logsumexp(-2)
+    return energy >= energy.max() - floor
+
+
+def mel_band_means(mels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean log mel of each band over the speech frames of all `mels` ((n_mels, frames) each): a voice's
+    long-term spectral envelope (its timbre and recording channel, averaged over what it says). -> (n_mels,)"""
+    if not mels:
+        raise ValueError("no mels to average")
+    frames = torch.cat([m[:, speech_frame_mask(m)] for m in mels], dim=-1)
+    return frames.float().mean(-1)
+
+
+def match_mel_means(mel: torch.Tensor, target: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Shift each band of a log mel (..., n_mels, frames) by `strength` times the gap between `target`
+    (n_mels,), a voice's `mel_band_means`, and the mel's own band means over its speech frames: an
+    equaliser (one gain per band, the same for every frame) that gives the audio the voice's long-term
+    spectrum. Pauses move with the speech; timing, pitch and the frame-to-frame detail are unchanged."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must be in [0, 1] (got {strength})")
+    if target.shape[-1] != mel.shape[-2]:
+        raise ValueError(f"target has {target.shape[-1]} bands, the mel {mel.shape[-2]}")
+    if strength == 0:
+        return mel
+    flat = mel.reshape(-1, *mel.shape[-2:])
+    gap = torch.stack([target.to(m) - mel_band_means([m]).to(m) for m in flat])  # (batch, n_mels)
+    return (flat + strength * gap[..., None]).reshape(mel.shape)
 
 
 def normalize_mel(mel: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alignment-weight", type=_float_in(0.0, 1.0),
                    help="weight of the GPT's alignment score (its guided-attention heads follow the text) in "
                         "reranking (default 0; needs a GPT trained with guided attention; a model.json may set it)")
+    s.add_argument("--voice-match", type=_float_in(0.0, 1.0),
+                   help="equalise the output towards the voice clips' long-term spectrum, 0 to 1 (default 0, the "
+                        "reference's; a model.json may set it)")
     s.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per chunk (default 500)")
     s.add_argument("--seed", type=int, help="random seed (same seed, same audio)")
     _add_model_options(s)
@@ -160,6 +163,7 @@ def _overrides(args) -> dict:
         "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
         "diffusion_temperature": "diffusion_temperature", "cvvp_amount": "cvvp_amount", "max_codes": "max_codes",
         "likelihood_weight": "likelihood_weight", "alignment_weight": "alignment_weight",
+        "voice_match": "voice_match",
     }
     out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}
     if args.cond_free is not None:
@@ -354,6 +358,8 @@ def _add_eval_command(sub) -> None:
     e.add_argument("--candidates", type=_positive_int, help="autoregressive candidates (preset decides)")
     e.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: the preset's, ddpm)")
     e.add_argument("--steps", type=_positive_int, help="diffusion steps (preset decides)")
+    e.add_argument("--voice-match", type=_float_in(0.0, 1.0),
+                   help="the equaliser towards each voice's clips, 0 to 1 (default: the model's model.json)")
     _add_precision_options(e)
     e.add_argument("--json", type=Path, help="write the full results (with transcripts) here")
     e.add_argument("--audio-out", type=Path, metavar="DIR", help="keep the synthesised audio here")
@@ -375,13 +381,16 @@ def cmd_eval(args) -> int:
                               quantize=args.quantize, dtype=args.dtype)
         # the speed options in the row's system name, so that a table of several runs tells them apart
         options = [f"{args.sampler or 'ddpm'}/{args.steps}" if args.steps else args.sampler, args.quantize,
-                   args.dtype if args.dtype != "fp32" else None]
+                   args.dtype if args.dtype != "fp32" else None,
+                   None if args.voice_match is None else f"match {args.voice_match:g}"]
         name = " ".join([name] + [o for o in options if o])
     overrides = {"num_candidates": args.candidates} if args.candidates else {}
     if args.sampler:
         overrides["sampler"] = args.sampler
     if args.steps:
         overrides["diffusion_steps"] = args.steps
+    if args.voice_match is not None:
+        overrides["voice_match"] = args.voice_match
     rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
                              asr=asr, similarity=not args.no_similarity, seed=args.seed, limit=args.limit,
                              out_dir=args.audio_out, progress=not args.quiet, **overrides)

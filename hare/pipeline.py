@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -121,6 +122,10 @@ class Settings:
     # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
     # `alignment_heads`. likelihood_weight + alignment_weight <= 1; the CLVP keeps the rest.
     alignment_weight: float = 0.0
+    # zero-shot voice matching by equaliser: shift each band of the decoded mel by this fraction of the gap
+    # between the voice clips' long-term mean log mel and the output's own (`audio.match_mel_means`: one gain per
+    # band, timing and pitch untouched). 0 (the reference's behaviour) leaves the decoder's mel as it is.
+    voice_match: float = 0.0
     k: int = 1  # candidates returned (the best k by reranking score)
     split_desired_length: int = 200
     split_max_length: int = 300
@@ -154,6 +159,7 @@ class Settings:
         need(self.likelihood_weight + self.alignment_weight <= 1 + 1e-9,
              f"likelihood_weight + alignment_weight must be at most 1 (got {self.likelihood_weight} + "
              f"{self.alignment_weight})")
+        need(0 <= self.voice_match <= 1, f"voice_match must be in [0, 1] (got {self.voice_match})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
         need(0 < self.split_desired_length <= self.split_max_length,
              "split lengths must satisfy 0 < desired <= max")
@@ -186,6 +192,15 @@ def make_settings(preset: str = "fast", **overrides) -> Settings:
 
 SAMPLE_RATE = 24000  # output audio of the Tortoise models (TextToSpeech.sample_rate is per model)
 CONDITIONING_RATE = 22050  # reference clips are read at this rate
+
+
+class VoiceConditioning(NamedTuple):
+    """What a voice gives a synthesis (`TextToSpeech.voice_latents`)."""
+
+    ar: torch.Tensor  # (1, gpt dim): the GPT's voice latent
+    diffusion: torch.Tensor  # (1, 2 * diffusion channels): the decoder's
+    cvvp_mels: torch.Tensor | None  # (clips, 80, frames): the prompt mels the CVVP reads (None: no clips)
+    mel_mean: torch.Tensor | None  # (n_mels,): the clips' long-term mean log mel, for voice_match (None: no clips)
 
 
 @dataclasses.dataclass
@@ -348,8 +363,16 @@ class TextToSpeech:
             raise VoiceError(f"voice {voice.name!r} has no usable audio clip ({len(voice.clips)} unusable)")
         return clips
 
-    def voice_latents(self, voice: str | None = None, generator: torch.Generator | None = None):
-        """Latents for a voice spec (`name`, folder, `a&b` mix, or `random`): (ar, diffusion, cvvp mels or None)."""
+    def voice_mel_mean(self, clips: list[torch.Tensor]) -> torch.Tensor:
+        """The long-term mean log mel (n_mels,) of 22.05 kHz clips in the decoder's mel format (`voice_match`)."""
+        from hare import audio
+
+        fmt = self.mel_format
+        return audio.mel_band_means([fmt.mel(audio.resample(c, CONDITIONING_RATE, fmt.sample_rate)) for c in clips])
+
+    def voice_latents(self, voice: str | None = None, generator: torch.Generator | None = None) -> VoiceConditioning:
+        """The conditioning of a voice spec (`name`, folder, `a&b` mix, or `random`); a voice known only by its
+        latents (or `random`) has no `cvvp_mels` nor `mel_mean`. A mix averages each part."""
         from hare.voices import load_latents_file
 
         voices = self.voices.parse(self.default_voice if voice is None else voice)
@@ -361,8 +384,8 @@ class TextToSpeech:
                                  + (", e.g. 'default'" if "default" in self.voices.names() else "")) from None
             ar = rlg_auto.generate(1, generator=generator)
             diff = self._optional_model("rlg_diffuser").generate(1, generator=generator)
-            return ar.to(self.device), diff.to(self.device), None
-        ars, diffs, mels = [], [], []
+            return VoiceConditioning(ar.to(self.device), diff.to(self.device), None, None)
+        ars, diffs, mels, means = [], [], [], []
         for v in voices:
             if v.latents_file is not None and not v.clips:
                 ar, diff = load_latents_file(v.latents_file)
@@ -370,17 +393,21 @@ class TextToSpeech:
                 def compute(voice_):
                     # a fixed crop seed per voice, so that the cache holds what a fresh run would compute
                     crop = torch.Generator().manual_seed(0)
-                    a, d, m = self.conditioning_latents(self._clips_of(voice_), generator=crop)
-                    return {"ar": a, "diffusion": d, "ar_mels": m}
+                    clips = self._clips_of(voice_)
+                    a, d, m = self.conditioning_latents(clips, generator=crop)
+                    return {"ar": a, "diffusion": d, "ar_mels": m, "mel_mean": self.voice_mel_mean(clips)}
 
-                cached = self.latent_cache.get_or_compute(self.model_id, v, compute)
+                cached = self.latent_cache.get_or_compute(self.model_id, v, compute, keys=("mel_mean",))
                 ar, diff = cached["ar"], cached["diffusion"]
                 mels.append(cached["ar_mels"])
+                means.append(cached["mel_mean"])
             ars.append(ar.to(self.device))
             diffs.append(diff.to(self.device))
         ar = torch.stack(ars).mean(0)
         diff = torch.stack(diffs).mean(0)
-        return ar, diff, (torch.cat(mels) if mels else None)
+        # a mix with a latents-only part has no whole mean to match: none rather than a part's
+        mean = torch.stack(means).mean(0) if len(means) == len(voices) else None
+        return VoiceConditioning(ar, diff, torch.cat(mels) if mels else None, mean)
 
     # -- synthesis ------------------------------------------------------------------------------------
     def tts(self, text: str, voice: str | None = None, preset: str = "fast", *, seed: int | None = None,
@@ -419,12 +446,15 @@ class TextToSpeech:
         timings: dict[str, float] = {}
         timer = _Timer(timings, self.device)
         with timer("conditioning"):
-            ar_latent, diff_latent, cond_mels = self.voice_latents(voice, generator=generator)
+            cond = self.voice_latents(voice, generator=generator)
+        if settings.voice_match > 0 and cond.mel_mean is None:
+            log.warning("voice_match %g skipped: voice %r has no clips to match (a latents-only or random voice)",
+                        settings.voice_match, self.default_voice if voice is None else voice)
         info = {"preset": preset, "seed": seed, "voice": str(self.default_voice if voice is None else voice),
                 "chunks": len(pieces),
                 **dataclasses.asdict(settings)}
         for i, tokens in enumerate(token_lists):
-            audios = self._synthesize(tokens, ar_latent, diff_latent, cond_mels, settings, generator, timer,
+            audios = self._synthesize(tokens, cond, settings, generator, timer,
                                       progress, desc=f"chunk {i + 1}/{len(pieces)}")
             yield Speech(audio=audios[0], sample_rate=self.sample_rate, candidates=audios, timings=dict(timings),
                          settings=info)
@@ -468,12 +498,13 @@ class TextToSpeech:
         return codes[scores.topk(settings.k).indices]
 
     @torch.inference_mode()
-    def _synthesize(self, tokens, ar_latent, diff_latent, cond_mels, settings: Settings, generator, timer,
+    def _synthesize(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer,
                     progress: bool, desc: str) -> list[torch.Tensor]:
         from hare import audio
         from hare.sampling import SamplingSettings, sample_codes
 
         dev = self.device
+        ar_latent, diff_latent = cond.ar, cond.diffusion
         text = torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=dev)
         with timer("autoregressive"), self._autocast():
             sampling = SamplingSettings(
@@ -486,7 +517,7 @@ class TextToSpeech:
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
             _return_freed_memory(dev)  # the KV caches
         with timer("rerank"), self._autocast():
-            best = self.rerank(text, codes, settings, cond_mels, ar_latent=ar_latent)
+            best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
@@ -501,8 +532,11 @@ class TextToSpeech:
             with timer("diffusion"):
                 mel = self._diffuse(lat, diff_latent, frames, settings, generator, progress, desc)
                 _return_freed_memory(dev)
+            mel = audio.denormalize_mel(mel)
+            if settings.voice_match > 0 and cond.mel_mean is not None:
+                mel = audio.match_mel_means(mel, cond.mel_mean.to(mel.device), settings.voice_match)
             with timer("vocoder"):
-                wav = self.vocoder.vocode(audio.denormalize_mel(mel), generator=generator)
+                wav = self.vocoder.vocode(mel, generator=generator)
             outputs.append(wav[0].float().cpu())
         return outputs
 

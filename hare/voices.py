@@ -173,17 +173,21 @@ class LatentCache:
         safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model_id)
         return self.root / safe_model / f"{voice.name}@{voice.fingerprint()}.safetensors"
 
-    def get_or_compute(self, model_id: str, voice: Voice,
-                       compute: Callable[[Voice], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """The cached tensors for (model, voice), computing and storing them when missing or stale."""
+    def get_or_compute(self, model_id: str, voice: Voice, compute: Callable[[Voice], dict[str, torch.Tensor]],
+                       keys: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+        """The cached tensors for (model, voice), computing and storing them when missing, stale, or lacking
+        one of `keys` (an entry written by an older Hare that cached less)."""
         from safetensors.torch import load_file, save_file
 
         path = self._path(model_id, voice)
         if path.is_file():
             try:
-                return load_file(str(path))
+                cached = load_file(str(path))
             except Exception as exc:  # a corrupt cache entry is recomputed, never trusted
                 log.warning("ignoring unreadable latent cache %s: %s", path, exc)
+            else:
+                if all(k in cached for k in keys):
+                    return cached
         tensors = compute(voice)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -318,6 +318,50 @@ def test_source_filter_warp_moves_pitch_and_formants_separately():
         audio.warp_mel_source_filter(base, 1.0, 1.0, fmt, envelope_coefficients=0)
 
 
+def test_speech_frames_and_band_means_skip_pauses():
+    """A voice's long-term mean log mel counts its speech frames only: a clip with long pauses has the same
+    band means as the same speech without them."""
+    def faded(seconds):  # 20 ms fades: no clicks, whose broadband energy a pause's edges would add
+        wav = _tone(300, 22050, seconds)
+        ramp = np.minimum(1, np.minimum(np.arange(len(wav)), np.arange(len(wav))[::-1]) / 441)
+        return (wav * ramp).astype(np.float32)
+
+    tone = np.concatenate([faded(0.5), np.zeros(22050, np.float32), faded(0.5)])
+    mel = audio.hifigan_mel(torch.from_numpy(tone))
+    mask = audio.speech_frame_mask(mel)
+    assert 0.3 < mask.float().mean() < 0.7 and not mask[mel.shape[1] // 2]  # the middle second is silent
+    dense = audio.hifigan_mel(torch.from_numpy(faded(1.0)))
+    torch.testing.assert_close(audio.mel_band_means([mel]), audio.mel_band_means([dense]), atol=0.5, rtol=0)
+    assert (mel.mean(1) - audio.mel_band_means([dense])).abs().max() > 2  # what counting the pause would do
+    both = audio.mel_band_means([mel, dense])
+    assert both.shape == (80,) and both.argmax() == audio.mel_band_means([dense]).argmax()
+    with pytest.raises(ValueError, match="no mels"):
+        audio.mel_band_means([])
+
+
+def test_match_mel_means_equalises_towards_a_voice():
+    """Strength 1 gives the mel exactly the target's band means over its speech frames, 0 leaves it as it is,
+    between moves part of the way; one gain per band, so the frames keep their differences."""
+    low = audio.hifigan_mel(torch.from_numpy(np.concatenate([_tone(200), np.zeros(8000, np.float32)])))
+    high = audio.hifigan_mel(torch.from_numpy(_tone(1500, seconds=0.7)))
+    target = audio.mel_band_means([high])
+    matched = audio.match_mel_means(low, target)
+    speech = audio.speech_frame_mask(low)
+    torch.testing.assert_close(matched[:, speech].mean(1), target, atol=1e-4, rtol=0)
+    delta = matched - low
+    torch.testing.assert_close(delta, delta[:, :1].expand_as(delta))  # the same gain in every frame
+    assert torch.equal(audio.match_mel_means(low, target, 0.0), low)
+    half = audio.match_mel_means(low, target, 0.5)
+    torch.testing.assert_close(half, low + delta / 2, atol=1e-5, rtol=0)
+    batch = audio.match_mel_means(torch.stack([low, low + 1.0]), target)
+    torch.testing.assert_close(batch[0], matched, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch[1], matched, atol=1e-5, rtol=0)  # a louder copy lands on the same means
+    with pytest.raises(ValueError, match="strength"):
+        audio.match_mel_means(low, target, 1.5)
+    with pytest.raises(ValueError, match="bands"):
+        audio.match_mel_means(low, target[:40])
+
+
 def test_mel_levels_silence_and_clipping():
     silence = torch.zeros(8000)
     assert torch.allclose(audio.ar_mel_unnormalised(silence), torch.tensor(math.log(1e-5)))

@@ -83,6 +83,58 @@ def test_random_and_mixed_voices(tts):
     assert r.audio.numel() > 0 and m.audio.numel() > 0
 
 
+def test_voice_match_equalises_the_decoded_mel_to_the_voice(tts, tmp_path, monkeypatch, caplog):
+    """voice_match=1 hands the vocoder the same mel as without it, shifted per band so that its speech frames'
+    band means are the voice clips' (`voice_latents(...).mel_mean`); a voice without clips skips it, saying so."""
+    from hare import audio
+    from hare.pipeline import VoiceConditioning
+    from safetensors.torch import save_file
+
+    seen = []
+    real = tts.vocoder.vocode
+    monkeypatch.setattr(tts.vocoder, "vocode", lambda mel, **k: seen.append(mel.clone()) or real(mel, **k))
+    plain = tts.tts("Match me.", voice="alice", preset="ultra_fast", seed=3, **SHRINK)
+    matched = tts.tts("Match me.", voice="alice", preset="ultra_fast", seed=3, voice_match=1.0, **SHRINK)
+    cond = tts.voice_latents("alice")
+    assert isinstance(cond, VoiceConditioning) and cond.mel_mean.shape == (tts.mel_format.n_mels,)
+    clips = [audio.load_audio(c, 22050) for c in sorted((tmp_path / "voices" / "alice").iterdir())]
+    want = audio.mel_band_means([audio.vocoder_mel(audio.resample(c, 22050, 24000)) for c in clips])
+    torch.testing.assert_close(cond.mel_mean, want)
+    before, after = seen[0][0], seen[1][0]
+    speech = audio.speech_frame_mask(before)
+    torch.testing.assert_close(after[:, speech].mean(1), cond.mel_mean, atol=1e-4, rtol=0)
+    shift = after - before
+    assert shift.abs().max() > 0.1
+    torch.testing.assert_close(shift, shift[:, :1].expand_as(shift))
+    assert plain.audio.shape == matched.audio.shape and not torch.equal(plain.audio, matched.audio)
+    mixed = tts.voice_latents("alice&bob").mel_mean
+    torch.testing.assert_close(mixed, (cond.mel_mean + tts.voice_latents("bob").mel_mean) / 2)
+
+    latents_only = tmp_path / "voices" / "dave"
+    latents_only.mkdir()
+    save_file({"ar": cond.ar.contiguous(), "diffusion": cond.diffusion.contiguous()},
+              str(latents_only / "latents.safetensors"))
+    assert tts.voice_latents("dave").mel_mean is None
+    with caplog.at_level("WARNING", logger="hare.pipeline"):
+        out = tts.tts("Match me.", voice="dave", preset="ultra_fast", seed=3, voice_match=1.0, **SHRINK)
+    assert "voice_match 1 skipped" in caplog.text and torch.equal(out.audio, plain.audio)
+    assert tts.voice_latents("alice&dave").mel_mean is None  # not half a mix's mean
+    with pytest.raises(SettingsError, match="voice_match"):
+        tts.tts("Hi.", voice="alice", voice_match=1.5)
+
+
+def test_latent_cache_entries_of_an_older_hare_are_completed(tts, tmp_path):
+    """A cache entry without the mel mean (written before voice_match) is recomputed, not served short."""
+    from safetensors.torch import load_file, save_file
+
+    tts.voice_latents("alice")
+    (entry,) = (tmp_path / "home" / "cache" / "latents").rglob("alice@*.safetensors")
+    old = {k: v for k, v in load_file(str(entry)).items() if k != "mel_mean"}
+    save_file(old, str(entry))
+    assert tts.voice_latents("alice").mel_mean is not None
+    assert "mel_mean" in load_file(str(entry))
+
+
 def test_latents_cached_and_invalidated(tts, tmp_path):
     cache_dir = tmp_path / "home" / "cache" / "latents"
     tts.tts("Cache me.", voice="alice", preset="ultra_fast", seed=1, **SHRINK)
