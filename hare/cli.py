@@ -404,7 +404,8 @@ def cmd_eval(args) -> int:
         evaluate.write_report(rows, args.json, meta={"suite": str(args.suite), "model": name, "presets": presets,
                                                      "asr": asr, "seed": args.seed, "limit": args.limit,
                                                      "sampler": args.sampler, "steps": args.steps,
-                                                     "quantize": args.quantize, "dtype": args.dtype})
+                                                     "quantize": args.quantize, "dtype": args.dtype,
+                                                     "voice_match": args.voice_match})
     return 0
 
 

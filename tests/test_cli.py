@@ -35,7 +35,7 @@ def test_speak_writes_wav_and_report(models_dir, env, tmp_path):
     out, report = tmp_path / "o.wav", tmp_path / "r.json"
     code = cli.main(["speak", "Hello world.", "--voice", "alice", "--voices-dir", str(env), "--models-dir",
                      str(models_dir), "-o", str(out), "--report", str(report), "--seed", "1",
-                     "--likelihood-weight", "0.5", *FAST])
+                     "--likelihood-weight", "0.5", "--voice-match", "0.5", *FAST])
     assert code == 0
     data, sr = soundfile.read(out)
     assert sr == 24000 and len(data) > 0
@@ -44,6 +44,7 @@ def test_speak_writes_wav_and_report(models_dir, env, tmp_path):
     assert r["audio_s"] == pytest.approx(len(data) / 24000, abs=1e-3)
     assert r["settings"]["num_candidates"] == 2 and r["settings"]["diffusion_steps"] == 3
     assert r["settings"]["likelihood_weight"] == 0.5  # reranked with the GPT's likelihood blended in
+    assert r["settings"]["voice_match"] == 0.5
 
 
 def test_speak_to_stdout_and_from_file(models_dir, env, tmp_path):
@@ -64,6 +65,7 @@ def test_speak_to_stdout_and_from_file(models_dir, env, tmp_path):
     (["speak", "Hi.", "--voice", "alice", "--models-dir", "/nonexistent"], "models folder not found"),
     (["speak", "Hi.", "--voice", "alice", "--steps", "0"], "must be at least 1"),
     (["speak", "Hi.", "--voice", "alice", "--top-p", "7"], "between"),
+    (["speak", "Hi.", "--voice", "alice", "--voice-match", "1.5"], "between"),
     (["speak", "Hi.", "--voice", "alice", "--preset", "turbo"], "invalid choice"),
     (["speak", "Hi.", "--voice", "alice", "--likelihood-weight", "0.7", "--alignment-weight", "0.5"], "at most 1"),
     (["speak", "Hi.", "--voice", "alice", "--alignment-weight", "0.5", *FAST], "trained with guided attention"),

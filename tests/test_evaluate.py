@@ -136,11 +136,12 @@ def test_hare_eval_scores_speed_options(synth_suite, tmp_path, capsys):
     out = tmp_path / "r.json"
     code = main(["eval", str(synth_suite), "--models-dir", str(models), "--voice", "flite-rms", "--limit", "1",
                  "--no-similarity", "--candidates", "2", "--sampler", "dpm++2m", "--steps", "3",
-                 "--quantize", "int8", "--json", str(out), "-q"])
+                 "--quantize", "int8", "--voice-match", "0.5", "--json", str(out), "-q"])
     assert code == 0
     report = json.loads(out.read_text())
     model_rows = [r for r in report["rows"] if r["system"] != "source"]
-    assert len(model_rows) == 1 and model_rows[0]["system"] == "m dpm++2m/3 int8"
+    assert len(model_rows) == 1 and model_rows[0]["system"] == "m dpm++2m/3 int8 match 0.5"
+    assert report["meta"]["voice_match"] == 0.5
     assert report["meta"]["sampler"] == "dpm++2m" and report["meta"]["steps"] == 3
     assert report["meta"]["quantize"] == "int8" and report["meta"]["dtype"] == "fp32"
 
