@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 CALM_CODE = 83  # the speech code the released VQ-VAE emits for silence
 TAIL_CODES = (45, 45, 248)  # what it emits for a zero-padded tail; omitting these gives a harsh ending
 MAX_CALM_RUN = 8  # calm codes kept after speech ends ("breathing room") before the latents are cut
+# the latent cache's name for a voice's mel mean; a new name when its computation (`audio.mel_band_means`,
+# `audio.speech_frame_mask`, `TextToSpeech.voice_mel_mean`) changes, so that no cache serves the old values
+MEL_MEAN_KEY = "mel_mean.1"
 
 
 def fix_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int = CALM_CODE,
@@ -395,12 +398,12 @@ class TextToSpeech:
                     crop = torch.Generator().manual_seed(0)
                     clips = self._clips_of(voice_)
                     a, d, m = self.conditioning_latents(clips, generator=crop)
-                    return {"ar": a, "diffusion": d, "ar_mels": m, "mel_mean": self.voice_mel_mean(clips)}
+                    return {"ar": a, "diffusion": d, "ar_mels": m, MEL_MEAN_KEY: self.voice_mel_mean(clips)}
 
-                cached = self.latent_cache.get_or_compute(self.model_id, v, compute, keys=("mel_mean",))
+                cached = self.latent_cache.get_or_compute(self.model_id, v, compute, keys=(MEL_MEAN_KEY,))
                 ar, diff = cached["ar"], cached["diffusion"]
                 mels.append(cached["ar_mels"])
-                means.append(cached["mel_mean"])
+                means.append(cached[MEL_MEAN_KEY])
             ars.append(ar.to(self.device))
             diffs.append(diff.to(self.device))
         ar = torch.stack(ars).mean(0)

@@ -15,6 +15,7 @@ from hare.cli import main
 from hare.evaluate import EvalError, Suite, normalize_words, wer, word_errors
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="needs flite (apt-get install flite)")
+pytestmark = pytest.mark.usefixtures("isolated_home")  # model runs cache voice latents: never in the user's home
 
 
 def test_normalize_words():
