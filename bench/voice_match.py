@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from hare import audio, evaluate
@@ -36,15 +35,14 @@ def main(argv=None) -> int:
     suite = evaluate.Suite.load(args.suite)
     sentences = suite.sentences[: args.limit] if args.limit else suite.sentences
     tts = load_model(args.model)
-    encoder = evaluate.SpeakerEncoder()
-    real = {n: encoder.embed([evaluate._load(f) for f in v.real]) for n, v in suite.voices.items() if v.real}
-    recognizers = [evaluate.recognizer(a) for a in (args.asr or ["pocketsphinx"])]
+    asr = args.asr or ["pocketsphinx"]
+    scorer = evaluate.Scorer(suite, sentences, asr)  # what `hare eval` scores with
     decoded = []
     vocode = tts.vocoder.vocode
     tts.vocoder.vocode = lambda mel, **kw: decoded.append(mel.clone()) or vocode(mel, **kw)  # keep each mel
     print("| voice | voice_match | sim. to own voice | closest other voice | "
-          + " | ".join(f"WER {r.name}" for r in recognizers) + " |")
-    print("|---|---|---|---|" + "---|" * len(recognizers))
+          + " | ".join(f"WER {a}" for a in asr) + " |")
+    print("|---|---|---|---|" + "---|" * len(asr))
     for name in args.voice:
         if name not in suite.voices:
             p.error(f"voice {name!r} is not in the suite")
@@ -59,13 +57,12 @@ def main(argv=None) -> int:
                     wav = vocode(audio.match_mel_means(decoded[0], target.to(decoded[0]), s))
                 clips[s].append((wav[0].float().cpu().numpy(), tts.sample_rate))
         for s in args.strength:
-            emb = encoder.embed(clips[s])
-            sims = {other: float(np.dot(emb, r)) for other, r in real.items()}
+            row = scorer.score(args.model, name, args.preset, clips[s], None)
+            sims = dict(row.similarity)
             own = sims.pop(name, float("nan"))
             closest = max(sims, key=sims.get)
-            wers = [100 * evaluate.wer(sentences, [r.transcribe(w, sr) for w, sr in clips[s]]) for r in recognizers]
             print(f"| {name} | {s:g} | {own:.3f} | {closest} {sims[closest]:.3f} | "
-                  + " | ".join(f"{w:.1f} %" for w in wers) + " |", flush=True)
+                  + " | ".join(f"{100 * row.wer[a]:.1f} %" for a in asr) + " |", flush=True)
     return 0
 
 

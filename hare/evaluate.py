@@ -300,6 +300,36 @@ class Row:
         return max(self.similarity, key=self.similarity.get) if self.similarity else None
 
 
+class Scorer:
+    """Scores clips of `sentences` (a suite's first ones, in order): WER per recogniser in `asr`, and (with
+    `similarity`) speaker similarity to each suite voice's real recordings of those sentences."""
+
+    def __init__(self, suite: Suite, sentences: Sequence[str], asr: Sequence[str] = ("pocketsphinx",),
+                 similarity: bool = True):
+        self.sentences = list(sentences)
+        self.recognizers = [recognizer(a) for a in asr]
+        self.encoder = SpeakerEncoder() if similarity else None
+        self.real = {name: [_load(p) for p in v.real[: len(self.sentences)]]
+                     for name, v in suite.voices.items() if v.real}
+        self.real_embeddings = {}
+        if self.encoder is not None:
+            self.real_embeddings = {name: self.encoder.embed(clips) for name, clips in self.real.items()}
+
+    def score(self, system: str, voice: str, preset: str | None, clips: list[tuple[np.ndarray, int]],
+              seconds_spent: float | None, sim_clips: list[tuple[np.ndarray, int]] | None = None) -> Row:
+        """A row for `clips` (one (audio, sample rate) per sentence); similarity is of `sim_clips` when given."""
+        transcripts = {r.name: [r.transcribe(w, sr) for w, sr in clips] for r in self.recognizers}
+        wers = {name: wer(self.sentences, hyps) for name, hyps in transcripts.items()}
+        sims = {}
+        sim_clips = clips if sim_clips is None else sim_clips
+        if self.encoder is not None and self.real_embeddings and sim_clips:
+            e = self.encoder.embed(sim_clips)
+            sims = {other: float(np.dot(e, emb)) for other, emb in self.real_embeddings.items()}
+        seconds = sum(len(w) / sr for w, sr in clips)
+        return Row(system, voice, preset, wers, sims,
+                   None if seconds_spent is None else seconds_spent / max(seconds, 1e-9), seconds, transcripts)
+
+
 def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequence[str] = ("ultra_fast",),
              voices: Sequence[str] | None = None, asr: Sequence[str] = ("pocketsphinx",),
              similarity: bool = True, seed: int = 0, limit: int | None = None, out_dir: str | Path | None = None,
@@ -312,25 +342,8 @@ def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequ
     if unknown:
         raise EvalError(f"voices not in the suite: {', '.join(unknown)}; it has {', '.join(suite.voices)}")
     sentences = suite.sentences[:limit] if limit else suite.sentences
-    recognizers = [recognizer(a) for a in asr]
-    encoder = SpeakerEncoder() if similarity else None
-    real = {name: [_load(p) for p in v.real[: len(sentences)]] for name, v in suite.voices.items() if v.real}
-    real_embeddings = {}
-    if encoder is not None:
-        real_embeddings = {name: encoder.embed(clips) for name, clips in real.items()}
-
-    def score(system, voice, preset, clips, seconds_spent, sim_clips=None):
-        transcripts = {r.name: [r.transcribe(w, sr) for w, sr in clips] for r in recognizers}
-        wers = {name: wer(sentences, hyps) for name, hyps in transcripts.items()}
-        sims = {}
-        sim_clips = clips if sim_clips is None else sim_clips
-        if encoder is not None and real_embeddings and sim_clips:
-            e = encoder.embed(sim_clips)
-            sims = {other: float(np.dot(e, emb)) for other, emb in real_embeddings.items()}
-        seconds = sum(len(w) / sr for w, sr in clips)
-        return Row(system, voice, preset, wers, sims,
-                   None if seconds_spent is None else seconds_spent / max(seconds, 1e-9), seconds, transcripts)
-
+    scorer = Scorer(suite, sentences, asr, similarity)
+    real, score = scorer.real, scorer.score
     rows = []
     for name in names:
         v = suite.voices[name]

@@ -448,12 +448,13 @@ class TextToSpeech:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         timings: dict[str, float] = {}
         timer = _Timer(timings, self.device)
+        voice = self.default_voice if voice is None else voice
         with timer("conditioning"):
             cond = self.voice_latents(voice, generator=generator)
         if settings.voice_match > 0 and cond.mel_mean is None:
             log.warning("voice_match %g skipped: voice %r has no clips to match (a latents-only or random voice)",
-                        settings.voice_match, self.default_voice if voice is None else voice)
-        info = {"preset": preset, "seed": seed, "voice": str(self.default_voice if voice is None else voice),
+                        settings.voice_match, voice)
+        info = {"preset": preset, "seed": seed, "voice": str(voice),
                 "chunks": len(pieces),
                 **dataclasses.asdict(settings)}
         for i, tokens in enumerate(token_lists):
