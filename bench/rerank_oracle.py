@@ -3,7 +3,7 @@
     python bench/rerank_oracle.py data/mini-eval [--model hare-mini] [--voice flite-rms] [--preset ultra_fast]
         [--limit N] [--asr pocketsphinx] [--json OUT.json]
     python bench/rerank_oracle.py --rescore OUT.json [--clvp CLVP.safetensors ...] [--likelihood-weight W ...]
-        [--alignment-weight W ...]
+        [--alignment-weight W ...] [--ctc-weight W ...]
 
 For each sentence of an evaluation suite (`hare data eval-suite`) the pipeline runs as `hare eval` runs it
 (same seed per sentence) but returns all its candidates (`k` = the preset's candidate count), ordered by the
@@ -16,10 +16,11 @@ out are ranked last, as the pipeline never picks them.
 
 `--json` keeps every candidate's codes, transcript and errors. `--rescore` then needs no audio: each given
 CLVP (Hare safetensors or an official clvp2.pth; the run's own model's when none is given) scores the saved
-candidates, blended with the GPT's likelihood at each `--likelihood-weight` and its alignment score at each
-`--alignment-weight` (the pipeline's settings; every pair whose sum is at most 1; the run's model and voice
-compute them), and its pick's WER is printed beside the saved reranker's, the mean and the
-oracle (the same candidates, so the same word errors).
+candidates, blended with the GPT's likelihood at each `--likelihood-weight`, its alignment score at each
+`--alignment-weight` and the CLVP's CTC letter score at each `--ctc-weight` (a CLVP with a CTC head): the
+pipeline's settings, every combination whose sum is at most 1 (the run's model and voice compute the GPT's).
+Each pick's WER is printed beside the saved reranker's, the mean and the oracle (the same candidates, so the
+same word errors).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from hare import evaluate
 from hare.pipeline import PRESETS, fix_candidates, load_model, make_settings
+from hare.text import Tokenizer, ctc_targets
 
 
 def main() -> None:
@@ -51,12 +53,14 @@ def main() -> None:
                     help="with --rescore: also blend in the GPT's likelihood at this weight (repeatable)")
     ap.add_argument("--alignment-weight", type=float, action="append", default=[],
                     help="with --rescore: also blend in the GPT's alignment score at this weight (repeatable)")
+    ap.add_argument("--ctc-weight", type=float, action="append", default=[],
+                    help="with --rescore: also blend in the CLVP's CTC letter score at this weight (repeatable)")
     args = ap.parse_args()
     if args.rescore:
         if args.suite:
             ap.error("--rescore takes a saved JSON, no suite")
-        return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight)
-    if args.clvp or args.likelihood_weight or args.alignment_weight or not args.suite:
+        return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight, args.ctc_weight)
+    if args.clvp or args.likelihood_weight or args.alignment_weight or args.ctc_weight or not args.suite:
         ap.error("give a suite folder (or --rescore JSON [--clvp FILE] [--likelihood-weight W])")
 
     suite = evaluate.Suite.load(args.suite)
@@ -114,7 +118,7 @@ def main() -> None:
 
 
 def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
-            alignment_weights: list[float]) -> None:
+            alignment_weights: list[float], ctc_weights: list[float] = ()) -> None:
     """Each CLVP's pick (blended with the GPT's likelihood and alignment scores at each pair of weights) among a
     --json run's saved candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
@@ -140,27 +144,40 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
             gpt_scores = [tts.gpt.score_candidates(ar_latent, torch.tensor([s["text_tokens"]]),
                                                    torch.tensor(s["sampled"]), alignment=bool(alignment_weights))
                           for s in sentences]
-    pairs = [(wl, wa) for wl in [0.0] + likelihood_weights for wa in [0.0] + alignment_weights if wl + wa <= 1]
+    weights = [(wl, wa, wc) for wl in [0.0] + likelihood_weights for wa in [0.0] + alignment_weights
+               for wc in [0.0] + list(ctc_weights) if wl + wa + wc <= 1 + 1e-9]
+    tokenizer = Tokenizer()
     clvps = [(file, checkpoints.load(file)) for file in clvp_files] or [(f"{run['model']}'s CLVP",
                                                                        (tts.clvp, "clvp2", None))]
     for name, (model, kind, _) in clvps:
         if kind != "clvp2":
             raise SystemExit(f"{name} holds a {kind} model, not a CLVP")
         model.eval()
-        for wl, wa in pairs:
+        if ctc_weights and not model.config.ctc_classes:
+            print(f"  {name} has no CTC head: its --ctc-weight rows are skipped")
+        for wl, wa, wc in weights:
+            if wc > 0 and not model.config.ctc_classes:
+                continue
             errors = 0
             with torch.inference_mode():
                 for i, s in enumerate(sentences):
                     codes = torch.tensor(s["codes"])
-                    scores = model.similarity(torch.tensor([s["text_tokens"]]), codes).float()
+                    states = model.speech_states(codes)
+                    scores = model.similarity(torch.tensor([s["text_tokens"]]), codes, states=states).float()
+                    parts = []
                     if wl > 0 or wa > 0:
                         g = gpt_scores[i]
-                        scores = blend_scores(scores, [(wl, g.log_likelihood), (wa, g.alignment)])
+                        parts += [(wl, g.log_likelihood), (wa, g.alignment)]
+                    if wc > 0:
+                        letters = torch.tensor(ctc_targets(tokenizer.decode(s["text_tokens"]), cleaned=True))
+                        parts.append((wc, model.ctc_score(letters, codes, states=states)))
+                    if parts:
+                        scores = blend_scores(scores, parts)
                     if ratio > 0:
                         scores = drop_short_candidates(codes, scores, ratio, run["calm_code"])
                     errors += s["errors"][int(scores.argmax())]
-            print(f"  {name}, likelihood weight {wl:g}, alignment weight {wa:g}: {100.0 * errors / total:.1f} %",
-                  flush=True)
+            print(f"  {name}, likelihood weight {wl:g}, alignment weight {wa:g}, ctc weight {wc:g}: "
+                  f"{100.0 * errors / total:.1f} %", flush=True)
 
 
 if __name__ == "__main__":

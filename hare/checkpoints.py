@@ -91,14 +91,16 @@ def _describe(keys: list[str], limit: int = 12) -> str:
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint",
-                assign: bool = False) -> None:
+                assign: bool = False, fresh: tuple[str, ...] = ()) -> None:
     """Load `state_dict` into `model`, refusing any missing, unexpected or mis-shaped key (all are listed).
 
     With `assign`, the checkpoint's tensors become the model's (cast to the model's dtype): used with a
     model built on the meta device, so no memory or time goes into an initialisation that is overwritten.
+    `fresh`: key prefixes of parameters the checkpoint may lack (a head the model adds to it); the model's own
+    initial values stay in them (not with `assign`).
     """
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in state_dict)
+    missing = sorted(k for k in own if k not in state_dict and not (fresh and k.startswith(fresh)))
     unexpected = sorted(k for k in state_dict if k not in own)
     bad_shape = sorted(
         f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
@@ -117,7 +119,9 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
     if assign:
         state_dict = {k: (v.to(own[k].dtype) if v.is_floating_point() else v).contiguous()
                       for k, v in state_dict.items()}
-    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
+    if fresh and assign:
+        raise ValueError("fresh parameters need the model's own initial values: not with assign")
+    model.load_state_dict(dict(state_dict), strict=not fresh, assign=assign)
 
 
 def _check_tensor_dict(state_dict: Any, kind: str) -> dict[str, torch.Tensor]:

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alignment-weight", type=_float_in(0.0, 1.0),
                    help="weight of the GPT's alignment score (its guided-attention heads follow the text) in "
                         "reranking (default 0; needs a GPT trained with guided attention; a model.json may set it)")
+    s.add_argument("--ctc-weight", type=_float_in(0.0, 1.0),
+                   help="weight of the CLVP's letter score (how well a candidate spells the text) in reranking "
+                        "(default 0; needs a CLVP trained with a CTC head; a model.json may set it)")
     s.add_argument("--voice-match", type=_float_in(0.0, 1.0),
                    help="equalise the output towards the voice clips' long-term spectrum, 0 to 1 (default 0, the "
                         "reference's; a model.json may set it)")
@@ -162,7 +165,7 @@ def _overrides(args) -> dict:
         "sampler": "sampler", "cond_free_k": "cond_free_k", "temperature": "temperature", "top_p": "top_p",
         "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
         "diffusion_temperature": "diffusion_temperature", "cvvp_amount": "cvvp_amount", "max_codes": "max_codes",
-        "likelihood_weight": "likelihood_weight", "alignment_weight": "alignment_weight",
+        "likelihood_weight": "likelihood_weight", "alignment_weight": "alignment_weight", "ctc_weight": "ctc_weight",
         "voice_match": "voice_match",
     }
     out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}

@@ -125,6 +125,10 @@ class Settings:
     # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
     # `alignment_heads`. likelihood_weight + alignment_weight <= 1; the CLVP keeps the rest.
     alignment_weight: float = 0.0
+    # weight of the CLVP's letter score (its CTC head, a Hare extension: how well each candidate's codes spell
+    # the text, `CLVP.ctc_score`), blended in the same way; needs a CLVP trained with one (`ctc_classes`).
+    # likelihood_weight + alignment_weight + ctc_weight <= 1. Costs nothing extra: the CLVP's own speech pass.
+    ctc_weight: float = 0.0
     # zero-shot voice matching by equaliser: shift each band of the decoded mel by this fraction of the gap
     # between the voice clips' long-term mean log mel and the output's own (`audio.match_mel_means`: one gain per
     # band, timing and pitch untouched). 0 (the reference's behaviour) leaves the decoder's mel as it is.
@@ -159,9 +163,10 @@ class Settings:
         need(0 <= self.min_length_ratio < 1, f"min_length_ratio must be in [0, 1) (got {self.min_length_ratio})")
         need(0 <= self.likelihood_weight <= 1, f"likelihood_weight must be in [0, 1] (got {self.likelihood_weight})")
         need(0 <= self.alignment_weight <= 1, f"alignment_weight must be in [0, 1] (got {self.alignment_weight})")
-        need(self.likelihood_weight + self.alignment_weight <= 1 + 1e-9,
-             f"likelihood_weight + alignment_weight must be at most 1 (got {self.likelihood_weight} + "
-             f"{self.alignment_weight})")
+        need(0 <= self.ctc_weight <= 1, f"ctc_weight must be in [0, 1] (got {self.ctc_weight})")
+        need(self.likelihood_weight + self.alignment_weight + self.ctc_weight <= 1 + 1e-9,
+             f"likelihood_weight + alignment_weight + ctc_weight must be at most 1 (got {self.likelihood_weight} + "
+             f"{self.alignment_weight} + {self.ctc_weight})")
         need(0 <= self.voice_match <= 1, f"voice_match must be in [0, 1] (got {self.voice_match})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
         need(0 < self.split_desired_length <= self.split_max_length,
@@ -468,6 +473,9 @@ class TextToSpeech:
         if settings.alignment_weight > 0 and not self.gpt.config.alignment_heads:
             raise SettingsError("alignment_weight needs a GPT trained with guided attention (its config's "
                                 "alignment_heads); this model's names none: set alignment_weight to 0")
+        if settings.ctc_weight > 0 and not self.clvp.config.ctc_classes:
+            raise SettingsError("ctc_weight needs a CLVP trained with a CTC letter head (its config's ctc_classes); "
+                                "this model's has none: set ctc_weight to 0")
 
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
@@ -478,28 +486,48 @@ class TextToSpeech:
         candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
         when `cvvp_amount` > 0 and prompt mels are given, and with the GPT's likelihood and alignment scores of
         the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
-        voice's `ar_latent`, (1, dim)); candidates under `min_length_ratio` of the median length are never picked.
+        voice's `ar_latent`, (1, dim)) and with the CLVP's letter score when `ctc_weight` > 0; candidates under
+        `min_length_ratio` of the median length are never picked.
         """
         gc = self.gpt.config
         sampled = codes
         codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-        scores = self.clvp.similarity(text, codes)
+        wl, wa, wc = settings.likelihood_weight, settings.alignment_weight, settings.ctc_weight
+        if wc > 0:
+            self._check_model_settings(settings)
+        states = self.clvp.speech_states(codes) if wc > 0 else None
+        scores = self.clvp.similarity(text, codes, states=states)
         if settings.cvvp_amount > 0 and cond_mels is not None:
             cvvp = self._optional_model("cvvp")
             voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
                                         for m in cond_mels]).mean(0)
             scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
-        wl, wa = settings.likelihood_weight, settings.alignment_weight
+        parts = []
         if wl > 0 or wa > 0:
             if ar_latent is None:
                 raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
             self._check_model_settings(settings)
             gpt_scores = self.gpt.score_candidates(ar_latent, text, sampled, batch_size=settings.ar_batch_size,
                                                    alignment=wa > 0)
-            scores = blend_scores(scores, [(wl, gpt_scores.log_likelihood), (wa, gpt_scores.alignment)])
+            parts += [(wl, gpt_scores.log_likelihood), (wa, gpt_scores.alignment)]
+        if wc > 0:
+            letters = self._letters(text)
+            if letters is not None:  # a text without letters (a custom vocabulary) has nothing to spell
+                parts.append((wc, self.clvp.ctc_score(letters, codes, states=states)))
+        if parts:
+            scores = blend_scores(scores, parts)
         if settings.min_length_ratio > 0:
             scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
         return codes[scores.topk(settings.k).indices]
+
+    def _letters(self, text: torch.Tensor) -> torch.Tensor | None:
+        """The CTC letter classes of a text row (1, n) of token ids (its cleaned text); None if it has none."""
+        from hare.text import ctc_targets
+
+        try:
+            return torch.tensor(ctc_targets(self.tokenizer.decode(text[0]), cleaned=True), dtype=torch.long)
+        except TextError:
+            return None
 
     @torch.inference_mode()
     def _synthesize(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer,
@@ -560,14 +588,26 @@ class TextToSpeech:
 
 
 def blend_scores(scores: torch.Tensor, parts: list[tuple[float, torch.Tensor | None]]) -> torch.Tensor:
-    """The reranking score with the GPT's scores blended in (`Settings.likelihood_weight`, `alignment_weight`):
+    """The reranking score with other scores blended in (`Settings.likelihood_weight`, `alignment_weight`,
+    `ctc_weight`):
     each standardised over the candidates, then (1 - sum of weights) * scores + sum of weight * part. Parts of
-    weight 0 are skipped (they may be None). (candidates,) -> (candidates,)."""
+    weight 0 are skipped (they may be None). A part's -inf (a candidate it rules out, as the letter score does
+    one too short to spell the text) counts as one below its lowest finite value, so that it ranks last on that
+    part without swamping the spread of the others. (candidates,) -> (candidates,)."""
     parts = [(w, p) for w, p in parts if w > 0]
     out = (1 - sum(w for w, _ in parts)) * _standardize(scores.float())
     for w, p in parts:
-        out = out + w * _standardize(p.float())
+        out = out + w * _standardize(_floor_impossible(p.float()))
     return out
+
+
+def _floor_impossible(x: torch.Tensor) -> torch.Tensor:
+    """-inf entries set to one below the lowest finite entry (all -inf: zeros, no preference)."""
+    impossible = torch.isneginf(x)
+    if not impossible.any():
+        return x
+    finite = x[~impossible]
+    return x.masked_fill(impossible, float(finite.min()) - 1.0 if finite.numel() else 0.0)
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

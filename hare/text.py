@@ -197,6 +197,25 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Letters (the targets of a CTC recogniser head)
+
+# Index 0 is CTC's blank; letter i of this string is class i + 1.
+CTC_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"
+_NOT_LETTER = re.compile(r"[^a-z' ]+")
+
+
+def ctc_targets(text: str, *, cleaned: bool = False) -> list[int]:
+    """The letters of `text` as CTC classes (1..len(CTC_ALPHABET); 0 is the blank): English-cleaned unless
+    `cleaned` (numbers and abbreviations spelt out, lowercase), then everything but letters, apostrophes and
+    spaces dropped (punctuation is a space), runs of spaces collapsed. Raises TextError if no letter is left."""
+    text = text if cleaned else english_cleaners(text)
+    letters = _WHITESPACE.sub(" ", _NOT_LETTER.sub(" ", text.lower())).strip()
+    if not any(ch.isalpha() for ch in letters):
+        raise TextError(f"no letters to recognise in {text[:60]!r}")
+    return [CTC_ALPHABET.index(ch) + 1 for ch in letters]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Long text
 
 

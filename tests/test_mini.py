@@ -96,7 +96,7 @@ def test_rerank_fixes_scores_and_skips_short_candidates(mini_models, monkeypatch
     scores = torch.tensor([0.1, 0.3, 0.2, 0.9])  # the CLVP prefers the silent one
     seen = {}
 
-    def similarity(t, c):
+    def similarity(t, c, states=None):
         seen["codes"] = c
         return scores
 
@@ -201,7 +201,7 @@ def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
     codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
     text = torch.tensor([[20, 21, 22, 0]])
     cond = torch.zeros(1, tts.gpt.config.dim)
-    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c: torch.tensor([0.9, 0.5, 0.1]))
+    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c, states=None: torch.tensor([0.9, 0.5, 0.1]))
     likelihood = torch.tensor([-3.0, -1.0, -2.0])
     aligned = torch.tensor([-0.2, -0.5, -0.1])
     seen = {}
@@ -242,6 +242,81 @@ def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
     monkeypatch.setattr(tts, "voice_latents", no_work)
     with pytest.raises(SettingsError, match="guided attention"):
         tts.tts("Hello there.", preset="ultra_fast", alignment_weight=0.5)
+
+
+def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatch):
+    from hare import checkpoints
+    from hare.errors import SettingsError
+    from hare.pipeline import make_settings
+    from hare.text import CTC_ALPHABET, ctc_targets
+
+    tts = _tts(mini_models)
+    codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
+    by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
+    with pytest.raises(SettingsError, match="CTC letter head"):  # this CLVP has none
+        tts.rerank(text, codes, by_letters)
+    c = dataclasses.replace(tts.clvp.config, ctc_classes=len(CTC_ALPHABET) + 1)
+    tts.clvp = checkpoints.build("clvp2", c).eval()
+    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c, states=None: torch.tensor([0.9, 0.5, 0.1]))
+    seen = {}
+
+    def ctc_score(letters, c, states=None):
+        seen["args"] = (letters, c, states)
+        return torch.tensor([-2.0, -0.5, -1.0])
+
+    monkeypatch.setattr(tts.clvp, "ctc_score", ctc_score)
+    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast")), codes[[0]])
+    assert "args" not in seen  # off by default
+    assert torch.equal(tts.rerank(text, codes, by_letters), codes[[1, 2, 0]])
+    letters, scored, states = seen["args"]
+    assert letters.tolist() == ctc_targets("hello, two cats.")  # the text's letters, numbers spelt out
+    assert torch.equal(scored, codes) and states.shape == (3, 20, c.speech_dim)  # the CLVP's one speech pass
+    # blended as the GPT's scores are: CLVP z (1, 0, -1), letters z (-1.09, 0.87, 0.22) at 0.5 -> row 1 first
+    half = make_settings("ultra_fast", ctc_weight=0.5)
+    assert torch.equal(tts.rerank(text, codes, half), codes[[1]])
+    with pytest.raises(SettingsError, match="at most 1"):
+        make_settings("fast", likelihood_weight=0.5, alignment_weight=0.3, ctc_weight=0.3)
+    with pytest.raises(SettingsError, match="ctc_weight"):
+        make_settings("fast", ctc_weight=-0.1)
+
+
+def test_clvp_letter_score_is_the_ctc_likelihood_per_letter():
+    from hare import checkpoints
+    from hare.models.configs import CLVPConfig
+    from hare.text import CTC_ALPHABET
+
+    torch.manual_seed(0)
+    c = CLVPConfig(text_dim=32, speech_dim=32, latent_dim=32, speech_vocab=64, text_depth=1, speech_depth=1,
+                   text_heads=2, speech_heads=2, ctc_classes=len(CTC_ALPHABET) + 1, ctc_upsample=2)
+    clvp = checkpoints.build("clvp2", c).eval()
+    codes = torch.randint(0, 64, (3, 12))
+    letters = torch.tensor([8, 5, 12, 12, 15])
+    with torch.no_grad():
+        score = clvp.ctc_score(letters, codes)
+        logp = clvp.ctc_log_probs(clvp.speech_states(codes))
+        assert logp.shape == (3, 24, len(CTC_ALPHABET) + 1)  # two outputs per code
+        for i in range(3):
+            nll = torch.nn.functional.ctc_loss(logp[i:i + 1].transpose(0, 1), letters[None], torch.tensor([24]),
+                                               torch.tensor([5]), reduction="sum")
+            assert float(score[i]) == pytest.approx(-float(nll) / 5, abs=1e-5)
+        assert torch.allclose(clvp.ctc_score(letters, codes, states=clvp.speech_states(codes)), score)
+        # the similarity is unchanged by handing it the same speech states
+        text = torch.tensor([[3, 4, 5, 0]])
+        assert torch.allclose(clvp.similarity(text, codes, states=clvp.speech_states(codes)),
+                              clvp.similarity(text, codes))
+        # a candidate too short to spell the letters (2 codes, 4 outputs, 5 letters) is impossible, not best
+        short = clvp.ctc_score(letters, codes[:, :2])
+        assert torch.isneginf(short).all()
+    from hare.pipeline import blend_scores
+
+    blended = blend_scores(torch.zeros(3), [(1.0, torch.tensor([-1.0, float("-inf"), -2.0]))])
+    assert torch.isfinite(blended).all() and blended.argsort().tolist() == [1, 2, 0]  # ranked last, spread kept
+    assert torch.equal(blend_scores(torch.zeros(2), [(1.0, torch.full((2,), float("-inf")))]), torch.zeros(2))
+    headless = checkpoints.build("clvp2", dataclasses.replace(c, ctc_classes=0))
+    assert not any(k.startswith("ctc_head") for k in headless.state_dict())  # the official layout
+    with pytest.raises(ValueError, match="no CTC head"):
+        headless.ctc_score(letters, codes)
 
 
 def test_fix_candidates_uses_the_models_silence_codes():

@@ -336,3 +336,18 @@ def test_fixture_runner_on_other_sentences():
     assert len(result["ids:1"]) == 1 and "want [62, 84]" in result["ids:1"][0]
     meta["split_output"] = ["One two."]
     assert "first difference at chunk 1" in runner.run(None, meta, {})["split"][0]
+
+
+def test_ctc_targets_are_the_cleaned_letters():
+    from hare.text import CTC_ALPHABET, ctc_targets
+
+    spell = lambda ids: "".join(CTC_ALPHABET[i - 1] for i in ids)  # noqa: E731
+    assert spell(ctc_targets("Dr. Smith paid $5 -- okay?")) == "doctor smith paid five dollars okay"
+    assert spell(ctc_targets("  It's  GREAT;\n fine.  ")) == "it's great fine"
+    assert spell(ctc_targets("Café Ünïcode")) == "cafe unicode"  # ASCII first, as the cleaners do
+    assert spell(ctc_targets("already clean, 2 words", cleaned=True)) == "already clean words"  # no cleaning
+    # every class but the blank (0): the 26 letters, space and apostrophe
+    assert set(ctc_targets("The quick brown fox jumps over the lazy dog's back")) == set(range(1, len(CTC_ALPHABET) + 1))
+    for bad in ["", "?!", "   ", "'"]:
+        with pytest.raises(TextError, match="no letters"):
+            ctc_targets(bad)

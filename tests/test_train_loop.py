@@ -303,6 +303,27 @@ def test_fine_tune_starts_from_hare_safetensors(corpus, tmp_path):
         train(TrainConfig.from_dict(wrong))
 
 
+def test_fine_tune_adds_a_ctc_head_to_a_clvp_without_one(corpus, tmp_path):
+    """`train.init` weights without the letter head: the run's model settings add it (fresh), the rest loads;
+    a headless run from them must still match them exactly."""
+    first = train(TrainConfig.from_dict(make_config(corpus, "clvp", tmp_path / "a", data={"eval": None},
+                                                    train={"steps": 1, "save_every": 0})))
+    cfg = make_config(corpus, "clvp", tmp_path / "b", data={"eval": None}, options={"ctc_weight": 1.0},
+                      train={"steps": 2, "save_every": 0, "init": str(first.exported)})
+    cfg["model"] = {"ctc_classes": 29}
+    result = train(TrainConfig.from_dict(cfg))
+    model, _, config = checkpoints.load(result.exported)
+    assert config.ctc_classes == 29 and model.ctc_head.weight.shape == (29 * 2, 32)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["ctc"] > 0 for r in rows if r["kind"] == "train")
+    # the other way round (a headed CLVP into a headless run) is a mismatch, not silently dropped
+    back = make_config(corpus, "clvp", tmp_path / "c", data={"eval": None},
+                       train={"steps": 1, "save_every": 0, "init": str(result.exported)})
+    back["model"] = {"ctc_classes": 0}
+    with pytest.raises(CheckpointError, match="unexpected keys: .*ctc_head"):
+        train(TrainConfig.from_dict(back))
+
+
 def test_export_checkpoint_matches_the_final_export(corpus, tmp_path):
     """`export_checkpoint` of the last checkpoint = what the run exported (EMA weights included)."""
     from hare.train.loop import export_checkpoint

@@ -415,6 +415,16 @@ def test_damage_codes_drops_repeats_or_replaces_a_span():
     assert seen == {"drop", "repeat", "replace"}
 
 
+def _fit(objective, models, batch, steps: int, lr: float = 3e-3) -> None:
+    """`steps` Adam steps of the main model on one batch."""
+    opt = torch.optim.Adam(models["model"].parameters(), lr=lr)
+    for _ in range(steps):
+        loss = objective.loss("main", models, batch, 0, {})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_clvp_trains_on_candidates_as_the_pipeline_hands_them_over():
     """calm_code/tail_codes: the codes end in a silence run and the tail codes, unmasked, as after
     `fix_candidates`; hard negatives add damaged copies that the loss ranks below the true codes."""
@@ -450,14 +460,9 @@ def test_clvp_trains_on_candidates_as_the_pipeline_hands_them_over():
     assert {"loss", "accuracy", "hard_accuracy"} <= set(out)
     # the damaged copies enter the text-to-speech softmax: with them the loss is higher than without
     plain = {k: v for k, v in batch.items() if not k.startswith("negative")}
-    assert float(out["loss"]) > float(obj.loss("main", model, plain, 0, {})["loss"])
+    assert float(out["loss"].detach()) > float(obj.loss("main", model, plain, 0, {})["loss"].detach())
     # and training pushes a text's own damaged copy below its true codes
-    opt = torch.optim.Adam(model["model"].parameters(), lr=3e-3)
-    for _ in range(40):
-        loss = obj.loss("main", model, batch, 0, {})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit(obj, model, batch, steps=40)
     assert float(obj.loss("main", model, batch, 0, {})["hard_accuracy"]) == 1.0
 
 
@@ -466,3 +471,55 @@ def test_clvp_options_are_checked():
         make_objective("clvp", TINY["clvp"], {"hard_negatives": 1.5})
     with pytest.raises(ValueError, match="damage_span"):
         make_objective("clvp", TINY["clvp"], {"damage_span": [0.5, 0.2]})
+
+
+def test_clvp_ctc_head_learns_to_read_the_letters_off_the_codes():
+    """ctc_weight: the speech encoder's letter head learns the text's letters (codes that spell them here), and
+    its score then ranks the true codes above a copy that drops a word; the contrastive loss is still there."""
+    from hare.text import CTC_ALPHABET, ctc_targets
+
+    model_cfg = {**TINY["clvp"], "ctc_classes": len(CTC_ALPHABET) + 1}
+    obj = make_objective("clvp", model_cfg, {"ctc_weight": 1.0})
+    words = ["cat", "dog", "sun", "red", "big", "hat", "run", "top"]
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(8):
+        text = " ".join(words[(i + j) % 8] for j in range(3))
+        letters = torch.tensor(ctc_targets(text))
+        codes = (letters + 20).repeat_interleave(1 + (torch.arange(len(letters)) % 2))  # 1-2 codes per letter
+        examples.append({"text": torch.randint(1, 255, (6 + i,), generator=g), "codes": codes, "letters": letters})
+    batch = obj.collate(examples)
+    assert batch["letter_lengths"].tolist() == [len(e["letters"]) for e in examples]
+    assert batch["speech_lengths"].tolist() == [len(e["codes"]) for e in examples]
+    models = obj.build_models()
+    first = obj.loss("main", models, batch, 0, {})
+    assert {"loss", "ctc", "contrastive", "accuracy"} <= set(first)
+    assert float(first["loss"].detach()) == pytest.approx(float(first["contrastive"] + first["ctc"].detach()), rel=1e-5)
+    _fit(obj, models, batch, steps=80)
+    models["model"].eval()
+    with torch.no_grad():
+        last = obj.loss("main", models, batch, 0, {})
+    assert float(last["ctc"]) < 0.3 * float(first["ctc"].detach())
+    true = examples[0]["codes"]
+    dropped = true[: len(true) // 2]  # the candidate stopped half way
+    with torch.no_grad():
+        codes = torch.nn.utils.rnn.pad_sequence([true, dropped], batch_first=True, padding_value=20)
+        score = models["model"].ctc_score(examples[0]["letters"], codes)
+    assert float(score[0]) > float(score[1]) + 1.0
+
+
+def test_clvp_ctc_options_are_checked():
+    with pytest.raises(ValueError, match="ctc_weight"):
+        make_objective("clvp", TINY["clvp"], {"ctc_weight": -1})
+    with pytest.raises(TrainingError, match="ctc_classes"):  # a weight without a head
+        make_objective("clvp", TINY["clvp"], {"ctc_weight": 1.0}).limits()
+    with pytest.raises(TrainingError, match="ctc_classes must be"):
+        make_objective("clvp", {**TINY["clvp"], "ctc_classes": 10}, {"ctc_weight": 1.0}).limits()
+    head = make_objective("clvp", {**TINY["clvp"], "ctc_classes": 29}, {})
+    headless = make_objective("clvp", TINY["clvp"], {})
+    # initial weights without the head (any official or earlier CLVP) may train one: only its keys start fresh
+    assert head.fresh_parameters(headless.config) == ("ctc_head.",)
+    assert head.fresh_parameters(head.config) == () and headless.fresh_parameters(headless.config) == ()
+    # under DDP a head no loss trains must not stall the gradient reduction
+    assert head.find_unused_parameters and not headless.find_unused_parameters
+    assert not make_objective("clvp", {**TINY["clvp"], "ctc_classes": 29}, {"ctc_weight": 0.5}).find_unused_parameters

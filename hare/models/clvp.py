@@ -153,21 +153,58 @@ class CLVP(nn.Module):
         self.to_text_latent = nn.Linear(c.text_dim, c.latent_dim, bias=False)
         self.to_speech_latent = nn.Linear(c.speech_dim, c.latent_dim, bias=False)
         self.temperature = nn.Parameter(torch.tensor(1.0))
+        if c.ctc_classes:
+            self.ctc_head = nn.Linear(c.speech_dim, c.ctc_classes * c.ctc_upsample)
 
     def text_latents(self, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # text: (b, n) token ids -> (b, latent) unit vectors
         h = self.text_encoder(self.text_emb(text), mask)
         return F.normalize(self.to_text_latent(masked_mean(h, mask)), dim=-1)
 
-    def speech_latents(self, codes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        # codes: (b, n) speech codes -> (b, latent) unit vectors
-        h = self.speech_encoder(self.speech_emb(codes), mask)
+    def speech_states(self, codes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The speech encoder's output: (b, n) codes -> (b, n, speech_dim)."""
+        return self.speech_encoder(self.speech_emb(codes), mask)
+
+    def speech_latents(self, codes: torch.Tensor, mask: torch.Tensor | None = None,
+                       states: torch.Tensor | None = None) -> torch.Tensor:
+        # codes: (b, n) speech codes -> (b, latent) unit vectors (`states`: their speech_states, if computed)
+        h = self.speech_states(codes, mask) if states is None else states
         return F.normalize(self.to_speech_latent(masked_mean(h, mask)), dim=-1)
 
-    def similarity(self, text: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Score every candidate: text (1 or b, n_text), codes (b, n_codes) -> (b,). One text row is encoded once."""
+    def ctc_log_probs(self, states: torch.Tensor) -> torch.Tensor:
+        """Letter log-probabilities from speech_states: (b, n, dim) -> (b, n * ctc_upsample, ctc_classes)."""
+        if not self.config.ctc_classes:
+            raise ValueError("this CLVP has no CTC head (its config's ctc_classes is 0)")
+        b, n, _ = states.shape
+        logits = self.ctc_head(states).float().reshape(b, n * self.config.ctc_upsample, self.config.ctc_classes)
+        return logits.log_softmax(-1)
+
+    def ctc_loss(self, states: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                 target_lengths: torch.Tensor, zero_infinity: bool = True) -> torch.Tensor:
+        """Per-example CTC negative log-likelihood of the letters `targets` ((b, m) padded, or concatenated) given
+        speech_states of codes with `lengths` valid positions each: (b,). An example too short to hold its
+        letters is impossible: 0 with `zero_infinity` (training: no gradient from it), else inf."""
+        logp = self.ctc_log_probs(states).transpose(0, 1)  # (time, b, classes)
+        return F.ctc_loss(logp, targets, lengths * self.config.ctc_upsample, target_lengths, reduction="none",
+                          zero_infinity=zero_infinity)
+
+    def ctc_score(self, letters: torch.Tensor, codes: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """How well each candidate says the letters: (m,) letter classes, (b, n) codes (all n positions read;
+        `states`: their speech_states, if already computed) -> (b,) mean log-probability per letter (higher:
+        better; -inf for a candidate too short to spell them)."""
+        states = self.speech_states(codes) if states is None else states
+        b, n = codes.shape
+        lengths = torch.full((b,), n, dtype=torch.long, device=codes.device)
+        targets = letters.to(codes.device).reshape(1, -1).expand(b, -1)
+        target_lengths = torch.full((b,), targets.shape[1], dtype=torch.long, device=codes.device)
+        nll = self.ctc_loss(states, lengths, targets, target_lengths, zero_infinity=False)
+        return -nll / max(targets.shape[1], 1)
+
+    def similarity(self, text: torch.Tensor, codes: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """Score every candidate: text (1 or b, n_text), codes (b, n_codes) -> (b,). One text row is encoded once.
+        `states`: the codes' speech_states, if already computed (for ctc_score too)."""
         t = self.text_latents(text)
-        s = self.speech_latents(codes)
+        s = self.speech_latents(codes, states=states)
         return (t * s).sum(dim=-1) * self.temperature.exp()
 
     def forward(self, text, codes, text_mask=None, speech_mask=None):

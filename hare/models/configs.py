@@ -65,6 +65,11 @@ class CLVPConfig:
     ff_mult: int = 2
     text_seq_len: int = 350
     speech_seq_len: int = 430
+    # A Hare extension (0: none, as every official CLVP): a CTC head on the speech encoder that reads the letters
+    # (`hare.text.CTC_ALPHABET`, so 1 + 28 classes) off the codes, `ctc_upsample` outputs per code (a speech code
+    # is ~46 ms, a letter often shorter). Its score tells the reranker whether a candidate says every word.
+    ctc_classes: int = 0
+    ctc_upsample: int = 2
 
 
 @dataclass(frozen=True)

@@ -464,7 +464,8 @@ class Trainer:
             models = obj.build_models()
             from hare.checkpoints import load_strict
 
-            load_strict(models[obj.main_model()], source.state_dict(), what=f"initial weights {init}")
+            load_strict(models[obj.main_model()], source.state_dict(), what=f"initial weights {init}",
+                        fresh=obj.fresh_parameters(source.config))
             log.info("initialised %s from %s", obj.main_model(), init)
         obj.prepare_for_training(models)
         return models

@@ -13,7 +13,8 @@ collate examples into a batch, and how to turn a batch into a dict of losses.
   Optional guided attention (`guided_weight`): a diagonal prior on some heads' attention from speech to text.
 - `clvp`: symmetric contrastive loss over the batch (text <-> speech codes). Optional: codes laid out as the
   pipeline's reranker receives them (`calm_code`, `tail_codes`) and hard negatives (`hard_negatives`: damaged
-  copies of each example's own codes that its text must score below the true ones).
+  copies of each example's own codes that its text must score below the true ones) and a CTC letter head on
+  the speech encoder (`ctc_weight`, a Hare extension: the reranker's check that a candidate says every word).
 - `diffusion`: epsilon MSE + the learned-variance VLB term, conditioning dropped at random
   (`unconditioned_percentage`) so conditioning-free guidance works; conditioned on VQ-VAE codes, or (as
   Tortoise) on the latents a frozen GPT computes from the text and those codes (`options.gpt`).
@@ -41,7 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hare.audio import MEL_FORMATS
+from hare.errors import TextError
 from hare.models.configs import CLVPConfig, DiffusionConfig, GPTConfig, VocoderConfig, VQVAEConfig
+from hare.text import CTC_ALPHABET, ctc_targets
 from hare.train import TrainingError
 from hare.train.data import AR_RATE, CODE_SAMPLES, pad_stack, random_crop
 
@@ -122,6 +125,11 @@ class Objective:
 
     def main_model(self) -> str:
         return self.phases[0].trains[0]
+
+    def fresh_parameters(self, init_config) -> tuple[str, ...]:
+        """Key prefixes of parameters that `train.init` weights (of config `init_config`) may lack because this
+        run's model settings add them (they start from their initial values); () = the weights must match."""
+        return ()
 
     @property
     def tokenizer(self):
@@ -358,8 +366,13 @@ class CLVPOptions:
     # 0 = off; otherwise the probability that an example carries a damaged copy.
     hard_negatives: float = 0.0
     damage_span: tuple[float, float] = (0.15, 0.4)  # fraction of the codes a damage touches
+    # Weight of the CTC loss of the letter head (needs the model's `ctc_classes`): the speech encoder also
+    # learns to read the text's letters off the true codes (`hare.text.ctc_targets`). 0 = off.
+    ctc_weight: float = 0.0
 
     def __post_init__(self):
+        if self.ctc_weight < 0:
+            raise ValueError(f"ctc_weight must be >= 0 (got {self.ctc_weight})")
         if not 0 <= self.hard_negatives <= 1:
             raise ValueError(f"hard_negatives must be in [0, 1] (got {self.hard_negatives})")
         lo, hi = self.damage_span
@@ -376,15 +389,34 @@ class CLVPObjective(Objective):
 
     def limits(self):
         c = self.config
+        if self.options.ctc_weight > 0 and not c.ctc_classes:
+            raise TrainingError("options.ctc_weight needs a CLVP with a CTC head: set model.ctc_classes "
+                                f"(the letters and the blank: {len(CTC_ALPHABET) + 1})")
+        if c.ctc_classes and c.ctc_classes != len(CTC_ALPHABET) + 1:
+            raise TrainingError(f"model.ctc_classes must be {len(CTC_ALPHABET) + 1} (hare.text.CTC_ALPHABET and "
+                                f"the blank), got {c.ctc_classes}")
         return {**super().limits(), "min_seconds": self.options.min_seconds,
                 "max_seconds": (c.speech_seq_len - 1) * CODE_SAMPLES / AR_RATE,
                 "max_text_tokens": c.text_seq_len, "needs_text": True}
 
+    def fresh_parameters(self, init_config):
+        return ("ctc_head.",) if self.config.ctc_classes and not getattr(init_config, "ctc_classes", 0) else ()
+
+    @property
+    def find_unused_parameters(self) -> bool:  # DDP: a letter head that no loss trains (ctc_weight 0) idles
+        return bool(self.config.ctc_classes) and self.options.ctc_weight == 0
+
     def example(self, corpus, index, rng):
         o = self.options
         codes = self._codes(corpus, index)
-        ex = {"text": torch.tensor(self.tokenizer.encode(corpus.utterances[index].text), dtype=torch.long),
+        text = corpus.utterances[index].text
+        ex = {"text": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
               "codes": self._as_candidate(codes, rng)}
+        if o.ctc_weight > 0:
+            try:
+                ex["letters"] = _as_long(ctc_targets(text))
+            except TextError:  # nothing to read (no letters): the example teaches the contrastive loss only
+                ex["letters"] = _as_long([])
         if o.hard_negatives > 0 and rng.random() < o.hard_negatives:
             other = self._codes(corpus, rng.randrange(len(corpus))) if len(corpus) > 1 else codes
             ex["negative"] = self._as_candidate(damage_codes(codes, other, rng, o.damage_span), rng)
@@ -412,6 +444,10 @@ class CLVPObjective(Objective):
         batch = {"text": text, "codes": speech[: len(codes)],
                  "text_mask": torch.arange(text.shape[1])[None] < _as_long([len(t) for t in texts])[:, None],
                  "speech_mask": torch.arange(speech.shape[1])[None] < lengths[: len(codes), None]}
+        if "letters" in examples[0]:
+            batch["letters"] = pad_stack([e["letters"] for e in examples], 0)
+            batch["letter_lengths"] = _as_long([len(e["letters"]) for e in examples])
+            batch["speech_lengths"] = lengths[: len(codes)]
         if negatives:  # the damaged copies and, for each, the row of the text it belongs to
             batch["negatives"] = speech[len(codes):]
             batch["negative_mask"] = torch.arange(speech.shape[1])[None] < lengths[len(codes):, None]
@@ -422,7 +458,8 @@ class CLVPObjective(Objective):
         model = models["model"]
         scale = model.temperature.exp().float()
         text_lat = model.text_latents(batch["text"], batch["text_mask"])
-        speech_lat = model.speech_latents(batch["codes"], batch["speech_mask"])
+        states = model.speech_states(batch["codes"], batch["speech_mask"])
+        speech_lat = model.speech_latents(batch["codes"], batch["speech_mask"], states=states)
         logits = (text_lat @ speech_lat.t()).float() * scale
         labels = torch.arange(logits.shape[0], device=logits.device)
         speech_to_text = F.cross_entropy(logits.t(), labels)
@@ -436,6 +473,12 @@ class CLVPObjective(Objective):
             own_neg = neg_logits[rows, torch.arange(len(rows), device=logits.device)]
             out["hard_accuracy"] = (logits[rows, rows] > own_neg).float().mean().detach()
         out["loss"] = (F.cross_entropy(logits, labels) + speech_to_text) / 2
+        if self.options.ctc_weight > 0:
+            n_letters = batch["letter_lengths"]
+            nll = model.ctc_loss(states, batch["speech_lengths"], batch["letters"], n_letters)
+            out["ctc"] = (nll / n_letters.clamp(min=1)).mean()  # per letter, as F.ctc_loss's "mean"
+            out["contrastive"] = out["loss"].detach()
+            out["loss"] = out["loss"] + self.options.ctc_weight * out["ctc"]
         return out
 
 
