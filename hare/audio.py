@@ -528,15 +528,18 @@ def warp_mel_source_filter(mel: torch.Tensor, pitch_factor: float, formant_facto
             + warp_mel_frequencies(mel - envelope, pitch_factor, fmt))
 
 
-SPEECH_FRAME_RANGE = 4.0  # nats of log mel: a frame counts as speech within this of its clip's loudest frame
+SPEECH_FRAME_RANGE = 4.0  # nats of log mel: a frame counts as speech within this of its clip's loud frames
+SPEECH_FRAME_LOUD = 0.98  # quantile of the frames' log energy that stands for "loud": a click is not the speech
 
 
-def speech_frame_mask(mel: torch.Tensor, floor: float = SPEECH_FRAME_RANGE) -> torch.Tensor:
+def speech_frame_mask(mel: torch.Tensor, floor: float = SPEECH_FRAME_RANGE,
+                      loud: float = SPEECH_FRAME_LOUD) -> torch.Tensor:
     """Which frames of a log mel (n_mels, frames) are speech rather than pause: those whose log energy (the
-    log of the bands' summed mel magnitude) is within `floor` nats (~35 dB at 4) of the loudest frame's.
-    -> (frames,) bool."""
+    log of the bands' summed mel magnitude) is within `floor` nats (~35 dB at 4) of the clip's loud level, the
+    `loud` quantile of its frames' energies (not the loudest frame: one click or pop in a quiet recording
+    would leave a handful of frames). -> (frames,) bool."""
     energy = mel.float().logsumexp(-2)
-    return energy >= energy.max() - floor
+    return energy >= torch.quantile(energy, loud) - floor
 
 
 def mel_band_means(mels: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -27,7 +27,7 @@ TAIL_CODES = (45, 45, 248)  # what it emits for a zero-padded tail; omitting the
 MAX_CALM_RUN = 8  # calm codes kept after speech ends ("breathing room") before the latents are cut
 # the latent cache's name for a voice's mel mean; a new name when its computation (`audio.mel_band_means`,
 # `audio.speech_frame_mask`, `TextToSpeech.voice_mel_mean`) changes, so that no cache serves the old values
-MEL_MEAN_KEY = "mel_mean.1"
+MEL_MEAN_KEY = "mel_mean.2"  # .2: speech frames measured from the 98th-percentile frame, not the loudest
 
 
 def fix_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int = CALM_CODE,

@@ -339,6 +339,20 @@ def test_speech_frames_and_band_means_skip_pauses():
         audio.mel_band_means([])
 
 
+def test_speech_frames_survive_a_click_in_a_quiet_clip():
+    """One loud click must not decide what counts as speech: a quiet tone with a 3 ms full-scale pop keeps its
+    speech frames and (nearly) its band means."""
+    tone = 0.03 * _tone(300, 22050, 2.0)
+    clicked = tone.copy()
+    clicked[22050: 22050 + 64] = [0.99] * 32 + [-0.99] * 32
+    clean, mel = (audio.hifigan_mel(torch.from_numpy(x.astype(np.float32))) for x in (tone, clicked))
+    mask = audio.speech_frame_mask(mel)
+    assert mask.float().mean() > 0.95 and int(mask.sum()) >= int(audio.speech_frame_mask(clean).sum()) - 1
+    assert (audio.mel_band_means([mel]) - audio.mel_band_means([clean])).abs().mean() < 0.3
+    loudest = mel.float().logsumexp(-2)  # what keying on the loudest frame would keep
+    assert (loudest >= loudest.max() - audio.SPEECH_FRAME_RANGE).float().mean() < 0.2
+
+
 def test_match_mel_means_equalises_towards_a_voice():
     """Strength 1 gives the mel exactly the target's band means over its speech frames, 0 leaves it as it is,
     between moves part of the way; one gain per band, so the frames keep their differences."""
