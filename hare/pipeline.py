@@ -123,7 +123,7 @@ class Settings:
     likelihood_weight: float = 0.0
     # weight of the GPT's alignment score of each candidate (how closely its guided-attention heads follow the
     # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
-    # `alignment_heads`. likelihood_weight + alignment_weight <= 1; the CLVP keeps the rest.
+    # `alignment_heads`. likelihood_weight + alignment_weight (+ ctc_weight) <= 1; the CLVP keeps the rest.
     alignment_weight: float = 0.0
     # weight of the CLVP's letter score (its CTC head, a Hare extension: how well each candidate's codes spell
     # the text, `CLVP.ctc_score`), blended in the same way; needs a CLVP trained with one (`ctc_classes`).
