@@ -10,8 +10,8 @@ VQ-VAE codes with CTC (batches of ~2 400 codes drawn from length-sorted buckets,
 seeded; a checkpoint every 1 000 steps as OUT-<step>.pt beside OUT, the last). The model card's figures are the
 step-2000 checkpoint of `--steps 4000` on `data/mini/train.csv` (one thread). `rescore`: its letter score (mean log-probability per letter of the
 text given the candidate's codes) picks among the candidates a `bench/rerank_oracle.py --json` run saved, at
-each `--weight` blended with the run's model's own reranking score (its CLVP and, at its `model.json` weights,
-the GPT's likelihood and alignment) keeping the rest; weight 1 is the letter score alone. Prints each pick's
+each `--weight` blended with the run's model's own reranking score (`TextToSpeech.rerank_scores` at its
+`model.json` settings) keeping the rest; weight 1 is the letter score alone. Prints each pick's
 WER (the saved word errors), beside the model's own pick, the mean and the oracle.
 
 hare-mini does not ship it: 2.6 M parameters are 5.3 MB in float16, more than its 60 MB budget has left (the
@@ -124,7 +124,7 @@ def letter_scores(model: LetterProbe, candidates: list[list[int]], text: str) ->
 
 def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:
     from hare import evaluate
-    from hare.pipeline import blend_scores, drop_short_candidates, load_model
+    from hare.pipeline import blend_scores, drop_short_candidates, load_model, make_settings
 
     model = LetterProbe()
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
@@ -136,17 +136,12 @@ def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:
         if not sentences or "sampled" not in sentences[0]:
             raise SystemExit(f"{path} holds no candidate codes: write it with rerank_oracle.py --json")
         tts = load_model(run["model"])
-        wl = tts.default_settings.get("likelihood_weight", 0.0)
-        wa = tts.default_settings.get("alignment_weight", 0.0)
+        settings = make_settings(run["preset"], **tts.default_settings)  # the model's own reranking, today's
         ar_latent = tts.voice_latents(evaluate.Suite.load(run["suite"]).voices[run["voice"]].ref[0].parent)[0]
         errors = {"model's reranker": 0, **{f"letter score at {w:g}": 0 for w in weights}}
         for s in sentences:
-            codes, text = torch.tensor(s["codes"]), torch.tensor([s["text_tokens"]])
-            with torch.inference_mode():
-                own = tts.clvp.similarity(text, codes).float()
-                if wl > 0 or wa > 0:
-                    g = tts.gpt.score_candidates(ar_latent, text, torch.tensor(s["sampled"]), alignment=wa > 0)
-                    own = blend_scores(own, [(wl, g.log_likelihood), (wa, g.alignment)])
+            codes, own = tts.rerank_scores(torch.tensor([s["text_tokens"]]), torch.tensor(s["sampled"]), settings,
+                                           ar_latent=ar_latent)
             letters = letter_scores(model, s["codes"], s["text"])
             for name in errors:
                 w = 0.0 if name == "model's reranker" else float(name.rsplit(" ", 1)[1])

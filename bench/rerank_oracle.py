@@ -33,7 +33,7 @@ import torch
 
 from hare import evaluate
 from hare.pipeline import PRESETS, fix_candidates, load_model, make_settings
-from hare.text import Tokenizer, ctc_targets
+from hare.text import Tokenizer
 
 
 def main() -> None:
@@ -122,7 +122,7 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
     """Each CLVP's pick (blended with the GPT's likelihood and alignment scores at each pair of weights) among a
     --json run's saved candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
-    from hare.pipeline import blend_scores, drop_short_candidates
+    from hare.pipeline import blend_scores, drop_short_candidates, text_letters
 
     with open(path) as f:
         run = json.load(f)
@@ -168,8 +168,8 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
                     if wl > 0 or wa > 0:
                         g = gpt_scores[i]
                         parts += [(wl, g.log_likelihood), (wa, g.alignment)]
-                    if wc > 0:
-                        letters = torch.tensor(ctc_targets(tokenizer.decode(s["text_tokens"]), cleaned=True))
+                    letters = text_letters(tokenizer, s["text_tokens"]) if wc > 0 else None
+                    if letters is not None:
                         parts.append((wc, model.ctc_score(letters, codes, states=states)))
                     if parts:
                         scores = blend_scores(scores, parts)

@@ -99,6 +99,8 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
     `fresh`: key prefixes of parameters the checkpoint may lack (a head the model adds to it); the model's own
     initial values stay in them (not with `assign`).
     """
+    if fresh and assign:
+        raise ValueError("fresh parameters need the model's own initial values: not with assign")
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state_dict and not (fresh and k.startswith(fresh)))
     unexpected = sorted(k for k in state_dict if k not in own)
@@ -119,8 +121,6 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
     if assign:
         state_dict = {k: (v.to(own[k].dtype) if v.is_floating_point() else v).contiguous()
                       for k, v in state_dict.items()}
-    if fresh and assign:
-        raise ValueError("fresh parameters need the model's own initial values: not with assign")
     model.load_state_dict(dict(state_dict), strict=not fresh, assign=assign)
 
 

@@ -480,21 +480,29 @@ class TextToSpeech:
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
                ar_latent: torch.Tensor | None = None) -> torch.Tensor:
-        """The `settings.k` best candidates: (n, length) sampled codes -> (k, length) fixed codes.
+        """The `settings.k` best candidates: (n, length) sampled codes -> (k, length) fixed codes, by
+        `rerank_scores`; candidates under `min_length_ratio` of the median length are never picked."""
+        codes, scores = self.rerank_scores(text, codes, settings, cond_mels, ar_latent)
+        if settings.min_length_ratio > 0:
+            scores = drop_short_candidates(codes, scores, settings.min_length_ratio, self.gpt.config.calm_code)
+        return codes[scores.topk(settings.k).indices]
+
+    @torch.inference_mode()
+    def rerank_scores(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
+                      ar_latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every candidate's reranking score: (n, length) sampled codes -> ((n, length) fixed codes, (n,) scores).
 
         Stop tokens and what follows become the model's silence codes (`fix_candidates`); the CLVP scores each
         candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
-        when `cvvp_amount` > 0 and prompt mels are given, and with the GPT's likelihood and alignment scores of
+        when `cvvp_amount` > 0 and prompt mels are given, with the GPT's likelihood and alignment scores of
         the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
-        voice's `ar_latent`, (1, dim)) and with the CLVP's letter score when `ctc_weight` > 0; candidates under
-        `min_length_ratio` of the median length are never picked.
+        voice's `ar_latent`, (1, dim)) and with the CLVP's letter score when `ctc_weight` > 0.
         """
         gc = self.gpt.config
         sampled = codes
         codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         wl, wa, wc = settings.likelihood_weight, settings.alignment_weight, settings.ctc_weight
-        if wc > 0:
-            self._check_model_settings(settings)
+        self._check_model_settings(settings)
         states = self.clvp.speech_states(codes) if wc > 0 else None
         scores = self.clvp.similarity(text, codes, states=states)
         if settings.cvvp_amount > 0 and cond_mels is not None:
@@ -506,28 +514,14 @@ class TextToSpeech:
         if wl > 0 or wa > 0:
             if ar_latent is None:
                 raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
-            self._check_model_settings(settings)
             gpt_scores = self.gpt.score_candidates(ar_latent, text, sampled, batch_size=settings.ar_batch_size,
                                                    alignment=wa > 0)
             parts += [(wl, gpt_scores.log_likelihood), (wa, gpt_scores.alignment)]
         if wc > 0:
-            letters = self._letters(text)
+            letters = text_letters(self.tokenizer, text[0])
             if letters is not None:  # a text without letters (a custom vocabulary) has nothing to spell
                 parts.append((wc, self.clvp.ctc_score(letters, codes, states=states)))
-        if parts:
-            scores = blend_scores(scores, parts)
-        if settings.min_length_ratio > 0:
-            scores = drop_short_candidates(codes, scores, settings.min_length_ratio, gc.calm_code)
-        return codes[scores.topk(settings.k).indices]
-
-    def _letters(self, text: torch.Tensor) -> torch.Tensor | None:
-        """The CTC letter classes of a text row (1, n) of token ids (its cleaned text); None if it has none."""
-        from hare.text import ctc_targets
-
-        try:
-            return torch.tensor(ctc_targets(self.tokenizer.decode(text[0]), cleaned=True), dtype=torch.long)
-        except TextError:
-            return None
+        return codes, blend_scores(scores, parts) if parts else scores
 
     @torch.inference_mode()
     def _synthesize(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer,
@@ -585,6 +579,17 @@ class TextToSpeech:
             progress=_bar(progress, f"{desc}: diffusion", settings.diffusion_steps),
             start=settings.diffusion_start, prior=prior,
         )
+
+
+def text_letters(tokenizer, tokens) -> torch.Tensor | None:
+    """The CTC letter classes (`hare.text.ctc_targets`) of a row of text token ids, read from its cleaned text
+    (`tokenizer.decode`); None if it has no letters."""
+    from hare.text import ctc_targets
+
+    try:
+        return torch.tensor(ctc_targets(tokenizer.decode(tokens), cleaned=True), dtype=torch.long)
+    except TextError:
+        return None
 
 
 def blend_scores(scores: torch.Tensor, parts: list[tuple[float, torch.Tensor | None]]) -> torch.Tensor:

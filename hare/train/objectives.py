@@ -400,7 +400,7 @@ class CLVPObjective(Objective):
                 "max_text_tokens": c.text_seq_len, "needs_text": True}
 
     def fresh_parameters(self, init_config):
-        return ("ctc_head.",) if self.config.ctc_classes and not getattr(init_config, "ctc_classes", 0) else ()
+        return ("ctc_head.",) if self.config.ctc_classes and not init_config.ctc_classes else ()
 
     @property
     def find_unused_parameters(self) -> bool:  # DDP: a letter head that no loss trains (ctc_weight 0) idles
