@@ -3,7 +3,7 @@
     python bench/rerank_oracle.py data/mini-eval [--model hare-mini] [--voice flite-rms] [--preset ultra_fast]
         [--limit N] [--asr pocketsphinx] [--json OUT.json]
     python bench/rerank_oracle.py --rescore OUT.json [--clvp CLVP.safetensors ...] [--likelihood-weight W ...]
-        [--alignment-weight W ...] [--ctc-weight W ...]
+        [--alignment-weight W ...] [--ctc-weight W ...] [--speller SPELLER.safetensors]
 
 For each sentence of an evaluation suite (`hare data eval-suite`) the pipeline runs as `hare eval` runs it
 (same seed per sentence) but returns all its candidates (`k` = the preset's candidate count), ordered by the
@@ -17,8 +17,8 @@ out are ranked last, as the pipeline never picks them.
 `--json` keeps every candidate's codes, transcript and errors. `--rescore` then needs no audio: each given
 CLVP (Hare safetensors or an official clvp2.pth; the run's own model's when none is given) scores the saved
 candidates, blended with the GPT's likelihood at each `--likelihood-weight`, its alignment score at each
-`--alignment-weight` and the CLVP's CTC letter score at each `--ctc-weight` (a CLVP with a CTC head): the
-pipeline's settings, every combination whose sum is at most 1 (the run's model and voice compute the GPT's).
+`--alignment-weight` and the letter score at each `--ctc-weight` (from `--speller`, a speller network, or else
+from the CLVP's CTC head): the pipeline's settings, every combination whose sum is at most 1 (the run's model and voice compute the GPT's).
 Each pick's WER is printed beside the saved reranker's, the mean and the oracle (the same candidates, so the
 same word errors).
 """
@@ -53,14 +53,17 @@ def main() -> None:
                     help="with --rescore: also blend in the GPT's likelihood at this weight (repeatable)")
     ap.add_argument("--alignment-weight", type=float, action="append", default=[],
                     help="with --rescore: also blend in the GPT's alignment score at this weight (repeatable)")
+    ap.add_argument("--speller", default=None, help="a speller weight file: --ctc-weight's letter score (else the "
+                    "CLVP's CTC head's)")
     ap.add_argument("--ctc-weight", type=float, action="append", default=[],
                     help="with --rescore: also blend in the CLVP's CTC letter score at this weight (repeatable)")
     args = ap.parse_args()
     if args.rescore:
         if args.suite:
             ap.error("--rescore takes a saved JSON, no suite")
-        return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight, args.ctc_weight)
-    if args.clvp or args.likelihood_weight or args.alignment_weight or args.ctc_weight or not args.suite:
+        return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight, args.ctc_weight,
+                       args.speller)
+    if args.speller or args.clvp or args.likelihood_weight or args.alignment_weight or args.ctc_weight or not args.suite:
         ap.error("give a suite folder (or --rescore JSON [--clvp FILE] [--likelihood-weight W])")
 
     suite = evaluate.Suite.load(args.suite)
@@ -118,7 +121,7 @@ def main() -> None:
 
 
 def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
-            alignment_weights: list[float], ctc_weights: list[float] = ()) -> None:
+            alignment_weights: list[float], ctc_weights: list[float] = (), speller_file: str | None = None) -> None:
     """Each CLVP's pick (blended with the GPT's likelihood and alignment scores at each pair of weights) among a
     --json run's saved candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
@@ -149,33 +152,43 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
     tokenizer = Tokenizer()
     clvps = [(file, checkpoints.load(file)) for file in clvp_files] or [(f"{run['model']}'s CLVP",
                                                                        (tts.clvp, "clvp2", None))]
+    speller = None
+    if speller_file is not None:
+        speller, kind, _ = checkpoints.load(speller_file)
+        if kind != "speller":
+            raise SystemExit(f"{speller_file} holds a {kind} model, not a speller")
+        print(f"  letter scores from {speller_file}")
     for name, (model, kind, _) in clvps:
         if kind != "clvp2":
             raise SystemExit(f"{name} holds a {kind} model, not a CLVP")
         model.eval()
-        if ctc_weights and not model.config.ctc_classes:
-            print(f"  {name} has no CTC head: its --ctc-weight rows are skipped")
+        spells = speller is not None or model.config.ctc_classes
+        if ctc_weights and not spells:
+            print(f"  {name} has no CTC head (and no --speller): its --ctc-weight rows are skipped")
+        with torch.inference_mode():  # each sentence's scores once; the weights only blend them
+            own, letter = [], []
+            for s in sentences:
+                codes = torch.tensor(s["codes"])
+                states = model.speech_states(codes) if speller is None else None
+                own.append(model.similarity(torch.tensor([s["text_tokens"]]), codes, states=states).float())
+                letters = text_letters(tokenizer, s["text_tokens"]) if ctc_weights and spells else None
+                letter.append(None if letters is None else speller.score(letters, codes) if speller is not None
+                              else model.ctc_score(letters, codes, states=states))
         for wl, wa, wc in weights:
-            if wc > 0 and not model.config.ctc_classes:
+            if wc > 0 and not spells:
                 continue
             errors = 0
-            with torch.inference_mode():
-                for i, s in enumerate(sentences):
-                    codes = torch.tensor(s["codes"])
-                    states = model.speech_states(codes)
-                    scores = model.similarity(torch.tensor([s["text_tokens"]]), codes, states=states).float()
-                    parts = []
-                    if wl > 0 or wa > 0:
-                        g = gpt_scores[i]
-                        parts += [(wl, g.log_likelihood), (wa, g.alignment)]
-                    letters = text_letters(tokenizer, s["text_tokens"]) if wc > 0 else None
-                    if letters is not None:
-                        parts.append((wc, model.ctc_score(letters, codes, states=states)))
-                    if parts:
-                        scores = blend_scores(scores, parts)
-                    if ratio > 0:
-                        scores = drop_short_candidates(codes, scores, ratio, run["calm_code"])
-                    errors += s["errors"][int(scores.argmax())]
+            for i, s in enumerate(sentences):
+                parts = []
+                if wl > 0 or wa > 0:
+                    g = gpt_scores[i]
+                    parts += [(wl, g.log_likelihood), (wa, g.alignment)]
+                if wc > 0 and letter[i] is not None:
+                    parts.append((wc, letter[i]))
+                scores = blend_scores(own[i], parts) if parts else own[i]
+                if ratio > 0:
+                    scores = drop_short_candidates(torch.tensor(s["codes"]), scores, ratio, run["calm_code"])
+                errors += s["errors"][int(scores.argmax())]
             print(f"  {name}, likelihood weight {wl:g}, alignment weight {wa:g}, ctc weight {wc:g}: "
                   f"{100.0 * errors / total:.1f} %", flush=True)
 

@@ -191,18 +191,46 @@ def _config_from_json(config_cls, values: Mapping[str, Any]):
     return config_cls(**{k: frozen(v) for k, v in values.items()})
 
 
-def save(model: nn.Module, kind: str, config, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+INT8_SCALE = ":int8_scale"  # suffix of the key holding an int8-stored tensor's scales
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float16 scale per vector along the last axis (a matrix's rows, a convolution's
+    kernels): weight (..., n) -> (int8 values (..., n), float16 scales (...)). `dequantize_int8` inverts it
+    to within half a step, the step being each vector's largest magnitude / 127 (at least 2^-24)."""
+    w = weight.detach().float()
+    largest = w.abs().amax(dim=-1)
+    scale = (largest / 127).half()  # the rounded scale is the one the values are computed with
+    # a tiny vector whose scale float16 flushes to 0 gets float16's smallest step (2^-24) instead
+    scale = torch.where((scale == 0) & (largest > 0), torch.tensor(2.0**-24, dtype=torch.float16), scale)
+    divisor = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))[..., None]
+    return (w / divisor).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def dequantize_int8(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return values.float() * scale.float()[..., None]
+
+
+def save(model: nn.Module, kind: str, config, path: str | os.PathLike, dtype: torch.dtype | None = None,
+         int8: bool = False) -> Path:
     """Write `model` as `path` (.safetensors) plus a JSON config beside it; returns the weights path.
 
-    `dtype` (e.g. torch.float16) stores the floating-point tensors smaller; `load` returns float32 models.
+    `dtype` (e.g. torch.float16) stores the floating-point tensors smaller; `int8` stores every floating-point
+    weight of two or more axes as int8 with a float16 scale per vector along its last axis (`quantize_int8`;
+    about half of float16's size for convolution kernels of 7 taps or more), the rest in `dtype`. `load`
+    returns float32 models either way.
     """
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if int8:
+        for key in [k for k, v in tensors.items() if v.is_floating_point() and v.dim() >= 2]:
+            tensors[key], tensors[key + INT8_SCALE] = quantize_int8(tensors[key])
     if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        tensors = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(INT8_SCALE) else v
+                   for k, v in tensors.items()}
     meta = {"kind": kind, "config_class": type(config).__name__, "config": _config_to_json(config)}
     tmp = path.with_suffix(".safetensors.tmp")
     save_file(tensors, str(tmp), metadata={"hare": json.dumps(meta)})
@@ -233,6 +261,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
         tensors = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    tensors = _dequantized(tensors, path)
     # weights stored in half precision (bundled models) are computed in float32
     tensors = {k: v.float() if v.is_floating_point() and v.dtype != torch.float32 else v for k, v in tensors.items()}
     model = _build_empty(module, config)
@@ -240,11 +269,30 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> t
     return model.eval(), kind, config
 
 
+def _dequantized(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """int8-stored tensors (`save(..., int8=True)`) back to float32, their scale entries removed."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(INT8_SCALE):
+            if key[: -len(INT8_SCALE)] not in tensors:
+                raise CheckpointError(f"{path}: int8 scales {key!r} belong to no tensor")
+            continue
+        scale = tensors.get(key + INT8_SCALE)
+        if scale is not None:
+            if value.dtype != torch.int8 or scale.shape != value.shape[:-1]:
+                raise CheckpointError(f"{path}: {key!r} is not int8 values of shape (..., n) for scales of shape "
+                                      f"{tuple(scale.shape)} (got {value.dtype} {tuple(value.shape)})")
+            value = dequantize_int8(value, scale)
+        out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Model registry, hub download with cache and checksums, one-time conversion to safetensors
 
 INFERENCE_KINDS = ("autoregressive", "clvp2", "diffusion_decoder", "vocoder")  # always needed
-OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser")  # loaded when asked for (cvvp rerank, random voice)
+# loaded when asked for (cvvp rerank, random voice, the letter score of ctc_weight)
+OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser", "speller")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +372,9 @@ def fetch(kind: str, spec: ModelSpec, source: HubSource | None = None, models_ro
                             f"({package_path(spec.package_dir)})")
     if spec.repo_id is None:
         raise ModelNotFound(f"model {spec.name!r} has no download source for {kind}")
-    filename = spec.files[kind]
+    filename = spec.files.get(kind)
+    if filename is None:
+        raise ModelNotFound(f"model {spec.name!r} has no {kind} network")
     source = source or HubSource(spec.repo_id, spec.revision)
     try:
         downloaded = source.download(filename)

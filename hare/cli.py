@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the GPT's alignment score (its guided-attention heads follow the text) in "
                         "reranking (default 0; needs a GPT trained with guided attention; a model.json may set it)")
     s.add_argument("--ctc-weight", type=_float_in(0.0, 1.0),
-                   help="weight of the CLVP's letter score (how well a candidate spells the text) in reranking "
-                        "(default 0; needs a CLVP trained with a CTC head; a model.json may set it)")
+                   help="weight of the letter score (how well a candidate spells the text) in reranking "
+                        "(default 0; needs the model's speller network or a CLVP trained with a CTC head; a "
+                        "model.json may set it)")
     s.add_argument("--voice-match", type=_float_in(0.0, 1.0),
                    help="equalise the output towards the voice clips' long-term spectrum, 0 to 1 (default 0, the "
                         "reference's; a model.json may set it)")

@@ -125,9 +125,11 @@ class Settings:
     # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
     # `alignment_heads`. likelihood_weight + alignment_weight (+ ctc_weight) <= 1; the CLVP keeps the rest.
     alignment_weight: float = 0.0
-    # weight of the CLVP's letter score (its CTC head, a Hare extension: how well each candidate's codes spell
-    # the text, `CLVP.ctc_score`), blended in the same way; needs a CLVP trained with one (`ctc_classes`).
-    # likelihood_weight + alignment_weight + ctc_weight <= 1. Costs nothing extra: the CLVP's own speech pass.
+    # weight of the letter score (a Hare extension: how well each candidate's codes spell the text, the mean
+    # log-probability per letter of a CTC letter recogniser), blended in the same way. It comes from the model's
+    # speller network (`hare.models.speller`, `speller.safetensors`; one small pass over the candidates) if it
+    # has one, else from a CLVP trained with a CTC head (`ctc_classes`, `CLVP.ctc_score`: no extra pass).
+    # likelihood_weight + alignment_weight + ctc_weight <= 1.
     ctc_weight: float = 0.0
     # zero-shot voice matching by equaliser: shift each band of the decoded mel by this fraction of the gap
     # between the voice clips' long-term mean log mel and the output's own (`audio.match_mel_means`: one gain per
@@ -249,7 +251,7 @@ class TextToSpeech:
     """The whole Tortoise inference path. Build it with `hare.load_model(...)`."""
 
     def __init__(self, *, gpt, clvp, diffusion, vocoder, cvvp=None, rlg_auto=None, rlg_diffuser=None,
-                 tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
+                 speller=None, tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
                  quantize: str | None = None, dtype: str = "fp32", default_voice: str = "random",
                  default_settings: dict | None = None, pack: bool = False):
         from hare.text import Tokenizer
@@ -272,7 +274,7 @@ class TextToSpeech:
         if not all(0 <= c < gc.start_mel_token for c in (gc.calm_code, *gc.tail_codes)):
             raise CheckpointError(f"the GPT's calm/tail codes {gc.calm_code}/{gc.tail_codes} are not speech codes "
                                   f"(0..{gc.start_mel_token - 1})")
-        self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser}
+        self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser, "speller": speller}
         self._loader = loader  # kind -> module, for optional models loaded on first use
         self.tokenizer = tokenizer or Tokenizer()
         self.voices = voices or VoiceLibrary.default()
@@ -340,6 +342,16 @@ class TextToSpeech:
             model = self._loader(kind)
             self._optional[kind] = model
         return model.to(self.device).eval()
+
+    def speller(self):
+        """The model's speller network (`hare.models.speller`, loaded on first use), or None if it has none."""
+        if self._optional.get("speller") is False:  # looked for before
+            return None
+        try:
+            return self._optional_model("speller")
+        except ModelNotFoundError:
+            self._optional["speller"] = False
+            return None
 
     # -- conditioning ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -473,9 +485,10 @@ class TextToSpeech:
         if settings.alignment_weight > 0 and not self.gpt.config.alignment_heads:
             raise SettingsError("alignment_weight needs a GPT trained with guided attention (its config's "
                                 "alignment_heads); this model's names none: set alignment_weight to 0")
-        if settings.ctc_weight > 0 and not self.clvp.config.ctc_classes:
-            raise SettingsError("ctc_weight needs a CLVP trained with a CTC letter head (its config's ctc_classes); "
-                                "this model's has none: set ctc_weight to 0")
+        if settings.ctc_weight > 0 and not self.clvp.config.ctc_classes and self.speller() is None:
+            raise SettingsError("ctc_weight needs a letter recogniser: a speller network (speller.safetensors "
+                                "beside the model's other files) or a CLVP trained with a CTC letter head (its "
+                                "config's ctc_classes); this model has neither: set ctc_weight to 0")
 
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
@@ -496,14 +509,16 @@ class TextToSpeech:
         candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
         when `cvvp_amount` > 0 and prompt mels are given, with the GPT's likelihood and alignment scores of
         the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
-        voice's `ar_latent`, (1, dim)) and with the CLVP's letter score when `ctc_weight` > 0.
+        voice's `ar_latent`, (1, dim)) and with the letter score when `ctc_weight` > 0 (the model's speller's if
+        it has one, else its CLVP's letter head's).
         """
         gc = self.gpt.config
         sampled = codes
         codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         wl, wa, wc = settings.likelihood_weight, settings.alignment_weight, settings.ctc_weight
         self._check_model_settings(settings)
-        states = self.clvp.speech_states(codes) if wc > 0 else None
+        speller = self.speller() if wc > 0 else None
+        states = self.clvp.speech_states(codes) if wc > 0 and speller is None else None
         scores = self.clvp.similarity(text, codes, states=states)
         if settings.cvvp_amount > 0 and cond_mels is not None:
             cvvp = self._optional_model("cvvp")
@@ -520,7 +535,8 @@ class TextToSpeech:
         if wc > 0:
             letters = text_letters(self.tokenizer, text[0])
             if letters is not None:  # a text without letters (a custom vocabulary) has nothing to spell
-                parts.append((wc, self.clvp.ctc_score(letters, codes, states=states)))
+                parts.append((wc, speller.score(letters, codes) if speller is not None
+                               else self.clvp.ctc_score(letters, codes, states=states)))
         return codes, blend_scores(scores, parts) if parts else scores
 
     @torch.inference_mode()

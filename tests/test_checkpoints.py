@@ -113,3 +113,49 @@ def test_safetensors_corrupt_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         checkpoints.load(path)
+
+
+def test_int8_storage_round_trip_and_errors(tmp_path):
+    """save(int8=True): weights of 2+ axes as int8 with a float16 scale per last-axis vector, the rest in the
+    given dtype; load gives float32 within half a quantisation step; a broken pairing is refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    from hare.models.configs import SpellerConfig
+
+    torch.manual_seed(0)
+    model = checkpoints.build("speller", SpellerConfig(speech_vocab=64, dim=64, depth=1, heads=1, ff_mult=2))
+    with torch.no_grad():
+        model.conv1.weight[0, 0] = 0  # an all-zero kernel stays exactly zero
+        model.conv1.weight[1, 0] = torch.tensor([1e-6, -3e-7, 0, 2e-6, 0])  # tiny: float16-subnormal scale
+    path = checkpoints.save(model, "speller", model.config, tmp_path / "s", dtype=torch.float16, int8=True)
+    stored = load_file(str(path))
+    assert stored["conv1.weight"].dtype == torch.int8 and stored["conv1.weight:int8_scale"].shape == (64, 64)
+    assert stored["emb.weight"].dtype == torch.int8 and stored["emb.weight:int8_scale"].shape == (64,)
+    assert stored["conv1.bias"].dtype == torch.float16  # vectors stay float (here float16)
+    loaded, kind, _ = checkpoints.load(path)
+    assert kind == "speller"
+    ref = model.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == ref[key].dtype
+        if ref[key].dim() >= 2 and ref[key].is_floating_point():
+            step = (ref[key].abs().amax(dim=-1, keepdim=True) / 127).clamp(min=2.0**-24)
+            assert ((value - ref[key]).abs() <= 0.5 * step * 1.01 + 1e-12).all(), key
+    assert torch.equal(loaded.conv1.weight[0, 0], torch.zeros(5))
+    assert (loaded.conv1.weight[1, 0] - model.conv1.weight[1, 0]).abs().max() < 3e-8  # not flushed to zero
+    # much smaller than float16 for 5-tap kernels, and the same function to rounding
+    half = checkpoints.save(model, "speller", model.config, tmp_path / "h", dtype=torch.float16)
+    assert path.stat().st_size < 0.62 * half.stat().st_size
+    codes = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().log_probs(codes), model.eval().log_probs(codes), atol=0.05, rtol=0)
+    # scales without their tensor, or of the wrong shape, are refused
+    meta = {"hare": json.dumps(json.loads(path.with_suffix(".json").read_text()))}
+    for name, change in [("orphan", lambda t: t.pop("conv1.weight")),
+                         ("shape", lambda t: t.update({"conv1.weight:int8_scale": torch.ones(3, dtype=torch.float16)}))]:
+        tensors = dict(stored)
+        change(tensors)
+        bad = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(bad), metadata=meta)
+        bad.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+        with pytest.raises(CheckpointError, match="int8"):
+            checkpoints.load(bad)

@@ -62,8 +62,6 @@ def test_latent_conditioned_hifigan_pipeline(tmp_path, mini_models, monkeypatch)
     """Today's hare-mini: the decoder reads the GPT's latents of the picked codes, cut at the calm code."""
     import dataclasses
 
-    import hare.pipeline as P
-
     diff = mini_models["diffusion_decoder"]
     on_latents = checkpoints.build("diffusion_decoder", dataclasses.replace(diff.config, conditioning_input="latents"))
     on_latents.load_state_dict(diff.state_dict())
@@ -254,7 +252,7 @@ def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatc
     codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
     text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
     by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
-    with pytest.raises(SettingsError, match="CTC letter head"):  # this CLVP has none
+    with pytest.raises(SettingsError, match="CTC letter head"):  # this CLVP has none, nor a speller
         tts.rerank(text, codes, by_letters)
     c = dataclasses.replace(tts.clvp.config, ctc_classes=len(CTC_ALPHABET) + 1)
     tts.clvp = checkpoints.build("clvp2", c).eval()
@@ -279,6 +277,48 @@ def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatc
         make_settings("fast", likelihood_weight=0.5, alignment_weight=0.3, ctc_weight=0.3)
     with pytest.raises(SettingsError, match="ctc_weight"):
         make_settings("fast", ctc_weight=-0.1)
+
+
+def test_rerank_takes_the_letter_score_from_the_models_speller(mini_models, tmp_path, monkeypatch):
+    """A model with a speller network: ctc_weight reads its score (not the CLVP's, which has no head here); the
+    speller loads from a models folder beside the other files, and a folder without one refuses ctc_weight."""
+    from hare.errors import SettingsError
+    from hare.models.configs import SpellerConfig
+    from hare.pipeline import make_settings
+    from hare.text import ctc_targets
+
+    torch.manual_seed(0)
+    speller = checkpoints.build("speller", SpellerConfig(speech_vocab=64, dim=32, depth=1, heads=1, ff_mult=2))
+    folder = save_models_dir(mini_models, tmp_path / "m")
+    write_voice(folder / "voices" / "default")
+    tts = hare.load_model(folder)
+    codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
+    by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
+    assert tts.speller() is None
+    with pytest.raises(SettingsError, match="speller network .* or a CLVP"):
+        tts.rerank(text, codes, by_letters)
+    checkpoints.save(speller, "speller", speller.config, folder / "speller")
+    tts = hare.load_model(folder)
+    loaded = tts.speller()
+    assert loaded is not None and loaded is tts.speller() and not loaded.training  # loaded once, for inference
+    seen = {}
+
+    def score(letters, c):
+        seen["args"] = (letters, c)
+        return torch.tensor([-2.0, -0.5, -1.0])
+
+    monkeypatch.setattr(loaded, "score", score)
+    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c, states=None: torch.tensor([0.9, 0.5, 0.1]))
+    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast")), codes[[0]])
+    assert "args" not in seen  # off by default
+    assert torch.equal(tts.rerank(text, codes, by_letters), codes[[1, 2, 0]])
+    letters, scored = seen["args"]
+    assert letters.tolist() == ctc_targets("hello, two cats.") and torch.equal(scored, codes)
+    # and the real one runs end to end through a synthesis
+    monkeypatch.undo()
+    out = tts.tts("Spell it.", preset="ultra_fast", seed=0, ctc_weight=0.5, **SHRINK)
+    assert out.settings["ctc_weight"] == 0.5 and out.audio.numel() > 0
 
 
 def test_clvp_letter_score_is_the_ctc_likelihood_per_letter():
@@ -380,9 +420,9 @@ shipped = pytest.mark.skipif(not (MINI / "autoregressive.safetensors").is_file()
 @shipped
 def test_hare_mini_is_the_default_and_small():
     assert checkpoints.DEFAULT_MODEL == "hare-mini" and "hare-mini" in checkpoints.REGISTRY
-    total = sum(p.stat().st_size for p in MINI.rglob("*") if p.is_file())
-    assert total < 60 * 2**20, f"hare-mini is {total / 2**20:.1f} MB"
-    for kind in ("autoregressive", "clvp2", "diffusion_decoder", "vocoder", "vqvae"):
+    weights = sum(p.stat().st_size for p in MINI.glob("*.safetensors"))
+    assert weights < 60_000_000, f"hare-mini's weights are {weights / 1e6:.2f} MB"  # the budget, decimal MB
+    for kind in ("autoregressive", "clvp2", "diffusion_decoder", "vocoder", "vqvae", "speller"):
         assert (MINI / f"{kind}.safetensors").is_file() and (MINI / f"{kind}.json").is_file()
     assert (MINI / "MODEL_CARD.md").is_file()
     assert list((MINI / "voices" / "default").glob("*.wav"))

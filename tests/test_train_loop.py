@@ -35,6 +35,7 @@ MODELS = {
     "diffusion": dict(channels=32, layers=1, latent_channels=32, num_codes=CODES + 1, heads=2,
                       unconditioned_percentage=0.2),
     "vocoder": dict(channels=4, kpnet_hidden=8, noise_dim=8),
+    "speller": dict(speech_vocab=CODES, dim=32, depth=1, heads=1, ff_mult=2),
 }
 OPTIONS = {
     "vqvae": dict(crop_frames=32, min_seconds=0.5),
@@ -43,6 +44,7 @@ OPTIONS = {
     "diffusion": dict(max_codes=8, cond_frames=32),
     "vocoder": dict(segment_frames=8, discriminator=dict(periods=[2, 3], period_channels=[4, 8, 8],
                                                           resolutions=[[256, 64, 256]], resolution_channels=4)),
+    "speller": {},
 }
 
 
@@ -95,7 +97,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("objective,kind", [
     ("vqvae", "vqvae"), ("gpt", "autoregressive"), ("clvp", "clvp2"), ("diffusion", "diffusion_decoder"),
-    ("vocoder", "vocoder"),
+    ("vocoder", "vocoder"), ("speller", "speller"),
 ])
 def test_every_objective_trains_and_exports(corpus, tmp_path, objective, kind):
     cfg = make_config(corpus, objective, tmp_path / "run", train={"steps": 3, "save_every": 0, "eval_every": 2})
@@ -259,6 +261,7 @@ def test_example_configs_parse():
     names = {p.stem for p in configs}
     for net in ("vqvae", "gpt", "clvp", "diffusion", "vocoder"):
         assert {f"{net}-tiny", f"{net}-paper"} <= names
+    assert {"speller-tiny", "speller-mini"} <= names  # a Hare network: no paper size
     from hare.train.objectives import make_objective
 
     for p in configs:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hare.train import TrainingError
 from hare.train.objectives import DIFFUSION_FRAMES_PER_CODE, make_objective
@@ -20,6 +22,7 @@ TINY = {
     "diffusion": dict(channels=32, layers=1, latent_channels=32, num_codes=CODES + 1, heads=2,
                       unconditioned_percentage=0.1),
     "vocoder": dict(channels=8, kpnet_hidden=16, noise_dim=16),
+    "speller": dict(speech_vocab=CODES, dim=64, depth=1, heads=1, ff_mult=2),
 }
 OPTIONS = {
     "vqvae": dict(crop_frames=32),
@@ -29,6 +32,7 @@ OPTIONS = {
     "vocoder": dict(segment_frames=16, discriminator=dict(periods=[2, 3], period_channels=[8, 16, 16],
                                                            resolutions=[[256, 64, 256], [128, 32, 128]],
                                                            resolution_channels=8)),
+    "speller": {},
 }
 
 
@@ -53,6 +57,9 @@ def _examples(name: str, objective, n: int, g: torch.Generator) -> list[dict]:
             aligned = codes[(torch.arange(frames) * 8) // frames]  # nearest-neighbour, as the model stretches codes
             mel = table[aligned].expand(100, frames).clone()
             out.append({"codes": codes, "mel": mel, "frames": frames, "cond": torch.randn(100, 32, generator=g)})
+        elif name == "speller":
+            letters = torch.randint(1, 29, (4 + i,), generator=g)
+            out.append({"codes": (letters + 20).repeat_interleave(2), "letters": letters})
         elif name == "vocoder":
             t = torch.arange(16 * 256) / 24000
             f = 200 + 100 * i
@@ -80,6 +87,7 @@ def _measure(objective, models, batch, key: str) -> float:
     ("clvp", 30, 1e-3, "loss", 0.5),
     ("diffusion", 80, 3e-3, "mse", 0.85),  # eps-MSE falls slowly at first (a 32-channel net)
     ("vocoder", 40, 2e-3, "stft_mag", 0.8),
+    ("speller", 40, 3e-3, "loss", 0.5),
 ])
 def test_loss_falls_on_tiny_batch(name, steps, lr, key, factor):
     torch.manual_seed(0)
@@ -523,3 +531,73 @@ def test_clvp_ctc_options_are_checked():
     # under DDP a head no loss trains must not stall the gradient reduction
     assert head.find_unused_parameters and not headless.find_unused_parameters
     assert not make_objective("clvp", {**TINY["clvp"], "ctc_classes": 29}, {"ctc_weight": 0.5}).find_unused_parameters
+
+
+def test_speller_learns_to_spell_and_scores_a_dropped_word_lower():
+    """The speller objective: CTC over the text's letters; once trained, the true codes outscore a candidate
+    that stops half way and one with a word swapped, and the score is the CTC likelihood per letter."""
+    from hare.models.speller import letter_score
+    from hare.text import ctc_targets
+
+    torch.manual_seed(0)
+    obj = make_objective("speller", TINY["speller"], {"calm_code": 3, "tail_codes": [3, 4], "max_calm_pad": 4})
+    words = ["cat", "dog", "sun", "red", "big", "hat", "run", "top"]
+    rng = random.Random(0)
+
+    class Corpus:  # the two things an example reads: the cached codes and the text
+        utterances = [type("U", (), {"text": " ".join(words[(i + j) % 8] for j in range(3))}) for i in range(8)]
+
+        def features(self, index, names):
+            letters = torch.tensor(ctc_targets(self.utterances[index].text))
+            return {"codes": (letters + 20).repeat_interleave(1 + (torch.arange(len(letters)) % 2))}
+
+    corpus = Corpus()
+    examples = [obj.example(corpus, i, rng) for i in range(8)]
+    first_codes = corpus.features(0, ["codes"])["codes"]
+    got = examples[0]["codes"]
+    assert torch.equal(got[: len(first_codes)], first_codes) and got[-2:].tolist() == [3, 4]  # as reranked
+    assert set(got[len(first_codes):-2].tolist()) == {3}
+    assert examples[0]["letters"].tolist() == ctc_targets("cat dog sun")
+    batch = obj.collate(examples)
+    assert batch["lengths"].tolist() == [len(e["codes"]) for e in examples]
+    models = obj.build_models()
+    first = float(obj.loss("main", models, batch, 0, {})["loss"].detach())
+    _fit(obj, models, batch, steps=80)
+    speller = models["model"].eval()
+    with torch.no_grad():
+        assert float(obj.loss("main", models, batch, 0, {})["loss"]) < 0.3 * first
+        true = examples[0]["codes"]
+        swapped = torch.cat([true[:8], true[8:16].flip(0), true[16:]])  # a word garbled in the middle
+        half = true[: len(true) // 2]
+        codes = torch.nn.utils.rnn.pad_sequence([true, swapped, half], batch_first=True, padding_value=3)
+        letters = examples[0]["letters"]
+        score = speller.score(letters, codes)
+        assert float(score[0]) > float(score[1]) + 0.5 and float(score[0]) > float(score[2]) + 1.0
+        logp = speller.log_probs(codes)
+        assert logp.shape == (3, codes.shape[1] * 2, 29)
+        nll = F.ctc_loss(logp[:1].transpose(0, 1), letters[None], torch.tensor([logp.shape[1]]),
+                         torch.tensor([len(letters)]), reduction="sum")
+        assert float(score[0]) == pytest.approx(-float(nll) / len(letters), abs=1e-4)
+        assert torch.isneginf(letter_score(logp[:, :4], letters)).all()  # 4 outputs cannot spell 11 letters
+        # padding after a row's length changes nothing in it (the convolutions and attention are masked)
+        lengths = torch.tensor([len(true), len(swapped), len(half)])
+        padded = torch.cat([codes, torch.full((3, 5), 7)], dim=1)
+        torch.testing.assert_close(speller.log_probs(padded, lengths)[2, : len(half) * 2],
+                                   speller.log_probs(half[None])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_speller_options_are_checked():
+    with pytest.raises(ValueError, match="code_noise"):
+        make_objective("speller", TINY["speller"], {"code_noise": 1.0})
+    with pytest.raises(TrainingError, match="model.classes must be 29"):
+        make_objective("speller", {**TINY["speller"], "classes": 27}).limits()
+    noisy = make_objective("speller", TINY["speller"], {"code_noise": 0.5})
+
+    class Corpus:
+        utterances = [type("U", (), {"text": "a b c d e f g h"})]
+
+        def features(self, index, names):
+            return {"codes": torch.full((200,), 5)}
+
+    codes = noisy.example(Corpus(), 0, random.Random(1))["codes"]
+    assert 60 < int((codes != 5).sum()) < 140 and int(codes.max()) < CODES  # about half, from the codebook

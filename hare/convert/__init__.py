@@ -23,4 +23,5 @@ KIND_MODULES = {
     "rlg_diffuser": "hare.convert.rlg",
     "vqvae": "hare.convert.vqvae",  # no official Tortoise file: Hare checkpoints or the DLAS dvae.pth
     "hifigan": "hare.convert.hifigan",  # hare-mini's vocoder (jik876 HiFi-GAN V1 generator files)
+    "speller": "hare.convert.speller",  # Hare's letter recogniser for the reranker (no official file)
 }

@@ -14,7 +14,7 @@ from torch import nn
 
 from hare import kernels
 from hare.models.configs import CLVPConfig, CVVPConfig
-from hare.models.layers import AttentionBlock
+from hare.models.layers import AttentionBlock, ctc_nll, letter_score
 
 HEAD_DIM = 64  # x-transformers' default head width, used by every Tortoise encoder regardless of model width
 
@@ -184,21 +184,15 @@ class CLVP(nn.Module):
         """Per-example CTC negative log-likelihood of the letters `targets` ((b, m) padded, or concatenated) given
         speech_states of codes with `lengths` valid positions each: (b,). An example too short to hold its
         letters is impossible: 0 with `zero_infinity` (training: no gradient from it), else inf."""
-        logp = self.ctc_log_probs(states).transpose(0, 1)  # (time, b, classes)
-        return F.ctc_loss(logp, targets, lengths * self.config.ctc_upsample, target_lengths, reduction="none",
-                          zero_infinity=zero_infinity)
+        return ctc_nll(self.ctc_log_probs(states), lengths * self.config.ctc_upsample, targets, target_lengths,
+                       zero_infinity=zero_infinity)
 
     def ctc_score(self, letters: torch.Tensor, codes: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """How well each candidate says the letters: (m,) letter classes, (b, n) codes (all n positions read;
         `states`: their speech_states, if already computed) -> (b,) mean log-probability per letter (higher:
         better; -inf for a candidate too short to spell them)."""
         states = self.speech_states(codes) if states is None else states
-        b, n = codes.shape
-        lengths = torch.full((b,), n, dtype=torch.long, device=codes.device)
-        targets = letters.to(codes.device).reshape(1, -1).expand(b, -1)
-        target_lengths = torch.full((b,), targets.shape[1], dtype=torch.long, device=codes.device)
-        nll = self.ctc_loss(states, lengths, targets, target_lengths, zero_infinity=False)
-        return -nll / max(targets.shape[1], 1)
+        return letter_score(self.ctc_log_probs(states), letters)
 
     def similarity(self, text: torch.Tensor, codes: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
         """Score every candidate: text (1 or b, n_text), codes (b, n_codes) -> (b,). One text row is encoded once.

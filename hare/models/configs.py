@@ -156,3 +156,21 @@ class HiFiGANConfig:
     resblock_kernels: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     sample_rate: int = 22050
+
+
+@dataclass(frozen=True)
+class SpellerConfig:
+    """A letter recogniser over speech codes (a Hare network, not in Tortoise): reads the letters of what a
+    candidate says (`hare.text.CTC_ALPHABET` and CTC's blank) so the reranker can check that it says every
+    word of the text (`Settings.ctc_weight`). Two convolutions over the code embeddings, then the CLVP's
+    encoder (pre-RMSNorm, rotary positions, gated feed-forwards), then `upsample` letter outputs per code
+    (a code is ~46 ms, a letter often shorter)."""
+
+    speech_vocab: int = 8192
+    dim: int = 192
+    depth: int = 4
+    heads: int = 3  # of 64 channels each
+    ff_mult: int = 3
+    conv_kernel: int = 5
+    classes: int = 29
+    upsample: int = 2

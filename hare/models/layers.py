@@ -4,6 +4,7 @@
 - `AttentionBlock`: channels-first self-attention over time with the "legacy" fused QKV layout
   (the 3C qkv channels are grouped per head: [h0: q k v | h1: q k v | ...]) and an optional T5-style
   relative position bias, computed with `scaled_dot_product_attention`.
+- `ctc_nll`, `letter_score`: CTC over letters, for the speller and the CLVP's optional letter head.
 """
 
 from __future__ import annotations
@@ -148,3 +149,25 @@ class AttentionBlock(nn.Module):
         if convs:
             return x + self.proj(h.permute(0, 1, 3, 2).reshape(b, c, t))
         return x + self.proj(h.transpose(1, 2).reshape(b, t, c)).transpose(1, 2)
+
+
+# CTC letter scoring, shared by the speller (`hare.models.speller`) and the CLVP's optional letter head
+def ctc_nll(log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
+            zero_infinity: bool = True) -> torch.Tensor:
+    """Per-example CTC negative log-likelihood: (b, time, classes) log-probabilities with `lengths` valid steps,
+    letters `targets` ((b, m) padded, or concatenated) with `target_lengths` -> (b,). An example too short to
+    hold its letters is impossible: 0 with `zero_infinity` (training: no gradient from it), else inf."""
+    return F.ctc_loss(log_probs.float().transpose(0, 1), targets, lengths, target_lengths, reduction="none",
+                      zero_infinity=zero_infinity)
+
+
+def letter_score(log_probs: torch.Tensor, letters: torch.Tensor) -> torch.Tensor:
+    """How well each candidate says the letters: (b, time, classes) log-probabilities over all `time` steps,
+    (m,) letter classes -> (b,) mean log-probability per letter (higher: better; -inf for a candidate too
+    short to spell them)."""
+    b, time, _ = log_probs.shape
+    device = log_probs.device
+    targets = letters.to(device).reshape(1, -1).expand(b, -1)
+    nll = ctc_nll(log_probs, torch.full((b,), time, dtype=torch.long, device=device), targets,
+                  torch.full((b,), targets.shape[1], dtype=torch.long, device=device), zero_infinity=False)
+    return -nll / max(targets.shape[1], 1)

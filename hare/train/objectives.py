@@ -1,4 +1,4 @@
-"""The five training objectives. Each one knows how to build its network(s) from a config, which cached
+"""The six training objectives. Each one knows how to build its network(s) from a config, which cached
 features it needs, how to turn an utterance into a training example (crops, conditioning clips), how to
 collate examples into a batch, and how to turn a batch into a dict of losses.
 
@@ -20,6 +20,9 @@ collate examples into a batch, and how to turn a batch into a dict of losses.
   Tortoise) on the latents a frozen GPT computes from the text and those codes (`options.gpt`).
   Optional: the auxiliary mel loss (`aux_mel_weight`, the shallow-diffusion prior) and training the denoiser
   on the start of the schedule only (`max_t_fraction`, for models sampled with shallow diffusion).
+- `speller` (a Hare network): CTC over the letters of each utterance's text given its codes, the reranker's
+  check that a candidate says every word (`Settings.ctc_weight`). Optional: codes laid out as the reranker
+  receives them and random code noise.
 - `vocoder`: UniVNet: multi-resolution STFT loss + least-squares GAN with period and resolution
   discriminators, two phases per step (generator, then discriminator). Fine-tuning from the official
   vocoder is supported (`train.init`).
@@ -43,7 +46,7 @@ from torch import nn
 
 from hare.audio import MEL_FORMATS
 from hare.errors import TextError
-from hare.models.configs import CLVPConfig, DiffusionConfig, GPTConfig, VocoderConfig, VQVAEConfig
+from hare.models.configs import CLVPConfig, DiffusionConfig, GPTConfig, SpellerConfig, VocoderConfig, VQVAEConfig
 from hare.text import CTC_ALPHABET, ctc_targets
 from hare.train import TrainingError
 from hare.train.data import AR_RATE, CODE_SAMPLES, pad_stack, random_crop
@@ -351,7 +354,9 @@ class GPTObjective(Objective):
 
 
 @dataclass(frozen=True)
-class CLVPOptions:
+class CandidateLayout:
+    """Options of the objectives whose networks score candidates (`as_candidate`)."""
+
     min_seconds: float = 0.5
     # Train on codes as the pipeline hands them to the reranker (`fix_candidates`): a run of the VQ-VAE's silence
     # code (`calm_code`, 1 to `max_calm_pad` of them, as shorter candidates are padded to the longest) and the
@@ -359,6 +364,14 @@ class CLVPOptions:
     calm_code: int | None = None
     tail_codes: tuple[int, ...] = ()
     max_calm_pad: int = 24
+
+    def __post_init__(self):
+        if self.calm_code is not None and self.max_calm_pad < 1:
+            raise ValueError(f"max_calm_pad must be >= 1 (got {self.max_calm_pad})")
+
+
+@dataclass(frozen=True)
+class CLVPOptions(CandidateLayout):
     # Hard negatives: each example also yields a damaged copy of its own codes (a span dropped, repeated, or
     # replaced by a span of another utterance: a GPT's usual failures), which its text must score below its
     # true codes. The text-to-speech loss then ranks every text against the batch's true and damaged codes,
@@ -371,6 +384,7 @@ class CLVPOptions:
     ctc_weight: float = 0.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.ctc_weight < 0:
             raise ValueError(f"ctc_weight must be >= 0 (got {self.ctc_weight})")
         if not 0 <= self.hard_negatives <= 1:
@@ -378,8 +392,6 @@ class CLVPOptions:
         lo, hi = self.damage_span
         if not 0 < lo <= hi < 1:
             raise ValueError(f"damage_span must be 0 < low <= high < 1 (got {self.damage_span})")
-        if self.calm_code is not None and self.max_calm_pad < 1:
-            raise ValueError(f"max_calm_pad must be >= 1 (got {self.max_calm_pad})")
 
 
 class CLVPObjective(Objective):
@@ -426,14 +438,7 @@ class CLVPObjective(Objective):
         return corpus.features(index, ("codes",))["codes"].long()
 
     def _as_candidate(self, codes, rng):
-        """Codes as the reranker sees them: silence run and tail codes appended when `calm_code` is set."""
-        o, n = self.options, self.config.speech_seq_len
-        if o.calm_code is not None:  # the speech keeps its length; the silence run shrinks to fit
-            tail = _as_long(list(o.tail_codes))
-            pad = max(1, min(rng.randint(1, o.max_calm_pad), n - len(codes) - len(tail)))
-            pad = torch.full((pad,), o.calm_code, dtype=codes.dtype)
-            codes = torch.cat([codes[: n - len(pad) - len(tail)], pad, tail])
-        return codes[:n]
+        return as_candidate(codes, self.options, self.config.speech_seq_len, rng)
 
     def collate(self, examples):
         texts, codes = [e["text"] for e in examples], [e["codes"] for e in examples]
@@ -480,6 +485,19 @@ class CLVPObjective(Objective):
             out["contrastive"] = out["loss"].detach()
             out["loss"] = out["loss"] + self.options.ctc_weight * out["ctc"]
         return out
+
+
+def as_candidate(codes: torch.Tensor, options: CandidateLayout, limit: int | None,
+                 rng: random.Random) -> torch.Tensor:
+    """Codes as the reranker sees them (`fix_candidates`): when `options.calm_code` is set, a run of 1 to
+    `options.max_calm_pad` silence codes and `options.tail_codes` appended; at most `limit` codes (None: any)."""
+    o, n = options, limit if limit is not None else len(codes) + options.max_calm_pad + len(options.tail_codes)
+    if o.calm_code is not None:  # the speech keeps its length; the silence run shrinks to fit
+        tail = _as_long(list(o.tail_codes))
+        pad = max(1, min(rng.randint(1, o.max_calm_pad), n - len(codes) - len(tail)))
+        pad = torch.full((pad,), o.calm_code, dtype=codes.dtype)
+        codes = torch.cat([codes[: n - len(pad) - len(tail)], pad, tail])
+    return codes[:n]
 
 
 def damage_codes(codes: torch.Tensor, other: torch.Tensor, rng: random.Random,
@@ -853,8 +871,64 @@ class VocoderObjective(Objective):
         return self.loss("generator", models, batch, step=self.options.gan_start_step, scratch={})
 
 
+# ------------------------------------------------------------------------------------------------------
+# Speller (a Hare network: the reranker's letter recogniser)
+
+
+@dataclass(frozen=True)
+class SpellerOptions(CandidateLayout):
+    # Probability that each code is replaced by a random one (GPT samples are noisier than the VQ-VAE's codes
+    # of real speech). 0 = off.
+    code_noise: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.code_noise < 1:
+            raise ValueError(f"code_noise must be in [0, 1) (got {self.code_noise})")
+
+
+class SpellerObjective(Objective):
+    """CTC over the letters of each utterance's text (`hare.text.ctc_targets`) given its VQ-VAE codes."""
+
+    name, kind = "speller", "speller"
+    config_class, options_class = SpellerConfig, SpellerOptions
+    features = ("codes",)
+
+    def limits(self):
+        if self.config.classes != len(CTC_ALPHABET) + 1:
+            raise TrainingError(f"model.classes must be {len(CTC_ALPHABET) + 1} (hare.text.CTC_ALPHABET and the "
+                                f"blank), got {self.config.classes}")
+        return {**super().limits(), "min_seconds": self.options.min_seconds, "needs_text": True}
+
+    def example(self, corpus, index, rng):
+        o = self.options
+        codes = corpus.features(index, ("codes",))["codes"].long().flatten()
+        if o.code_noise > 0:
+            codes = codes.clone()
+            for i in range(len(codes)):
+                if rng.random() < o.code_noise:
+                    codes[i] = rng.randrange(self.config.speech_vocab)
+        try:
+            letters = ctc_targets(corpus.utterances[index].text)
+        except TextError:  # nothing to read: the example teaches silence (all blanks)
+            letters = []
+        return {"codes": as_candidate(codes, o, None, rng), "letters": _as_long(letters)}
+
+    def collate(self, examples):
+        pad = self.options.calm_code if self.options.calm_code is not None else 0
+        return {"codes": pad_stack([e["codes"] for e in examples], pad),
+                "lengths": _as_long([len(e["codes"]) for e in examples]),
+                "letters": pad_stack([e["letters"] for e in examples], 0),
+                "letter_lengths": _as_long([len(e["letters"]) for e in examples])}
+
+    def loss(self, phase, models, batch, step, scratch):
+        # per letter of the batch, as the training loss of `Speller.forward`
+        return {"loss": models["model"](batch["codes"], batch["lengths"], batch["letters"], batch["letter_lengths"])}
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (VQVAEObjective, GPTObjective, CLVPObjective, DiffusionObjective, VocoderObjective)
+    cls.name: cls for cls in (VQVAEObjective, GPTObjective, CLVPObjective, DiffusionObjective, VocoderObjective,
+                                SpellerObjective)
 }
 
 
