@@ -14,8 +14,9 @@ each `--weight` blended with the run's model's own reranking score (`TextToSpeec
 `model.json` settings) keeping the rest; weight 1 is the letter score alone. Prints each pick's
 WER (the saved word errors), beside the model's own pick, the mean and the oracle.
 
-hare-mini does not ship it: 2.6 M parameters are 5.3 MB in float16, more than its 60 MB budget has left (the
-model card's "Reranking by spelling" has the numbers).
+This is the experiment that led to hare-mini's speller, which is a Hare network trained with `hare train`
+(`hare.models.speller`, `hare/train/configs/speller-mini.yaml`); `bench/rerank_oracle.py --rescore F --speller
+FILE` scores that one. The model card's "Reranking by spelling" has the numbers of both.
 """
 
 from __future__ import annotations
