@@ -510,7 +510,8 @@ class TextToSpeech:
         when `cvvp_amount` > 0 and prompt mels are given, with the GPT's likelihood and alignment scores of
         the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
         voice's `ar_latent`, (1, dim)) and with the letter score when `ctc_weight` > 0 (the model's speller's if
-        it has one, else its CLVP's letter head's).
+        it has one, else its CLVP's letter head's). When those weights sum to 1 the CLVP's (and CVVP's) share of
+        the blend is 0, and their passes are skipped.
         """
         gc = self.gpt.config
         sampled = codes
@@ -519,12 +520,6 @@ class TextToSpeech:
         self._check_model_settings(settings)
         speller = self.speller() if wc > 0 else None
         states = self.clvp.speech_states(codes) if wc > 0 and speller is None else None
-        scores = self.clvp.similarity(text, codes, states=states)
-        if settings.cvvp_amount > 0 and cond_mels is not None:
-            cvvp = self._optional_model("cvvp")
-            voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
-                                        for m in cond_mels]).mean(0)
-            scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
         parts = []
         if wl > 0 or wa > 0:
             if ar_latent is None:
@@ -537,6 +532,14 @@ class TextToSpeech:
             if letters is not None:  # a text without letters (a custom vocabulary) has nothing to spell
                 parts.append((wc, speller.score(letters, codes) if speller is not None
                                else self.clvp.ctc_score(letters, codes, states=states)))
+        if parts and _clvp_share(parts) == 0:  # the blend gives the CLVP (and CVVP) nothing: skip their passes
+            return codes, blend_scores(torch.zeros(len(codes), device=codes.device), parts)
+        scores = self.clvp.similarity(text, codes, states=states)
+        if settings.cvvp_amount > 0 and cond_mels is not None:
+            cvvp = self._optional_model("cvvp")
+            voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
+                                        for m in cond_mels]).mean(0)
+            scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
         return codes, blend_scores(scores, parts) if parts else scores
 
     @torch.inference_mode()
@@ -616,10 +619,15 @@ def blend_scores(scores: torch.Tensor, parts: list[tuple[float, torch.Tensor | N
     one too short to spell the text) counts as one below its lowest finite value, so that it ranks last on that
     part without swamping the spread of the others. (candidates,) -> (candidates,)."""
     parts = [(w, p) for w, p in parts if w > 0]
-    out = (1 - sum(w for w, _ in parts)) * _standardize(scores.float())
+    out = _clvp_share(parts) * _standardize(scores.float())
     for w, p in parts:
         out = out + w * _standardize(_floor_impossible(p.float()))
     return out
+
+
+def _clvp_share(parts: list[tuple[float, torch.Tensor | None]]) -> float:
+    """What `blend_scores` leaves the base score (the CLVP's): 1 - the sum of the parts' weights."""
+    return 1 - sum(w for w, _ in parts if w > 0)
 
 
 def _floor_impossible(x: torch.Tensor) -> torch.Tensor:

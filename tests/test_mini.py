@@ -308,11 +308,18 @@ def test_rerank_takes_the_letter_score_from_the_models_speller(mini_models, tmp_
         seen["args"] = (letters, c)
         return torch.tensor([-2.0, -0.5, -1.0])
 
+    def similarity(t, c, states=None):
+        seen["clvp"] = seen.get("clvp", 0) + 1
+        return torch.tensor([0.9, 0.5, 0.1])
+
     monkeypatch.setattr(loaded, "score", score)
-    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c, states=None: torch.tensor([0.9, 0.5, 0.1]))
+    monkeypatch.setattr(tts.clvp, "similarity", similarity)
     assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast")), codes[[0]])
-    assert "args" not in seen  # off by default
+    assert "args" not in seen and seen["clvp"] == 1  # off by default
     assert torch.equal(tts.rerank(text, codes, by_letters), codes[[1, 2, 0]])
+    assert seen["clvp"] == 1  # the letters have the whole blend: no CLVP pass
+    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast", ctc_weight=0.5)), codes[[1]])
+    assert seen["clvp"] == 2
     letters, scored = seen["args"]
     assert letters.tolist() == ctc_targets("hello, two cats.") and torch.equal(scored, codes)
     # and the real one runs end to end through a synthesis
