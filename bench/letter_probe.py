@@ -113,14 +113,11 @@ def train(manifest: str, out: str, steps: int, cache: str, vqvae: str, threads: 
 @torch.no_grad()
 def letter_scores(model: LetterProbe, candidates: list[list[int]], text: str) -> torch.Tensor:
     """Mean log-probability per letter of `text` given each candidate's codes: (candidates,)."""
+    from hare.models.layers import letter_score
+
     letters = torch.tensor(ctc_targets(text))
-    scores = []
-    for codes in candidates:
-        logp, lengths = model(torch.tensor(codes)[None], torch.tensor([len(codes)]))
-        nll = F.ctc_loss(logp.transpose(0, 1), letters[None], lengths, torch.tensor([len(letters)]),
-                         reduction="sum")
-        scores.append(-nll.item() / len(letters))
-    return torch.tensor(scores)
+    return torch.cat([letter_score(model(torch.tensor(codes)[None], torch.tensor([len(codes)]))[0], letters)
+                      for codes in candidates])
 
 
 def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:

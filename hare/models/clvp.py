@@ -14,7 +14,7 @@ from torch import nn
 
 from hare import kernels
 from hare.models.configs import CLVPConfig, CVVPConfig
-from hare.models.layers import AttentionBlock, ctc_nll, letter_score
+from hare.models.layers import AttentionBlock, ctc_nll, letter_log_probs, letter_score
 
 HEAD_DIM = 64  # x-transformers' default head width, used by every Tortoise encoder regardless of model width
 
@@ -175,9 +175,7 @@ class CLVP(nn.Module):
         """Letter log-probabilities from speech_states: (b, n, dim) -> (b, n * ctc_upsample, ctc_classes)."""
         if not self.config.ctc_classes:
             raise ValueError("this CLVP has no CTC head (its config's ctc_classes is 0)")
-        b, n, _ = states.shape
-        logits = self.ctc_head(states).float().reshape(b, n * self.config.ctc_upsample, self.config.ctc_classes)
-        return logits.log_softmax(-1)
+        return letter_log_probs(self.ctc_head(states), self.config.ctc_upsample)
 
     def ctc_loss(self, states: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                  target_lengths: torch.Tensor, zero_infinity: bool = True) -> torch.Tensor:

@@ -4,7 +4,8 @@
 - `AttentionBlock`: channels-first self-attention over time with the "legacy" fused QKV layout
   (the 3C qkv channels are grouped per head: [h0: q k v | h1: q k v | ...]) and an optional T5-style
   relative position bias, computed with `scaled_dot_product_attention`.
-- `ctc_nll`, `letter_score`: CTC over letters, for the speller and the CLVP's optional letter head.
+- `letter_log_probs`, `ctc_nll`, `letter_score`: CTC over letters, for the speller and the CLVP's optional
+  letter head.
 """
 
 from __future__ import annotations
@@ -152,6 +153,13 @@ class AttentionBlock(nn.Module):
 
 
 # CTC letter scoring, shared by the speller (`hare.models.speller`) and the CLVP's optional letter head
+def letter_log_probs(logits: torch.Tensor, upsample: int) -> torch.Tensor:
+    """A letter head's output, `upsample` letter steps per input step: (b, n, upsample * classes) ->
+    (b, n * upsample, classes) log-probabilities in float32."""
+    b, n, width = logits.shape
+    return logits.float().reshape(b, n * upsample, width // upsample).log_softmax(-1)
+
+
 def ctc_nll(log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
             zero_infinity: bool = True) -> torch.Tensor:
     """Per-example CTC negative log-likelihood: (b, time, classes) log-probabilities with `lengths` valid steps,

@@ -15,7 +15,7 @@ from torch import nn
 
 from hare.models.clvp import Encoder
 from hare.models.configs import SpellerConfig
-from hare.models.layers import ctc_nll, letter_score
+from hare.models.layers import ctc_nll, letter_log_probs, letter_score
 
 
 class Speller(nn.Module):
@@ -34,7 +34,7 @@ class Speller(nn.Module):
     def log_probs(self, codes: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(b, n) codes (the first `lengths` of each row real, the rest padding; None: all) ->
         (b, n * upsample, classes) letter log-probabilities (float32)."""
-        b, n = codes.shape
+        n = codes.shape[1]
         mask = None
         x = self.emb(codes)
         if lengths is not None:
@@ -43,8 +43,7 @@ class Speller(nn.Module):
         h = F.gelu(self.conv1(x.transpose(1, 2)))
         h = F.gelu(self.conv2(h if mask is None else h * mask[:, None].to(h.dtype)))
         x = x + h.transpose(1, 2)
-        logits = self.head(self.encoder(x, mask)).float()
-        return logits.reshape(b, n * self.config.upsample, self.config.classes).log_softmax(-1)
+        return letter_log_probs(self.head(self.encoder(x, mask)), self.config.upsample)
 
     def nll(self, codes: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
             target_lengths: torch.Tensor) -> torch.Tensor:

@@ -404,9 +404,8 @@ class CLVPObjective(Objective):
         if self.options.ctc_weight > 0 and not c.ctc_classes:
             raise TrainingError("options.ctc_weight needs a CLVP with a CTC head: set model.ctc_classes "
                                 f"(the letters and the blank: {len(CTC_ALPHABET) + 1})")
-        if c.ctc_classes and c.ctc_classes != len(CTC_ALPHABET) + 1:
-            raise TrainingError(f"model.ctc_classes must be {len(CTC_ALPHABET) + 1} (hare.text.CTC_ALPHABET and "
-                                f"the blank), got {c.ctc_classes}")
+        if c.ctc_classes:
+            _check_letter_classes("ctc_classes", c.ctc_classes)
         return {**super().limits(), "min_seconds": self.options.min_seconds,
                 "max_seconds": (c.speech_seq_len - 1) * CODE_SAMPLES / AR_RATE,
                 "max_text_tokens": c.text_seq_len, "needs_text": True}
@@ -424,11 +423,8 @@ class CLVPObjective(Objective):
         text = corpus.utterances[index].text
         ex = {"text": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
               "codes": self._as_candidate(codes, rng)}
-        if o.ctc_weight > 0:
-            try:
-                ex["letters"] = _as_long(ctc_targets(text))
-            except TextError:  # nothing to read (no letters): the example teaches the contrastive loss only
-                ex["letters"] = _as_long([])
+        if o.ctc_weight > 0:  # a text without letters teaches the contrastive loss only
+            ex["letters"] = _letters(text)
         if o.hard_negatives > 0 and rng.random() < o.hard_negatives:
             other = self._codes(corpus, rng.randrange(len(corpus))) if len(corpus) > 1 else codes
             ex["negative"] = self._as_candidate(damage_codes(codes, other, rng, o.damage_span), rng)
@@ -485,6 +481,21 @@ class CLVPObjective(Objective):
             out["contrastive"] = out["loss"].detach()
             out["loss"] = out["loss"] + self.options.ctc_weight * out["ctc"]
         return out
+
+
+def _letters(text: str) -> torch.Tensor:
+    """The CTC letter classes of an utterance's text (`hare.text.ctc_targets`); empty if it has no letters."""
+    try:
+        return _as_long(ctc_targets(text))
+    except TextError:
+        return _as_long([])
+
+
+def _check_letter_classes(field: str, classes: int) -> None:
+    """A letter head's class count must be the letters of `hare.text.CTC_ALPHABET` and CTC's blank."""
+    if classes != len(CTC_ALPHABET) + 1:
+        raise TrainingError(f"model.{field} must be {len(CTC_ALPHABET) + 1} (hare.text.CTC_ALPHABET and the blank), "
+                            f"got {classes}")
 
 
 def as_candidate(codes: torch.Tensor, options: CandidateLayout, limit: int | None,
@@ -895,9 +906,7 @@ class SpellerObjective(Objective):
     features = ("codes",)
 
     def limits(self):
-        if self.config.classes != len(CTC_ALPHABET) + 1:
-            raise TrainingError(f"model.classes must be {len(CTC_ALPHABET) + 1} (hare.text.CTC_ALPHABET and the "
-                                f"blank), got {self.config.classes}")
+        _check_letter_classes("classes", self.config.classes)
         return {**super().limits(), "min_seconds": self.options.min_seconds, "needs_text": True}
 
     def example(self, corpus, index, rng):
@@ -908,11 +917,8 @@ class SpellerObjective(Objective):
             for i in range(len(codes)):
                 if rng.random() < o.code_noise:
                     codes[i] = rng.randrange(self.config.speech_vocab)
-        try:
-            letters = ctc_targets(corpus.utterances[index].text)
-        except TextError:  # nothing to read: the example teaches silence (all blanks)
-            letters = []
-        return {"codes": as_candidate(codes, o, None, rng), "letters": _as_long(letters)}
+        # a text without letters teaches silence (all blanks)
+        return {"codes": as_candidate(codes, o, None, rng), "letters": _letters(corpus.utterances[index].text)}
 
     def collate(self, examples):
         pad = self.options.calm_code if self.options.calm_code is not None else 0
