@@ -20,7 +20,8 @@ candidates, blended with the GPT's likelihood at each `--likelihood-weight`, its
 `--alignment-weight` and the letter score at each `--ctc-weight` (from `--speller`, a speller network, or else
 from the CLVP's CTC head): the pipeline's settings, every combination whose sum is at most 1 (the run's model and voice compute the GPT's).
 Each pick's WER is printed beside the saved reranker's, the mean and the oracle (the same candidates, so the
-same word errors).
+same word errors), with its rank agreement: how well the scores order all of a sentence's candidates by their
+word errors (Spearman's correlation, the mean over sentences; steadier than the pick's WER).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def main() -> None:
                     help="with --rescore: also blend in the GPT's alignment score at this weight (repeatable)")
     ap.add_argument("--speller", default=None, help="a speller weight file: --ctc-weight's letter score (else the "
                     "CLVP's CTC head's)")
+    ap.add_argument("--speller-calm-run", type=int, default=None,
+                    help="with --speller: the calm codes it reads after each candidate's speech (default: the "
+                    "pipeline's, hare.pipeline.SPELLER_CALM_RUN); 0: every candidate padded to the longest instead")
     ap.add_argument("--ctc-weight", type=float, action="append", default=[],
                     help="with --rescore: also blend in the CLVP's CTC letter score at this weight (repeatable)")
     args = ap.parse_args()
@@ -62,8 +66,8 @@ def main() -> None:
         if args.suite:
             ap.error("--rescore takes a saved JSON, no suite")
         return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight, args.ctc_weight,
-                       args.speller)
-    if args.speller or args.clvp or args.likelihood_weight or args.alignment_weight or args.ctc_weight or not args.suite:
+                       args.speller, args.speller_calm_run)
+    if args.speller or args.speller_calm_run is not None or args.clvp or args.likelihood_weight or args.alignment_weight or args.ctc_weight or not args.suite:
         ap.error("give a suite folder (or --rescore JSON [--clvp FILE] [--likelihood-weight W])")
 
     suite = evaluate.Suite.load(args.suite)
@@ -121,11 +125,12 @@ def main() -> None:
 
 
 def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
-            alignment_weights: list[float], ctc_weights: list[float] = (), speller_file: str | None = None) -> None:
+            alignment_weights: list[float], ctc_weights: list[float] = (), speller_file: str | None = None,
+            speller_calm_run: int | None = None) -> None:
     """Each CLVP's pick (blended with the GPT's likelihood and alignment scores at each pair of weights) among a
     --json run's saved candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
-    from hare.pipeline import blend_scores, drop_short_candidates, text_letters
+    from hare.pipeline import SPELLER_CALM_RUN, blend_scores, drop_short_candidates, spoken_candidates, text_letters
 
     with open(path) as f:
         run = json.load(f)
@@ -138,7 +143,8 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
     print(f"  saved reranker's pick: {run['wer_by_rank'][0]:.1f} %   mean: {run['wer_mean']:.1f} %   "
           f"oracle: {run['wer_oracle']:.1f} %")
     need_gpt = bool(likelihood_weights or alignment_weights)
-    tts = load_model(run["model"]) if need_gpt or not clvp_files else None
+    tts = load_model(run["model"]) if need_gpt or not clvp_files or speller_file else None
+    calm_run = SPELLER_CALM_RUN if speller_calm_run is None else speller_calm_run
     gpt_scores = []
     if need_gpt:
         voice = evaluate.Suite.load(run["suite"]).voices[run["voice"]].ref[0].parent
@@ -157,7 +163,13 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
         speller, kind, _ = checkpoints.load(speller_file)
         if kind != "speller":
             raise SystemExit(f"{speller_file} holds a {kind} model, not a speller")
-        print(f"  letter scores from {speller_file}")
+        gc = tts.gpt.config
+
+        def spelled(sampled: torch.Tensor, codes: torch.Tensor):  # what the speller reads, as in the pipeline
+            return spoken_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes, calm_run) \
+                if calm_run else codes
+        print(f"  letter scores from {speller_file}, "
+              + (f"{calm_run} calm codes after each candidate" if calm_run else "candidates padded to the longest"))
     for name, (model, kind, _) in clvps:
         if kind != "clvp2":
             raise SystemExit(f"{name} holds a {kind} model, not a CLVP")
@@ -172,12 +184,13 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
                 states = model.speech_states(codes) if speller is None else None
                 own.append(model.similarity(torch.tensor([s["text_tokens"]]), codes, states=states).float())
                 letters = text_letters(tokenizer, s["text_tokens"]) if ctc_weights and spells else None
-                letter.append(None if letters is None else speller.score(letters, codes) if speller is not None
+                letter.append(None if letters is None else speller.score(
+                    letters, spelled(torch.tensor(s["sampled"]), codes)) if speller is not None
                               else model.ctc_score(letters, codes, states=states))
         for wl, wa, wc in weights:
             if wc > 0 and not spells:
                 continue
-            errors = 0
+            errors, agreement = 0, []
             for i, s in enumerate(sentences):
                 parts = []
                 if wl > 0 or wa > 0:
@@ -189,8 +202,32 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
                 if ratio > 0:
                     scores = drop_short_candidates(torch.tensor(s["codes"]), scores, ratio, run["calm_code"])
                 errors += s["errors"][int(scores.argmax())]
+                agreement.append(rank_agreement(scores, s["errors"]))
+            agreement = [a for a in agreement if a == a]  # NaN: every candidate had the same errors
+            mean = sum(agreement) / len(agreement) if agreement else float("nan")
             print(f"  {name}, likelihood weight {wl:g}, alignment weight {wa:g}, ctc weight {wc:g}: "
-                  f"{100.0 * errors / total:.1f} %", flush=True)
+                  f"{100.0 * errors / total:.1f} %  (rank agreement {mean:+.3f})", flush=True)
+
+
+def rank_agreement(scores: torch.Tensor, errors: list[int]) -> float:
+    """Spearman correlation between the scores and the fewness of word errors over one sentence's candidates:
+    +1 when the reranker orders every candidate as the recogniser's errors do, 0 for chance. Unlike the pick's
+    WER it uses every candidate, so it moves less with a few sentences. Ties take their mean rank; candidates
+    the reranker rules out (-inf) rank below all others. NaN when every candidate has the same errors."""
+    def ranks(x: torch.Tensor) -> torch.Tensor:
+        order = x.argsort()
+        r = torch.empty(len(x), dtype=torch.float64)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in x.unique():  # ties: mean rank
+            tied = x == v
+            r[tied] = r[tied].mean()
+        return r
+
+    finite = scores.float().cpu().nan_to_num(neginf=-1e30)
+    a, b = ranks(finite), ranks(-torch.tensor(errors, dtype=torch.float64))
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float((a.square().sum() * b.square().sum()).sqrt())
+    return float((a * b).sum()) / denominator if denominator > 0 else float("nan")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 CALM_CODE = 83  # the speech code the released VQ-VAE emits for silence
 TAIL_CODES = (45, 45, 248)  # what it emits for a zero-padded tail; omitting these gives a harsh ending
 MAX_CALM_RUN = 8  # calm codes kept after speech ends ("breathing room") before the latents are cut
+SPELLER_CALM_RUN = 12  # calm codes the speller reads after a candidate's speech (it trained on 1 to 24)
 # the latent cache's name for a voice's mel mean; a new name when its computation (`audio.mel_band_means`,
 # `audio.speech_frame_mask`, `TextToSpeech.voice_mel_mean`) changes, so that no cache serves the old values
 MEL_MEAN_KEY = "mel_mean.2"  # .2: speech frames measured from the 98th-percentile frame, not the loudest
@@ -49,6 +50,23 @@ def fix_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int =
         tail = torch.tensor(tuple(tail_codes), dtype=codes.dtype, device=codes.device)
         codes[has_stop, -len(tail_codes):] = tail
     return codes
+
+
+def spoken_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int = CALM_CODE,
+                      tail_codes: tuple[int, ...] = TAIL_CODES, calm_run: int = SPELLER_CALM_RUN) -> list[torch.Tensor]:
+    """Each sampled candidate as the speller was trained to read it (its `CandidateLayout`): the codes before
+    its first stop token, `calm_run` calm codes and the tail codes, without the padding to the longest candidate
+    that `fix_candidates` leaves. codes: (batch, length) -> batch 1-D tensors. A row without a stop token is
+    kept whole, as `fix_candidates` keeps it."""
+    if calm_run < 1:
+        raise ValueError(f"calm_run must be >= 1 (got {calm_run})")
+    end = tuple(calm_code for _ in range(calm_run)) + tuple(tail_codes)
+    end = torch.tensor(end, dtype=codes.dtype, device=codes.device)
+    rows = []
+    for row in codes:
+        stops = (row == stop_token).nonzero()
+        rows.append(row if not stops.numel() else torch.cat([row[: int(stops[0, 0])], end]))
+    return rows
 
 
 def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN, calm_code: int = CALM_CODE) -> int:
@@ -510,7 +528,8 @@ class TextToSpeech:
         when `cvvp_amount` > 0 and prompt mels are given, with the GPT's likelihood and alignment scores of
         the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
         voice's `ar_latent`, (1, dim)) and with the letter score when `ctc_weight` > 0 (the model's speller's if
-        it has one, else its CLVP's letter head's). When those weights sum to 1 the CLVP's (and CVVP's) share of
+        it has one, reading each candidate to its own end: `spoken_candidates`; else its CLVP's letter head's,
+        reading the fixed candidates). When those weights sum to 1 the CLVP's (and CVVP's) share of
         the blend is 0, and their passes are skipped.
         """
         gc = self.gpt.config
@@ -530,8 +549,11 @@ class TextToSpeech:
         if wc > 0:
             letters = text_letters(self.tokenizer, text[0])
             if letters is not None:  # a text without letters (a custom vocabulary) has nothing to spell
-                parts.append((wc, speller.score(letters, codes) if speller is not None
-                               else self.clvp.ctc_score(letters, codes, states=states)))
+                if speller is not None:  # each candidate read to its own end, as the speller trained
+                    spoken = spoken_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
+                    parts.append((wc, speller.score(letters, spoken)))
+                else:
+                    parts.append((wc, self.clvp.ctc_score(letters, codes, states=states)))
         if parts and _clvp_share(parts) == 0:  # the blend gives the CLVP (and CVVP) nothing: skip their passes
             return codes, blend_scores(torch.zeros(len(codes), device=codes.device), parts)
         scores = self.clvp.similarity(text, codes, states=states)

@@ -1,9 +1,9 @@
-"""The candidate fix-up, the calm-code cut and the diffusion output length (hand-computed expectations)."""
+"""The candidate fix-up, the speller's view of the candidates, the calm-code cut and the diffusion output length (hand-computed expectations)."""
 
 import pytest
 import torch
 
-from hare.pipeline import CALM_CODE, calm_cut, diffusion_frames, fix_candidates
+from hare.pipeline import CALM_CODE, calm_cut, diffusion_frames, fix_candidates, spoken_candidates
 
 STOP = 8193
 
@@ -24,6 +24,21 @@ def test_fix_candidates_leaves_rows_without_stop(caplog):
     assert fixed[0].tolist() == [5, 6, 7, 8]
     assert fixed[1].tolist() == [83, 45, 45, 248]
     assert "never emitted a stop token" in caplog.text
+
+
+def test_spoken_candidates_end_each_row_after_its_speech():
+    codes = torch.tensor([[5, 6, STOP, 7, 8, 9], [1, 2, 3, 4, 5, STOP], [1, 2, 3, 4, 5, 6], [STOP, 1, 2, 3, 4, 5]])
+    rows = spoken_candidates(codes, calm_run=2)
+    assert [r.tolist() for r in rows] == [
+        [5, 6, 83, 83, 45, 45, 248],  # the speech before the first stop, 2 calm codes, the tail
+        [1, 2, 3, 4, 5, 83, 83, 45, 45, 248],  # longer than the row: never cut to the padded width
+        [1, 2, 3, 4, 5, 6],  # no stop token: whole, as fix_candidates leaves it
+        [83, 83, 45, 45, 248],
+    ]
+    assert spoken_candidates(codes[:1], stop_token=9, calm_code=0, tail_codes=(), calm_run=1)[0].tolist() == [
+        5, 6, STOP, 7, 8, 0]
+    with pytest.raises(ValueError, match="calm_run"):
+        spoken_candidates(codes, calm_run=0)
 
 
 def test_calm_cut_keeps_eight_calm_codes():

@@ -15,7 +15,7 @@ import torch
 import hare
 from hare import audio, checkpoints
 from hare.errors import CheckpointError, ModelNotFoundError
-from hare.pipeline import TextToSpeech, calm_cut, fix_candidates
+from hare.pipeline import SPELLER_CALM_RUN, TextToSpeech, calm_cut, fix_candidates
 from hare.voices import VoiceLibrary
 
 from tiny_models import save_models_dir, tiny_mini_models, write_voice
@@ -249,7 +249,10 @@ def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatc
     from hare.text import CTC_ALPHABET, ctc_targets
 
     tts = _tts(mini_models)
-    codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    gc = tts.gpt.config
+    sampled = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    sampled[1, 12:] = gc.stop_mel_token  # a candidate that stopped early
+    codes = fix_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
     text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
     by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
     with pytest.raises(SettingsError, match="CTC letter head"):  # this CLVP has none, nor a speller
@@ -292,7 +295,10 @@ def test_rerank_takes_the_letter_score_from_the_models_speller(mini_models, tmp_
     folder = save_models_dir(mini_models, tmp_path / "m")
     write_voice(folder / "voices" / "default")
     tts = hare.load_model(folder)
-    codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    gc = tts.gpt.config
+    sampled = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    sampled[1, 12:] = gc.stop_mel_token  # a candidate that stopped early
+    codes = fix_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
     text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
     by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
     assert tts.speller() is None
@@ -314,14 +320,17 @@ def test_rerank_takes_the_letter_score_from_the_models_speller(mini_models, tmp_
 
     monkeypatch.setattr(loaded, "score", score)
     monkeypatch.setattr(tts.clvp, "similarity", similarity)
-    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast")), codes[[0]])
+    assert torch.equal(tts.rerank(text, sampled, make_settings("ultra_fast")), codes[[0]])
     assert "args" not in seen and seen["clvp"] == 1  # off by default
-    assert torch.equal(tts.rerank(text, codes, by_letters), codes[[1, 2, 0]])
+    assert torch.equal(tts.rerank(text, sampled, by_letters), codes[[1, 2, 0]])
     assert seen["clvp"] == 1  # the letters have the whole blend: no CLVP pass
-    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast", ctc_weight=0.5)), codes[[1]])
+    assert torch.equal(tts.rerank(text, sampled, make_settings("ultra_fast", ctc_weight=0.5)), codes[[1]])
     assert seen["clvp"] == 2
     letters, scored = seen["args"]
-    assert letters.tolist() == ctc_targets("hello, two cats.") and torch.equal(scored, codes)
+    assert letters.tolist() == ctc_targets("hello, two cats.")
+    # each candidate is read to its own end (its speech, SPELLER_CALM_RUN calm codes, the tail), not padded
+    assert torch.equal(scored[0], sampled[0]) and torch.equal(scored[2], sampled[2])  # never stopped: whole
+    assert scored[1].tolist() == sampled[1, :12].tolist() + [gc.calm_code] * SPELLER_CALM_RUN + list(gc.tail_codes)
     # and the real one runs end to end through a synthesis
     monkeypatch.undo()
     out = tts.tts("Spell it.", preset="ultra_fast", seed=0, ctc_weight=0.5, **SHRINK)

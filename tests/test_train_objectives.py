@@ -584,6 +584,13 @@ def test_speller_learns_to_spell_and_scores_a_dropped_word_lower():
         padded = torch.cat([codes, torch.full((3, 5), 7)], dim=1)
         torch.testing.assert_close(speller.log_probs(padded, lengths)[2, : len(half) * 2],
                                    speller.log_probs(half[None])[0], atol=1e-5, rtol=1e-5)
+        # a list of candidates: each read to its own end, the same score as alone, whatever the batching
+        alone = torch.cat([speller.score(letters, c[None]) for c in (true, swapped, half)])
+        for batch_size in (1, 2, 16):
+            torch.testing.assert_close(speller.score(letters, [true, swapped, half], batch_size=batch_size), alone,
+                                       atol=1e-4, rtol=0)
+        with pytest.raises(ValueError, match="no candidates"):
+            speller.score(letters, [])
 
 
 def test_speller_options_are_checked():

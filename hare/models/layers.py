@@ -169,13 +169,14 @@ def ctc_nll(log_probs: torch.Tensor, lengths: torch.Tensor, targets: torch.Tenso
                       zero_infinity=zero_infinity)
 
 
-def letter_score(log_probs: torch.Tensor, letters: torch.Tensor) -> torch.Tensor:
-    """How well each candidate says the letters: (b, time, classes) log-probabilities over all `time` steps,
-    (m,) letter classes -> (b,) mean log-probability per letter (higher: better; -inf for a candidate too
-    short to spell them)."""
+def letter_score(log_probs: torch.Tensor, letters: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """How well each candidate says the letters: (b, time, classes) log-probabilities, the first `lengths` steps
+    of each row valid ((b,); None: all `time`), (m,) letter classes -> (b,) mean log-probability per letter
+    (higher: better; -inf for a candidate too short to spell them)."""
     b, time, _ = log_probs.shape
     device = log_probs.device
     targets = letters.to(device).reshape(1, -1).expand(b, -1)
-    nll = ctc_nll(log_probs, torch.full((b,), time, dtype=torch.long, device=device), targets,
+    lengths = torch.full((b,), time, dtype=torch.long, device=device) if lengths is None else lengths.to(device)
+    nll = ctc_nll(log_probs, lengths, targets,
                   torch.full((b,), targets.shape[1], dtype=torch.long, device=device), zero_infinity=False)
     return -nll / max(targets.shape[1], 1)

@@ -51,10 +51,25 @@ class Speller(nn.Module):
         (b, n) padded codes with `lengths`: (b,). Examples too short for their letters give 0 (no gradient)."""
         return ctc_nll(self.log_probs(codes, lengths), lengths * self.config.upsample, targets, target_lengths)
 
-    def score(self, letters: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """(m,) letter classes, (b, n) candidate codes (every position read) -> (b,) mean log-probability per
-        letter (higher: better; -inf for a candidate too short to spell them)."""
-        return letter_score(self.log_probs(codes), letters)
+    def score(self, letters: torch.Tensor, codes: torch.Tensor | list[torch.Tensor],
+              batch_size: int = 16) -> torch.Tensor:
+        """(m,) letter classes and b candidates -> (b,) mean log-probability per letter (higher: better; -inf for
+        a candidate too short to spell them). `codes`: a (b, n) tensor, every position read; or a list of b 1-D
+        code tensors of any lengths, each read to its own end as in training (padding masked), scored in
+        batches of `batch_size` neighbours in length so that one long candidate does not pad all the others."""
+        if isinstance(codes, torch.Tensor):
+            return letter_score(self.log_probs(codes), letters)
+        if not codes:
+            raise ValueError("no candidates to score")
+        device = codes[0].device
+        order = sorted(range(len(codes)), key=lambda i: len(codes[i]))
+        scores = torch.empty(len(codes), device=device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start: start + batch_size]
+            lengths = torch.tensor([len(codes[i]) for i in rows], device=device)
+            batch = nn.utils.rnn.pad_sequence([codes[i] for i in rows], batch_first=True)
+            scores[rows] = letter_score(self.log_probs(batch, lengths), letters, lengths * self.config.upsample)
+        return scores
 
     def forward(self, codes, lengths, targets, target_lengths):
         """Training loss: the batch's CTC negative log-likelihood per letter."""
