@@ -18,7 +18,9 @@ out are ranked last, as the pipeline never picks them.
 CLVP (Hare safetensors or an official clvp2.pth; the run's own model's when none is given) scores the saved
 candidates, blended with the GPT's likelihood at each `--likelihood-weight`, its alignment score at each
 `--alignment-weight` and the letter score at each `--ctc-weight` (from `--speller`, a speller network, or else
-from the CLVP's CTC head): the pipeline's settings, every combination whose sum is at most 1 (the run's model and voice compute the GPT's).
+from the CLVP's CTC head): the pipeline's settings, every combination whose sum is at most 1 (the run's model
+and voice compute the GPT's). The speller reads the candidates as the pipeline hands them over
+(`--speller-calm-run`).
 Each pick's WER is printed beside the saved reranker's, the mean and the oracle (the same candidates, so the
 same word errors), with its rank agreement: how well the scores order all of a sentence's candidates by their
 word errors (Spearman's correlation, the mean over sentences; steadier than the pick's WER).
@@ -67,7 +69,9 @@ def main() -> None:
             ap.error("--rescore takes a saved JSON, no suite")
         return rescore(args.rescore, args.clvp, args.likelihood_weight, args.alignment_weight, args.ctc_weight,
                        args.speller, args.speller_calm_run)
-    if args.speller or args.speller_calm_run is not None or args.clvp or args.likelihood_weight or args.alignment_weight or args.ctc_weight or not args.suite:
+    rescore_only = (args.speller, args.speller_calm_run is not None, args.clvp, args.likelihood_weight,
+                    args.alignment_weight, args.ctc_weight)
+    if any(rescore_only) or not args.suite:
         ap.error("give a suite folder (or --rescore JSON [--clvp FILE] [--likelihood-weight W])")
 
     suite = evaluate.Suite.load(args.suite)

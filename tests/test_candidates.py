@@ -1,4 +1,5 @@
-"""The candidate fix-up, the speller's view of the candidates, the calm-code cut and the diffusion output length (hand-computed expectations)."""
+"""The candidate fix-up, the speller's view of the candidates, the calm-code cut and the diffusion output length
+(hand-computed expectations)."""
 
 import pytest
 import torch
