@@ -242,6 +242,15 @@ def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
         tts.tts("Hello there.", preset="ultra_fast", alignment_weight=0.5)
 
 
+def _letter_candidates(tts):
+    """Three sampled candidates of "Hello, 2 cats." (the second stops after 12 codes): (sampled, fixed, text)."""
+    gc = tts.gpt.config
+    sampled = torch.arange(20)[None].repeat(3, 1) % 5 + 10
+    sampled[1, 12:] = gc.stop_mel_token  # a candidate that stopped early
+    codes = fix_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
+    return sampled, codes, torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
+
+
 def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatch):
     from hare import checkpoints
     from hare.errors import SettingsError
@@ -249,11 +258,7 @@ def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatc
     from hare.text import CTC_ALPHABET, ctc_targets
 
     tts = _tts(mini_models)
-    gc = tts.gpt.config
-    sampled = torch.arange(20)[None].repeat(3, 1) % 5 + 10
-    sampled[1, 12:] = gc.stop_mel_token  # a candidate that stopped early
-    codes = fix_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-    text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
+    _, codes, text = _letter_candidates(tts)
     by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
     with pytest.raises(SettingsError, match="CTC letter head"):  # this CLVP has none, nor a speller
         tts.rerank(text, codes, by_letters)
@@ -296,10 +301,7 @@ def test_rerank_takes_the_letter_score_from_the_models_speller(mini_models, tmp_
     write_voice(folder / "voices" / "default")
     tts = hare.load_model(folder)
     gc = tts.gpt.config
-    sampled = torch.arange(20)[None].repeat(3, 1) % 5 + 10
-    sampled[1, 12:] = gc.stop_mel_token  # a candidate that stopped early
-    codes = fix_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-    text = torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
+    sampled, codes, text = _letter_candidates(tts)
     by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
     assert tts.speller() is None
     with pytest.raises(SettingsError, match="speller network .* or a CLVP"):
