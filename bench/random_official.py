@@ -3,7 +3,8 @@
     python bench/random_official.py OUT_DIR [--manifest ../shared/fixtures/tortoise_state_dict_shapes.json]
 
 Produces autoregressive.pth, diffusion_decoder.pth, clvp2.pth, cvvp.pth, vocoder.pth (wrapped in `model_g`,
-with weight-norm g/v pairs), rlg_auto.pth and rlg_diffuser.pth: exactly what the official files look like,
+with weight-norm g/v pairs), rlg_auto.pth, rlg_diffuser.pth and Tortoise v3's hifidecoder.pth and
+classifier.pth: exactly what the official files look like,
 with random numbers scaled so that every network runs without overflow. Used by the benchmark and by the
 end-to-end CLI check; files already present are kept.
 """
@@ -21,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "fixtures" / "tortoise_state_dict_shapes.json"
 FILES = ("autoregressive.pth", "diffusion_decoder.pth", "clvp2.pth", "cvvp.pth", "vocoder.pth",
-         "rlg_auto.pth", "rlg_diffuser.pth")
+         "rlg_auto.pth", "rlg_diffuser.pth", "hifidecoder.pth", "classifier.pth")
 
 
 def random_tensor(key: str, shape: list[int], g: torch.Generator) -> torch.Tensor:

@@ -7,6 +7,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("HARE_SHARED", ROOT.parent / "shared"))
 FIXTURES = Path(os.environ.get("HARE_FIXTURES", SHARED / "fixtures" / "cases"))
+# the tortoise-tts 3.0.0 networks outside the main pipeline (HiFi-GAN latent decoder, provenance classifier)
+FIXTURES_V3 = Path(os.environ.get("HARE_FIXTURES_V3", FIXTURES.parent / "cases-v3"))
 MANIFEST = SHARED / "fixtures" / "tortoise_state_dict_shapes.json"
 
 # Hare's compiled kernels (hare.kernels) are built once per test session into a folder of its own, found there

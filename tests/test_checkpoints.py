@@ -78,7 +78,7 @@ def test_wrong_shape_is_named():
 
 def test_unknown_kind_and_non_state_dict():
     with pytest.raises(CheckpointError, match="unknown checkpoint kind"):
-        checkpoints.convert("classifier", {})
+        checkpoints.convert("wavenet", {})
     with pytest.raises(CheckpointError, match="not a state dict"):
         checkpoints.convert("rlg_auto", [1, 2, 3])
     with pytest.raises(CheckpointError, match="non-tensor"):

@@ -1,4 +1,5 @@
-"""Reproduce every reference fixture case under $HARE_FIXTURES: one test per (case, output).
+"""Reproduce every reference fixture case under $HARE_FIXTURES and $HARE_FIXTURES_V3 (`cases/` and `cases-v3/`):
+one test per (case, output).
 
 Default tolerances (fixtures/README.md): model outputs atol=rtol=1e-4 in fp32; a runner may state others
 with a reason (audio front ends). Token ids and codes must match exactly.
@@ -14,19 +15,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES
+from conftest import FIXTURES, FIXTURES_V3
 from fixture_runners import RUNNERS
 
 
-def _case_dirs() -> list[Path]:
-    if not FIXTURES.is_dir():
+FOLDERS = {"": FIXTURES, "v3/": FIXTURES_V3}  # case-name prefix -> folder
+
+
+def _case_dirs(folder: Path = FIXTURES) -> list[Path]:
+    if not folder.is_dir():
         return []
-    return sorted(p for p in FIXTURES.iterdir() if (p / "meta.json").is_file())
+    return sorted(p for p in folder.iterdir() if (p / "meta.json").is_file())
+
+
+def _case_path(case_name: str) -> Path:
+    prefix = "v3/" if case_name.startswith("v3/") else ""
+    return FOLDERS[prefix] / case_name[len(prefix):]
 
 
 def _params():
     params = []
-    for case in _case_dirs():
+    for prefix, folder in FOLDERS.items():
+        params += _folder_params(prefix, folder)
+    return params
+
+
+def _folder_params(prefix: str, folder: Path):
+    params = []
+    for case in _case_dirs(folder):
         io_path = case / "io.safetensors"
         if io_path.is_file():
             names = sorted(k[len("output."):] for k in load_file(str(io_path)) if k.startswith("output."))
@@ -35,13 +51,13 @@ def _params():
             runner = RUNNERS.get(meta["model"])
             names = [f"meta:{n}" for n in runner.meta_outputs(meta)] if runner is not None else ["meta:all"]
         for name in names:
-            params.append(pytest.param(case.name, name, id=f"{case.name}-{name}"))
+            params.append(pytest.param(prefix + case.name, name, id=f"{prefix}{case.name}-{name}"))
     return params
 
 
 @lru_cache(maxsize=None)
 def _run_case(case_name: str):
-    case = FIXTURES / case_name
+    case = _case_path(case_name)
     meta = json.loads((case / "meta.json").read_text())
     runner = RUNNERS.get(meta["model"])
     if runner is None:
@@ -57,6 +73,11 @@ def _run_case(case_name: str):
 
 def test_fixture_cases_exist():
     assert _case_dirs(), f"no fixture cases found under {FIXTURES}"
+
+
+def test_v3_fixture_cases_exist():
+    names = {p.name for p in _case_dirs(FIXTURES_V3)}
+    assert {"hifi_decoder", "classifier"} <= names, f"the v3 fixture cases are missing under {FIXTURES_V3}"
 
 
 @pytest.mark.parametrize("case_name,output", _params())

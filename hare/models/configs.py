@@ -156,6 +156,32 @@ class HiFiGANConfig:
     resblock_kernels: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     sample_rate: int = 22050
+    cond_channels: int = 0  # > 0: a global conditioning vector added after the input convolution (1x1 conv)
+
+
+@dataclass(frozen=True)
+class HifiDecoderConfig:
+    """Tortoise v3's HiFi-GAN latent decoder (`api_fast`, `hifidecoder.pth`): the GPT's per-code latents,
+    linearly resampled to the 24 kHz hop (x`code_upsample`, then x`rate_ratio`), through a HiFi-GAN V1
+    generator conditioned on the voice's AR conditioning latent, straight to waveform. Official sizes by
+    default (17.8 M parameters)."""
+
+    latent_dim: int = 1024
+    cond_dim: int = 1024
+    initial_channels: int = 512
+    upsample_rates: tuple[int, ...] = (8, 8, 2, 2)
+    upsample_kernels: tuple[int, ...] = (16, 16, 4, 4)
+    resblock_kernels: tuple[int, ...] = (3, 7, 11)
+    resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    sample_rate: int = 24000
+    code_upsample: float = 1024 / 256  # a code covers 1024 samples at 22.05 kHz; the mel hop is 256
+    rate_ratio: float = 24000 / 22050  # the codes' 22.05 kHz frame rate to the output's 24 kHz one
+
+    def generator(self) -> HiFiGANConfig:
+        return HiFiGANConfig(n_mels=self.latent_dim, initial_channels=self.initial_channels,
+                             upsample_rates=self.upsample_rates, upsample_kernels=self.upsample_kernels,
+                             resblock_kernels=self.resblock_kernels, resblock_dilations=self.resblock_dilations,
+                             sample_rate=self.sample_rate, cond_channels=self.cond_dim)
 
 
 @dataclass(frozen=True)
@@ -174,3 +200,25 @@ class SpellerConfig:
     conv_kernel: int = 5
     classes: int = 29
     upsample: int = 2
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Tortoise v3's provenance classifier ("is this from Tortoise?", `classifier.pth`): a 1-D convolutional
+    encoder over the raw 24 kHz waveform (`depth` stages of `res_blocks` residual blocks, each stage ending in
+    a strided convolution that doubles the width), a 1x1 projection to `dim`, `attn_blocks` self-attention
+    blocks, and a linear head on the first frame. Official sizes by default (15.2 M parameters)."""
+
+    classes: int = 2  # class 0: made by Tortoise
+    in_channels: int = 1
+    dim: int = 512
+    base_channels: int = 32
+    depth: int = 5
+    res_blocks: int = 2
+    downsample: int = 4  # the stride of each stage's downsampling convolution
+    attn_blocks: int = 4
+    heads: int = 4
+    kernel_size: int = 5  # of the residual blocks' convolutions: 3 or 5
+    dropout: float = 0.0
+    sample_rate: int = 24000
+    max_samples: int = 220000  # the reference judges the first 220 000 samples (~9.2 s) of a clip

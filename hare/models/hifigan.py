@@ -3,7 +3,9 @@
 The structure follows the paper (Kong et al., "HiFi-GAN", 2020): a 7-tap input convolution, four transposed
 convolutions upsampling 8·8·2·2 = 256x, each followed by a multi-receptive-field fusion of three residual
 stacks (kernels 3/7/11, dilations 1/3/5), then a 7-tap output convolution and tanh. Weight norm is folded
-into plain weights when imported (`hare.convert.hifigan`).
+into plain weights when imported (`hare.convert.hifigan`). With `cond_channels` > 0 a global conditioning
+vector is added after the input convolution through a 1x1 convolution (Tortoise v3's latent decoder,
+`hare.models.hifi_decoder`).
 """
 
 from __future__ import annotations
@@ -57,7 +59,10 @@ class HiFiGAN(nn.Module):
         if len(config.upsample_rates) != len(config.upsample_kernels):
             raise ValueError("upsample_rates and upsample_kernels must have the same length")
         c = config.initial_channels
+        if c >> len(config.upsample_rates) < 1:
+            raise ValueError(f"initial_channels {c} halves to nothing over {len(config.upsample_rates)} stages")
         self.inp = nn.Conv1d(config.n_mels, c, 7, padding=3)
+        self.cond = nn.Conv1d(config.cond_channels, c, 1) if config.cond_channels > 0 else None
         self.stages = nn.ModuleList()
         for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernels)):
             self.stages.append(_Stage(c // 2 ** i, c // 2 ** (i + 1), rate, kernel, config))
@@ -74,9 +79,31 @@ class HiFiGAN(nn.Module):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """(batch, n_mels, frames) natural-log magnitude mel -> (batch, 1, frames * 256) audio in [-1, 1]."""
+    def context_frames(self) -> int:
+        """Input frames of context each side of a frame that its output samples depend on (the receptive
+        field's half-width, rounded up): decoding frames [a - C, b + C) and keeping [a, b) gives what a decode
+        of the whole sequence gives there."""
+        c = self.config
+        half = 3.0  # the 7-tap input convolution
+        rate = 1
+        for r, k in zip(c.upsample_rates, c.upsample_kernels):
+            half += -(-k // r) / 2 / rate  # a transposed convolution's output reads ceil(k / r) inputs
+            rate *= r
+            half += max(sum((kk - 1) * (d + 1) // 2 for d in ds)
+                        for kk, ds in zip(c.resblock_kernels, c.resblock_dilations)) / rate
+        return int(half) + 2  # and a frame of margin each side
+
+    def forward(self, mel: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, n_mels, frames) natural-log magnitude mel -> (batch, 1, frames * 256) audio in [-1, 1].
+
+        cond: (batch, cond_channels, 1), required when the config has `cond_channels`, refused otherwise."""
         x = self.inp(mel)
+        if self.cond is not None:
+            if cond is None:
+                raise ValueError("this generator is conditioned: pass cond (batch, cond_channels, 1)")
+            x = x + self.cond(cond)
+        elif cond is not None:
+            raise ValueError("this generator takes no conditioning input")
         for stage in self.stages:
             x = stage(x)
         return torch.tanh(self.out(F.leaky_relu(x)))
