@@ -32,3 +32,8 @@ def load_model(name_or_dir="hare-mini", **kwargs):
 
 
 __all__.append("load_model")
+
+# the function, bound over the submodule of the same name (hare.detect imports torch only when called)
+from hare.detect import detect  # noqa: E402
+
+__all__.append("detect")

@@ -54,6 +54,16 @@ OFFICIAL_KWARGS: dict[str, dict[str, Any]] = {
     ),
     "rlg_auto": dict(channels=1024),
     "rlg_diffuser": dict(channels=2048),
+    # tortoise-tts 3.0.0 (api_fast.py, is_this_from_tortoise.py)
+    "hifi_decoder": dict(
+        in_channels=1024, out_channels=1, resblock_type="1", resblock_dilation_sizes=[[1, 3, 5]] * 3,
+        resblock_kernel_sizes=[3, 7, 11], upsample_kernel_sizes=[16, 16, 4, 4], upsample_initial_channel=512,
+        upsample_factors=[8, 8, 2, 2], cond_channels=1024,
+    ),
+    "classifier": dict(
+        classes=2, spec_dim=1, embedding_dim=512, depth=5, downsample_factor=4, resnet_blocks=2, attn_blocks=4,
+        num_attn_heads=4, base_channels=32, dropout=0, kernel_size=5, distribute_zero_label=False,
+    ),
 }
 
 # Official file name of each kind (Hugging Face repo `Manmay/tortoise-tts`).
@@ -65,6 +75,8 @@ OFFICIAL_FILES: dict[str, str] = {
     "vocoder": "vocoder.pth",
     "rlg_auto": "rlg_auto.pth",
     "rlg_diffuser": "rlg_diffuser.pth",
+    "hifi_decoder": "hifidecoder.pth",
+    "classifier": "classifier.pth",
 }
 
 
@@ -168,7 +180,9 @@ def load_official_file(kind: str, path: str | os.PathLike, reference_kwargs: Map
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]  # torch's unpickling errors run to pages
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {first} (a corrupt, "
+                              f"truncated or foreign file: download it again)") from exc
     return convert(kind, state_dict, reference_kwargs)
 
 
@@ -292,7 +306,7 @@ def _dequantized(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torc
 
 INFERENCE_KINDS = ("autoregressive", "clvp2", "diffusion_decoder", "vocoder")  # always needed
 # loaded when asked for (cvvp rerank, random voice, the letter score of ctc_weight)
-OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser", "speller")
+OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser", "speller", "hifi_decoder")
 
 
 @dataclasses.dataclass(frozen=True)
