@@ -120,7 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="long text is split into chunks of about CHARS characters (default 200, at most 1.5x; "
                         "smaller chunks reach the first audio sooner with --stream)")
     s.add_argument("--stream", action="store_true",
-                   help="write audio as each text chunk is ready (a WAV of open length on stdout with -o -)")
+                   help="write audio as each text chunk is ready (a WAV of open length on stdout with -o -); "
+                        "with --decoder hifigan, as the codes are sampled")
+    s.add_argument("--decoder", choices=("diffusion", "hifigan"),
+                   help="diffusion (default: diffusion decoder + vocoder) or hifigan (Tortoise v3's fast path: the "
+                        "GPT's latents straight to audio, one candidate unless --candidates is given)")
+    s.add_argument("--stream-first", type=_positive_int, metavar="CODES",
+                   help="with --stream --decoder hifigan: first audio after this many codes (default 16)")
+    s.add_argument("--stream-every", type=_positive_int, metavar="CODES",
+                   help="with --stream --decoder hifigan: then audio every this many codes (default 32)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("voices", help="manage the voice library", description="Manage the voice library.")
@@ -138,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub)
     _add_serve_command(sub)
     _add_eval_command(sub)
+    _add_detect_command(sub)
     return p
 
 
@@ -167,7 +176,8 @@ def _overrides(args) -> dict:
         "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
         "diffusion_temperature": "diffusion_temperature", "cvvp_amount": "cvvp_amount", "max_codes": "max_codes",
         "likelihood_weight": "likelihood_weight", "alignment_weight": "alignment_weight", "ctc_weight": "ctc_weight",
-        "voice_match": "voice_match",
+        "voice_match": "voice_match", "decoder": "decoder", "stream_first": "stream_first_codes",
+        "stream_every": "stream_every_codes",
     }
     out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}
     if args.cond_free is not None:
@@ -219,7 +229,8 @@ def cmd_speak(args) -> int:
 
         start = time.perf_counter()
         parts = []
-        with WavStreamWriter(sys.stdout.buffer if args.output == "-" else args.output, tts.sample_rate) as writer:
+        rate = tts.output_rate(settings)
+        with WavStreamWriter(sys.stdout.buffer if args.output == "-" else args.output, rate) as writer:
             for part in tts.stream(text, **kwargs):
                 writer.write(part.audio)
                 if first_audio_s is None:
@@ -413,6 +424,56 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _add_detect_command(sub) -> None:
+    d = sub.add_parser("detect", help="the probability that Tortoise made an audio file (Tortoise v3's classifier)",
+                       description="Print PATH<TAB>probability for each file: how likely Tortoise TTS made it, as "
+                                   "Tortoise v3's provenance classifier judges the first ~9.2 s at 24 kHz. Files "
+                                   "shorter than 0.5 s or silent are refused.")
+    d.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files (WAV, FLAC, OGG/Opus, MP3, ...)")
+    d.add_argument("--models-dir", type=Path, metavar="DIR",
+                   help="folder holding classifier.pth (official) or classifier.safetensors (Hare) (default: "
+                        "the tortoise-v2 model's classifier.pth, downloaded and converted once)")
+    d.add_argument("--json", action="store_true",
+                   help="print one JSON list of {file, probability} (or {file, error}) instead")
+
+
+def cmd_detect(args) -> int:
+    from hare.detect import load_classifier, prepare_clip, score
+    from hare.models.configs import ClassifierConfig
+
+    def one_line(exc: Exception) -> str:
+        return " ".join(str(exc).split())
+
+    config = ClassifierConfig()  # the clip's rate and length until the classifier says otherwise
+    classifier = None
+    rows, failed = [], False
+    for path in args.files:
+        try:
+            clip = prepare_clip(path, rate=config.sample_rate, max_samples=config.max_samples)
+            if classifier is None:  # loaded at the first usable file: a typo costs no model load
+                try:
+                    classifier = load_classifier(args.models_dir)
+                except HareError as exc:  # no model: nothing can be judged
+                    print(f"hare: error: {one_line(exc)}", file=sys.stderr)
+                    return 2
+                if (classifier.config.sample_rate, classifier.config.max_samples) != (config.sample_rate,
+                                                                                      config.max_samples):
+                    config = classifier.config
+                    clip = prepare_clip(path, rate=config.sample_rate, max_samples=config.max_samples)
+            probability = score(classifier, clip)
+        except HareError as exc:  # this file is unusable: say so, go on with the others
+            failed = True
+            print(f"hare: error: {one_line(exc)}", file=sys.stderr)
+            rows.append({"file": str(path), "error": one_line(exc)})
+            continue
+        rows.append({"file": str(path), "probability": probability})
+        if not args.json:
+            print(f"{path}\t{probability:.3f}", flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 2 if failed else 0
+
+
 def cmd_train(args) -> int:
     from hare.train.loop import train
 
@@ -496,6 +557,8 @@ def _add_serve_command(sub) -> None:
     sv.add_argument("--steps", type=_positive_int, help="diffusion steps for every request")
     sv.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler for every request")
     sv.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per text chunk")
+    sv.add_argument("--decoder", choices=("diffusion", "hifigan"),
+                    help="decoder for requests that name none (hifigan: Tortoise v3's fast path)")
     sv.add_argument("--api-key", help="require this key (Authorization: Bearer KEY) on every route but /health "
                                       "(default: env HARE_API_KEY; none: open)")
     sv.add_argument("--workers", type=_positive_int, default=1, help="synthesis threads (default 1)")
@@ -516,7 +579,8 @@ def cmd_serve(args) -> int:
     if args.max_upload_mb <= 0:
         raise UsageError("--max-upload-mb must be positive")
     overrides = {k: v for k, v in {"num_candidates": args.candidates, "diffusion_steps": args.steps,
-                                   "sampler": args.sampler, "max_codes": args.max_codes}.items() if v is not None}
+                                   "sampler": args.sampler, "max_codes": args.max_codes,
+                                   "decoder": args.decoder}.items() if v is not None}
     make_settings(args.preset or "fast", **overrides)  # bad combinations fail before the models load
     try:
         import fastapi  # noqa: F401
@@ -555,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "detect":
+            return cmd_detect(args)
     except HareError as exc:
         print(f"hare: error: {exc}", file=sys.stderr)
         return 2

@@ -108,6 +108,9 @@ def diffusion_frames(num_codes: int) -> int:
 # Settings and presets
 
 SAMPLERS = ("ddpm", "ddim", "dpm++2m")
+# what turns the picked candidate into audio: the diffusion decoder and vocoder (Tortoise v2), or the HiFi-GAN
+# latent decoder straight from the GPT's latents (Tortoise v3's api_fast; `hare.models.hifi_decoder`)
+DECODERS = ("diffusion", "hifigan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +157,13 @@ class Settings:
     # band, timing and pitch untouched). 0 (the reference's behaviour) leaves the decoder's mel as it is.
     voice_match: float = 0.0
     k: int = 1  # candidates returned (the best k by reranking score)
+    # "diffusion" (the reference's v2 path) or "hifigan" (api_fast: the GPT's latents -> HiFi-GAN latent
+    # decoder -> audio; no diffusion, no vocoder; with it the presets sample one candidate, as api_fast)
+    decoder: str = "diffusion"
+    # streaming with decoder="hifigan" (`TextToSpeech.stream`): the first audio after this many codes, then
+    # audio every `stream_every_codes` codes (a code is ~46 ms of speech)
+    stream_first_codes: int = 16
+    stream_every_codes: int = 32
     split_desired_length: int = 200
     split_max_length: int = 300
 
@@ -189,6 +199,10 @@ class Settings:
              f"{self.alignment_weight} + {self.ctc_weight})")
         need(0 <= self.voice_match <= 1, f"voice_match must be in [0, 1] (got {self.voice_match})")
         need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
+        need(self.decoder in DECODERS, f"decoder must be one of {', '.join(DECODERS)} (got {self.decoder!r})")
+        need(self.stream_first_codes >= 1 and self.stream_every_codes >= 1,
+             f"stream_first_codes and stream_every_codes must be >= 1 (got {self.stream_first_codes}, "
+             f"{self.stream_every_codes})")
         need(0 < self.split_desired_length <= self.split_max_length,
              "split lengths must satisfy 0 < desired <= max")
         return self
@@ -211,8 +225,9 @@ def make_settings(preset: str = "fast", **overrides) -> Settings:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return Settings(**values).validate()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    fast_path = {"num_candidates": 1} if given.get("decoder") == "hifigan" else {}  # api_fast: one sample
+    return Settings(**{**PRESETS[preset], **fast_path, **given}).validate()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,20 +277,20 @@ class _Timer:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-STAGES = ("conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder")
+STAGES = ("conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder", "hifigan")
 
 
 class TextToSpeech:
     """The whole Tortoise inference path. Build it with `hare.load_model(...)`."""
 
     def __init__(self, *, gpt, clvp, diffusion, vocoder, cvvp=None, rlg_auto=None, rlg_diffuser=None,
-                 speller=None, tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
+                 speller=None, hifi_decoder=None, tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
                  quantize: str | None = None, dtype: str = "fp32", default_voice: str = "random",
                  default_settings: dict | None = None, pack: bool = False):
         from hare.text import Tokenizer
         from hare.voices import LatentCache, VoiceLibrary
 
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = resolve_device(device)
         self.gpt = gpt.to(self.device).eval()
         self.clvp = clvp.to(self.device).eval()
         self.diffusion = diffusion.to(self.device).eval()
@@ -292,7 +307,8 @@ class TextToSpeech:
         if not all(0 <= c < gc.start_mel_token for c in (gc.calm_code, *gc.tail_codes)):
             raise CheckpointError(f"the GPT's calm/tail codes {gc.calm_code}/{gc.tail_codes} are not speech codes "
                                   f"(0..{gc.start_mel_token - 1})")
-        self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser, "speller": speller}
+        self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser, "speller": speller,
+                          "hifi_decoder": hifi_decoder}
         self._loader = loader  # kind -> module, for optional models loaded on first use
         self.tokenizer = tokenizer or Tokenizer()
         self.voices = voices or VoiceLibrary.default()
@@ -360,6 +376,23 @@ class TextToSpeech:
             model = self._loader(kind)
             self._optional[kind] = model
         return model.to(self.device).eval()
+
+    def hifi_decoder(self):
+        """The HiFi-GAN latent decoder of `decoder="hifigan"` (loaded on first use); errors name what is missing."""
+        try:
+            hifi = self._optional_model("hifi_decoder")
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"decoder='hifigan' needs the model's HiFi-GAN latent decoder "
+                                     f"(hifidecoder.pth or hifi_decoder.safetensors): {exc}") from None
+        gc, hc = self.gpt.config, hifi.config
+        if hc.latent_dim != gc.dim or hc.cond_dim != gc.dim:
+            raise CheckpointError(f"the HiFi-GAN decoder reads {hc.latent_dim}-d latents and a {hc.cond_dim}-d "
+                                  f"speaker latent, but the GPT's are {gc.dim}-d")
+        return hifi
+
+    def output_rate(self, settings: "Settings") -> int:
+        """The sample rate of the audio `settings` make: the HiFi-GAN decoder's, or the vocoder's."""
+        return self.hifi_decoder().sample_rate if settings.decoder == "hifigan" else self.sample_rate
 
     def speller(self):
         """The model's speller network (`hare.models.speller`, loaded on first use), or None if it has none."""
@@ -460,15 +493,17 @@ class TextToSpeech:
             candidates = [c for c in result.candidates] if candidates is None else [
                 torch.cat([a, b]) for a, b in zip(candidates, result.candidates)]
         assert result is not None
-        return Speech(audio=torch.cat(chunks), sample_rate=self.sample_rate, candidates=candidates,
+        return Speech(audio=torch.cat(chunks), sample_rate=result.sample_rate, candidates=candidates,
                       timings=result.timings, settings=result.settings)
 
     def stream(self, text: str, voice: str | None = None, preset: str = "fast", *, seed: int | None = None,
                progress: bool = False, **overrides):
-        """Yield a `Speech` per text chunk as soon as it is ready (timings accumulate across chunks)."""
-        yield from self._chunks(text, voice, preset, seed, progress, overrides)
+        """Yield `Speech` pieces as soon as they are ready (timings accumulate across them): one per text chunk,
+        or, with `decoder="hifigan"` and one candidate, pieces of each chunk as the GPT samples its codes
+        (the first after `stream_first_codes` codes, then every `stream_every_codes`)."""
+        yield from self._chunks(text, voice, preset, seed, progress, overrides, streaming=True)
 
-    def _chunks(self, text, voice, preset, seed, progress, overrides):
+    def _chunks(self, text, voice, preset, seed, progress, overrides, streaming=False):
         from hare.text import split_text
 
         settings = make_settings(preset, **{**self.default_settings, **overrides})
@@ -492,10 +527,16 @@ class TextToSpeech:
         info = {"preset": preset, "seed": seed, "voice": str(voice),
                 "chunks": len(pieces),
                 **dataclasses.asdict(settings)}
+        rate = self.output_rate(settings)  # loads the HiFi-GAN decoder now when it is asked for
         for i, tokens in enumerate(token_lists):
+            if streaming and settings.decoder == "hifigan" and settings.num_candidates == 1:
+                for piece in self._stream_hifigan(tokens, cond, settings, generator, timer):
+                    yield Speech(audio=piece, sample_rate=rate, candidates=[piece], timings=dict(timings),
+                                 settings=info)
+                continue
             audios = self._synthesize(tokens, cond, settings, generator, timer,
                                       progress, desc=f"chunk {i + 1}/{len(pieces)}")
-            yield Speech(audio=audios[0], sample_rate=self.sample_rate, candidates=audios, timings=dict(timings),
+            yield Speech(audio=audios[0], sample_rate=rate, candidates=audios, timings=dict(timings),
                          settings=info)
 
     def _check_model_settings(self, settings: Settings) -> None:
@@ -568,23 +609,24 @@ class TextToSpeech:
     def _synthesize(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer,
                     progress: bool, desc: str) -> list[torch.Tensor]:
         from hare import audio
-        from hare.sampling import SamplingSettings, sample_codes
+        from hare.sampling import sample_codes
 
         dev = self.device
         ar_latent, diff_latent = cond.ar, cond.diffusion
-        text = torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=dev)
+        text = self._text_tensor(tokens)
         with timer("autoregressive"), self._autocast():
-            sampling = SamplingSettings(
-                temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
-                max_codes=settings.max_codes,
-            )
             codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, settings.ar_batch_size,
-                                 sampling, generator,
+                                 _sampling(settings), generator,
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
             _return_freed_memory(dev)  # the KV caches
-        with timer("rerank"), self._autocast():
-            best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent)
+        gc = self.gpt.config
+        if settings.num_candidates == 1:  # nothing to rank: the fix-up alone (api_fast does the same)
+            best = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
+        else:
+            with timer("rerank"), self._autocast():
+                best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent)
+        if settings.decoder == "hifigan":
+            return self._hifigan_audio(text, best, ar_latent, settings, timer)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
@@ -607,6 +649,58 @@ class TextToSpeech:
             outputs.append(wav[0].float().cpu())
         return outputs
 
+    def _text_tensor(self, tokens) -> torch.Tensor:
+        """A chunk's text tokens as the GPT reads them: (1, n + 1), ending with the stop token."""
+        return torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=self.device)
+
+    def _hifigan_audio(self, text, best, ar_latent, settings, timer) -> list[torch.Tensor]:
+        """The picked candidates' GPT latents (teacher-forced, cut at their trailing silence as for the
+        diffusion decoder) through the HiFi-GAN latent decoder: api_fast's `tts`."""
+        hifi = self.hifi_decoder()
+        with timer("latents"), self._autocast():
+            latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
+                                              best).float()
+        outputs = []
+        for j in range(settings.k):
+            keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
+            with timer("hifigan"):
+                outputs.append(hifi.decode(latents[j: j + 1, :keep], ar_latent)[0].cpu())
+        return outputs
+
+    @torch.inference_mode()
+    def _stream_hifigan(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer):
+        """One chunk, one candidate, as audio pieces while the GPT samples it: each code's latent (from the
+        sampling pass itself) goes to a `HifiStream`, which decodes bounded windows. What it yields, joined,
+        is `_hifigan_audio`'s output for the same codes (to float rounding): after a stop token the calm codes
+        `fix_candidates` puts there are fed in, and the audio ends where `calm_cut` cuts."""
+        from hare.sampling import Stepper
+
+        hifi = self.hifi_decoder()
+        gc = self.gpt.config
+        stream = hifi.stream(cond.ar, settings.stream_first_codes, settings.stream_every_codes)
+        calm = torch.full((1,), gc.calm_code, dtype=torch.long, device=self.device)
+        with timer("autoregressive"), self._autocast():
+            stepper = Stepper(self.gpt, cond.ar, self._text_tensor(tokens), 1, _sampling(settings), generator,
+                              latents=True)
+        stopped, run = False, 0
+        while not stepper.full:
+            with timer("autoregressive"), self._autocast():
+                code, latent = stepper.force(calm) if stopped else stepper.step()
+            if not stopped and int(code[0]) == gc.stop_mel_token:  # from here on fix_candidates says calm
+                stopped = True
+                stepper.amend(calm)
+            run = run + 1 if stopped or int(code[0]) == gc.calm_code else 0
+            if run > MAX_CALM_RUN:  # calm_cut's rule
+                break
+            with timer("hifigan"):
+                piece = stream.push(latent[:, None].float())
+            if piece.numel():
+                yield piece.cpu()
+        with timer("hifigan"):
+            piece = stream.finish()
+        if piece.numel():
+            yield piece.cpu()
+
     def _diffuse(self, latents, diff_latent, frames, settings, generator, progress, desc):
         from hare import schedulers
 
@@ -620,6 +714,14 @@ class TextToSpeech:
             progress=_bar(progress, f"{desc}: diffusion", settings.diffusion_steps),
             start=settings.diffusion_start, prior=prior,
         )
+
+
+def _sampling(settings: Settings):
+    from hare.sampling import SamplingSettings
+
+    return SamplingSettings(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                            repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
+                            max_codes=settings.max_codes)
 
 
 def text_letters(tokenizer, tokens) -> torch.Tensor | None:
@@ -699,6 +801,32 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device=None) -> torch.device:
+    """`device` (None: cuda if available, else cpu) as a torch.device this machine can run on; a device this
+    build or machine lacks is a SettingsError naming it, not a traceback from deep inside the first `.to()`."""
+    if device is None:
+        return _default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"device {device!r} is not available: this PyTorch build has no CUDA support or "
+                                f"no GPU is visible (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SettingsError(f"device {device!r} is not available: this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise SettingsError(f"device {device!r} is not available: MPS needs Apple silicon and a PyTorch "
+                                f"build with MPS (use --device cpu)")
+    elif dev.type != "cpu":
+        raise SettingsError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return dev
+
+
 def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str | os.PathLike | None = None,
                device=None, voices_dirs=(), progress: bool = False, quantize: str | None = None,
                dtype: str = "fp32", pack: bool = True) -> TextToSpeech:
@@ -715,6 +843,7 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
     from hare import checkpoints
     from hare.voices import VoiceLibrary
 
+    resolve_device(device)  # an unavailable device fails before any weights are read
     directory = models_dir if models_dir is not None else (
         name_or_dir if Path(name_or_dir).is_dir() else None)
     bundled_voices = []

@@ -123,6 +123,78 @@ def code_limit(gpt, settings: SamplingSettings) -> int:
     return min(settings.max_codes, gpt.max_codes)
 
 
+class Stepper:
+    """Candidates sampled one code at a time, all sharing one prompt (the KV cache, the repetition penalty's
+    seen ids, the stop rule). `step()` samples the next code of every row; `force(codes)` feeds given codes
+    instead (the pipeline's streaming path continues past a stop with the calm codes `fix_candidates` would
+    put there). With `latents`, each call also returns the latents that predicted the returned codes, as
+    `GPT.speech_latents` would compute them for those positions: (batch, dim).
+    """
+
+    def __init__(self, gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int,
+                 settings: SamplingSettings, generator: torch.Generator | None = None, latents: bool = False):
+        c = gpt.config
+        self.gpt, self.settings, self.generator, self.latents = gpt, settings, generator, latents
+        self.max_codes = code_limit(gpt, settings)
+        if latents:
+            self.logits, self.cache, self.latent = gpt.prefill(cond_latent, text_tokens, batch, self.max_codes,
+                                                               return_latent=True)
+        else:
+            (self.logits, self.cache), self.latent = gpt.prefill(cond_latent, text_tokens, batch, self.max_codes), None
+        device = self.logits.device
+        self.seen = torch.zeros(batch, self.logits.shape[-1], dtype=torch.bool, device=device)
+        self.seen[:, PROMPT_FILLER_ID] = True
+        self.seen[:, c.start_mel_token] = True
+        self.finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.stop = torch.full((batch,), c.stop_mel_token, dtype=torch.long, device=device)
+        self.rows = torch.arange(batch, device=device)
+        self.position = 0  # codes produced so far
+        self._pending = None  # the last code, fed to the network when the next one is asked for
+
+    @property
+    def full(self) -> bool:
+        return self.position >= self.max_codes
+
+    def _advance(self) -> None:
+        if self._pending is None:
+            return
+        if self.latents:
+            self.logits, self.latent = self.gpt.decode_step(self._pending, self.position, self.cache,
+                                                            return_latent=True)
+        else:
+            self.logits = self.gpt.decode_step(self._pending, self.position, self.cache)
+        self._pending = None
+
+    def step(self):
+        """The next code of every row (a finished row repeats the stop token): (batch,) [, latents]."""
+        self._advance()
+        code = torch.where(self.finished, self.stop, next_codes(self.logits, self.seen, self.settings,
+                                                                self.generator))
+        return self._take(code)
+
+    def force(self, code: torch.Tensor):
+        """Take `code` (batch,) as the next codes; returns them [, the latents that predicted them]."""
+        self._advance()
+        return self._take(code)
+
+    def amend(self, code: torch.Tensor) -> None:
+        """Replace the codes just returned (batch,) by `code` before the network reads them (the pipeline's
+        streaming path turns a stop into the calm code, as `fix_candidates` does)."""
+        if self._pending is None:
+            raise ValueError("no code to amend")
+        self._pending = code
+
+    def _take(self, code: torch.Tensor):
+        if self.full:
+            raise ValueError(f"no room for more than {self.max_codes} codes")
+        latent = self.latent
+        self.seen[self.rows, code] = True
+        self.finished |= code == self.gpt.config.stop_mel_token
+        self.position += 1
+        self._pending = code
+        return (code, latent) if self.latents else code
+
+
 @torch.no_grad()
 def generate(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int, settings: SamplingSettings,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -131,26 +203,11 @@ def generate(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: i
     cond_latent: (1, dim); text_tokens: (1, text_len) -> (batch, n <= max_codes) codes; a row that stopped
     holds the stop token from its first one on. The result ends early once every row has stopped.
     """
-    c = gpt.config
-    max_codes = code_limit(gpt, settings)
-    logits, cache = gpt.prefill(cond_latent, text_tokens, batch, max_codes)
-    device = logits.device
-    seen = torch.zeros(batch, logits.shape[-1], dtype=torch.bool, device=device)
-    seen[:, PROMPT_FILLER_ID] = True
-    seen[:, c.start_mel_token] = True
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    stop = torch.full((batch,), c.stop_mel_token, dtype=torch.long, device=device)
-    rows = torch.arange(batch, device=device)
-    out = torch.empty(batch, max_codes, dtype=torch.long, device=device)
-    for step in range(max_codes):
-        code = torch.where(finished, stop, next_codes(logits, seen, settings, generator))
-        out[:, step] = code
-        seen[rows, code] = True
-        finished |= code == c.stop_mel_token
-        if step == max_codes - 1 or bool(finished.all()):
-            return out[:, : step + 1]
-        logits = gpt.decode_step(code, step + 1, cache)
-    return out
+    stepper = Stepper(gpt, cond_latent, text_tokens, batch, settings, generator)
+    codes = []
+    while not stepper.full and not (codes and bool(stepper.finished.all())):
+        codes.append(stepper.step())
+    return torch.stack(codes, dim=1)
 
 
 def sample_codes(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, num_samples: int, batch_size: int,

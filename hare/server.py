@@ -3,7 +3,8 @@
 Routes (all but `/health` need the API key when one is set):
 
 - `POST /v1/audio/speech`: OpenAI's body (`model`, `input`, `voice`, `response_format`, `speed`,
-  `stream_format`) plus Hare's `preset`, `seed` and `stream`. Returns the audio bytes; with `stream: true`
+  `stream_format`) plus Hare's `preset`, `seed`, `stream` and `decoder` ("hifigan": Tortoise v3's fast path,
+  whose stream sends audio while the codes are sampled). Returns the audio bytes; with `stream: true`
   (or `stream_format: "sse"`) the audio of each text chunk is sent as soon as it is ready.
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /v1/voices`, `POST /v1/voices` (multipart: `name` and one or
   more audio clips), `DELETE /v1/voices/{name}`, `GET /health`, and the web page at `/`.
@@ -456,6 +457,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
         stream: bool = False
         preset: str | None = None
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+        decoder: str | None = None  # Hare: "diffusion" or "hifigan" (Tortoise v3's fast path; streams per codes)
 
     async def lifespan(app):
         yield
@@ -570,6 +572,13 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
                            f"{', '.join(f for f in STREAMABLE if f in formats)}", param="response_format",
                            code="unsupported_format")
         kwargs = {"voice": voice, "seed": body.seed, "progress": False, **(overrides or {})}
+        if body.decoder is not None:
+            from hare.pipeline import DECODERS
+
+            if body.decoder not in DECODERS:
+                raise APIError(400, f"decoder must be one of {', '.join(DECODERS)} (got {body.decoder!r})",
+                               param="decoder", code="invalid_decoder")
+            kwargs["decoder"] = body.decoder
         if preset is not None:
             kwargs["preset"] = preset
         return {"text": text, "kwargs": kwargs, "format": formats[fmt], "speed": float(body.speed),

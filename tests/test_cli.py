@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import soundfile
 
 from hare import cli
@@ -129,3 +130,39 @@ def test_stream_to_stdout_and_file(models_dir, env, tmp_path):
     streamed = np.frombuffer(proc.stdout[44:], dtype="<i2").astype(np.float32) / 32767
     assert proc.stdout[:4] == b"RIFF" and abs(len(streamed) - len(data)) == 0
     assert np.abs(streamed - data).max() < 2e-4
+
+
+def test_hifigan_decoder_streams_to_stdout(models_dir, env, tmp_path):
+    """--decoder hifigan --stream: audio pieces while the codes are sampled, the same audio as one shot."""
+    args = ["speak", "Hello there, this is a longer sentence.", "--voice", "alice", "--voices-dir", str(env),
+            "--models-dir", str(models_dir), "--decoder", "hifigan", "--seed", "1", "--max-codes", "30", "-q"]
+    out, report = tmp_path / "h.wav", tmp_path / "h.json"
+    assert cli.main([*args, "-o", str(out), "--report", str(report)]) == 0
+    data, sr = soundfile.read(out)
+    r = json.loads(report.read_text())
+    assert sr == 24000 and "hifigan" in r["stages"] and "diffusion" not in r["stages"]
+    assert r["settings"]["decoder"] == "hifigan" and r["settings"]["num_candidates"] == 1
+    proc = subprocess.run([sys.executable, "-m", "hare.cli", *args, "--stream", "--stream-first", "2",
+                           "--stream-every", "3", "-o", "-"], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    streamed = np.frombuffer(proc.stdout[44:], dtype="<i2").astype(np.float32) / 32767
+    assert len(streamed) == len(data) and np.abs(streamed - data).max() < 2e-4
+
+
+def test_hifigan_decoder_errors_are_one_line(env, tmp_path, capsys):
+    models = save_official_layout({k: v for k, v in tiny_models().items() if k != "hifi_decoder"},
+                                  tmp_path / "nohifi")
+    code = cli.main(["speak", "Hello.", "--voice", "alice", "--voices-dir", str(env), "--models-dir", str(models),
+                     "--decoder", "hifigan", "-q", "-o", str(tmp_path / "x.wav")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "decoder='hifigan' needs" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as bad_choice:  # argparse's own usage error
+        cli.main(["speak", "Hello.", "--decoder", "wavenet"])
+    assert bad_choice.value.code == 2
+
+
+@pytest.mark.parametrize("device", ["nonsense", "tpu", *([] if torch.cuda.is_available() else ["cuda", "cuda:0"])])
+def test_unavailable_device_is_one_line(env, device, capsys):
+    code = cli.main(["speak", "Hello.", "--device", device, "-q", "-o", "x.wav"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "device" in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -706,3 +706,45 @@ def test_openai_voice_names_fall_back_to_the_default_voice(client, fake, library
     write_clip(tmp_path / "voices" / "echo" / "e.wav")
     assert speak(client, input="Hello.", voice="echo").status_code == 200  # a real voice of that name wins
     assert fake.seen_kwargs[-1]["voice"] == "echo"
+
+
+def test_hifigan_stream_sends_audio_before_the_last_code(tmp_path, monkeypatch):
+    """decoder "hifigan" with stream: the first PCM bytes reach the client while the GPT is still sampling
+    (the GPT waits at a later code until the client has them), and the whole stream is the one-shot audio."""
+    from tiny_models import tiny_models, tiny_tts, write_voice
+
+    monkeypatch.setenv("HARE_HOME", str(tmp_path / "home"))
+    write_voice(tmp_path / "voices" / "tone")
+    models = tiny_models()
+    with torch.no_grad():
+        models["autoregressive"].mel_head.bias[8193] -= 6.0  # a talker: it runs to max_codes
+    tts = tiny_tts(tmp_path / "voices", models=models)
+    body = {"input": "Hello there.", "voice": "tone", "response_format": "pcm", "seed": 2, "decoder": "hifigan"}
+    app = create_app(tts, overrides={"max_codes": 40, "stream_first_codes": 2, "stream_every_codes": 2})
+    got_first, held = threading.Event(), []
+    real_step = tts.gpt.decode_step
+
+    def gated_step(codes, position, cache, **kw):
+        if position == 30:  # ten codes before the end: wait for the client to hold audio
+            held.append(got_first.wait(20))
+        return real_step(codes, position, cache, **kw)
+
+    with live_server(app) as url:
+        one_shot = httpx.post(url + "/v1/audio/speech", timeout=60, json=body)
+        assert one_shot.status_code == 200, one_shot.text
+        tts.gpt.decode_step = gated_step
+        try:
+            pcm = b""
+            with httpx.stream("POST", url + "/v1/audio/speech", timeout=60, json={**body, "stream": True}) as r:
+                assert r.status_code == 200
+                for piece in r.iter_raw():
+                    pcm += piece
+                    got_first.set()
+        finally:
+            del tts.gpt.decode_step
+        assert held == [True]  # the GPT had not sampled its last codes when the first audio arrived
+        a = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        b = np.frombuffer(one_shot.content, dtype="<i2").astype(np.float32)
+        assert len(a) == len(b) and np.abs(a - b).max() <= 8  # 16-bit PCM, float rounding of two paths
+        assert_error(httpx.post(url + "/v1/audio/speech", timeout=30, json={**body, "decoder": "x"}), 400,
+                     "invalid_decoder")

@@ -26,6 +26,7 @@ TINY_KWARGS = {
     "cvvp": dict(model_dim=32, transformer_heads=2, conditioning_enc_depth=1, speech_enc_depth=1, mel_codes=8192),
     "rlg_auto": dict(channels=GPT_DIM),
     "rlg_diffuser": dict(channels=2 * DIFF_CH),
+    "hifi_decoder": dict(in_channels=GPT_DIM, cond_channels=GPT_DIM, upsample_initial_channel=16),
 }
 
 
@@ -41,7 +42,7 @@ def tiny_tts(voices_dir: Path | None = None, seed: int = 0, models: dict | None 
     m = models or tiny_models(seed)
     return TextToSpeech(
         gpt=m["autoregressive"], clvp=m["clvp2"], diffusion=m["diffusion_decoder"], vocoder=m["vocoder"],
-        cvvp=m["cvvp"], rlg_auto=m["rlg_auto"], rlg_diffuser=m["rlg_diffuser"],
+        cvvp=m["cvvp"], rlg_auto=m["rlg_auto"], rlg_diffuser=m["rlg_diffuser"], hifi_decoder=m["hifi_decoder"],
         voices=VoiceLibrary([voices_dir] if voices_dir else []), model_id=f"tiny-{seed}", device="cpu",
     )
 

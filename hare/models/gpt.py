@@ -461,12 +461,14 @@ class GPT(nn.Module):
         return ref.dtype
 
     @torch.no_grad()
-    def prefill(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int, max_codes: int):
+    def prefill(self, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int, max_codes: int,
+                return_latent: bool = False):
         """Run the prompt once and share it: returns (logits for the first code, cache for `batch` sequences).
 
         cond_latent: (1, dim); text_tokens: (1, text_len) as `inference_speech` receives them (a stop token and
         the start token are added here). Logits: (batch, mel_vocab). The cache has room for `max_codes` more
-        positions. The start-of-speech token sits at speech position 0.
+        positions. The start-of-speech token sits at speech position 0. With `return_latent`, also the latent
+        of the first code (`speech_latents`' first row: the final-normed state that predicts it), (batch, dim).
         """
         c = self.config
         if cond_latent.shape[0] != 1 or text_tokens.shape[0] != 1:
@@ -476,20 +478,23 @@ class GPT(nn.Module):
         x = torch.cat([cond_latent.unsqueeze(1).to(self.text_pos.weight.dtype),
                        self._text_embeddings(text_in), self._mel_embeddings(start)], dim=1)
         cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, self._compute_dtype(), x.device)
-        h = self._stack(x, cache)[:, -1]
-        logits = self.mel_head(self.final_norm(h))
-        return logits.expand(batch, -1), cache.expand(batch, x.shape[1] + max_codes)
+        latent = self.final_norm(self._stack(x, cache)[:, -1])
+        logits = self.mel_head(latent).expand(batch, -1)
+        cache = cache.expand(batch, x.shape[1] + max_codes)
+        return (logits, cache, latent.expand(batch, -1)) if return_latent else (logits, cache)
 
     @torch.no_grad()
-    def decode_step(self, codes: torch.Tensor, position: int, cache: KVCache) -> torch.Tensor:
+    def decode_step(self, codes: torch.Tensor, position: int, cache: KVCache, return_latent: bool = False):
         """Feed one code per sequence at speech position `position` (1 for the first generated code).
 
-        codes: (batch,) -> logits for the next code, (batch, mel_vocab).
+        codes: (batch,) -> logits for the next code, (batch, mel_vocab); with `return_latent`, (logits, the
+        next code's latent (batch, dim), as `speech_latents` computes it).
         """
         if position >= self.config.mel_positions:
             raise ValueError(f"speech position {position} is past the model's {self.config.mel_positions} positions")
         if cache.length >= cache.capacity:
             raise ValueError(f"the cache is full ({cache.capacity} positions)")
         x = self.mel_embedding(codes)[:, None] + self.mel_pos.weight[position]
-        h = self._stack(x, cache)[:, -1]
-        return self.mel_head(self.final_norm(h))
+        latent = self.final_norm(self._stack(x, cache)[:, -1])
+        logits = self.mel_head(latent)
+        return (logits, latent) if return_latent else logits

@@ -1,6 +1,7 @@
 // Hare's web page: plain JavaScript against the server's own API (no build step).
-// WAV output is streamed as server-sent events of PCM, one event per text chunk, so the page shows progress
-// chunk by chunk; other formats are fetched whole.
+// WAV output is streamed as server-sent events of PCM (one event per text chunk, or, with the HiFi-GAN
+// decoder, per few codes), played as it arrives (Web Audio) and kept for the player and download at the end;
+// other formats are fetched whole.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -92,10 +93,38 @@ function request() {
   };
   if ($("preset").value) body.preset = $("preset").value;
   if ($("seed").value !== "") body.seed = parseInt($("seed").value, 10);
+  if ($("decoder").value) body.decoder = $("decoder").value;
   return body;
 }
 
+// Plays 16-bit PCM pieces back to back as they arrive (a no-op where Web Audio is missing).
+function livePlayer() {
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!Context) return { push() {}, live: false };
+  let context;
+  try { context = new Context(); } catch (e) { return { push() {}, live: false }; }
+  let next = 0;
+  return {
+    live: context.state !== "suspended",  // a suspended context (no user gesture) plays nothing
+    push(bytes) {
+      const n = bytes.length >> 1;
+      if (!n) return;
+      const view = new DataView(bytes.buffer, bytes.byteOffset, n * 2);
+      const buffer = context.createBuffer(1, n, SAMPLE_RATE);
+      const samples = buffer.getChannelData(0);
+      for (let i = 0; i < n; i++) samples[i] = view.getInt16(2 * i, true) / 32768;
+      const source = context.createBufferSource();
+      source.buffer = buffer;
+      source.connect(context.destination);
+      next = Math.max(next, context.currentTime + 0.05);
+      source.start(next);
+      next += buffer.duration;
+    },
+  };
+}
+
 async function speakStreamed(body, progress) {
+  const player = livePlayer();  // made inside the click, as browsers ask
   const response = await fetch(api("/v1/audio/speech"), {
     method: "POST", headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ ...body, response_format: "pcm", stream_format: "sse" }),
@@ -124,6 +153,7 @@ async function speakStreamed(body, progress) {
         const bytes = base64Bytes(data.audio);
         if (bytes.length) {
           parts.push(bytes);
+          player.push(bytes);
           seconds += bytes.length / 2 / SAMPLE_RATE;
           progress(parts.length, total, seconds);
         }
@@ -131,7 +161,7 @@ async function speakStreamed(body, progress) {
     }
   }
   if (!parts.length) throw new Error("the server sent no audio");
-  return { blob: wavBlob(parts), seconds, seed, extension: "wav" };
+  return { blob: wavBlob(parts), seconds, seed, extension: "wav", played: player.live };
 }
 
 async function speakWhole(body, format) {
@@ -177,7 +207,8 @@ async function speak() {
     bar.max = 1; bar.value = 1;
     clearInterval(timer);
     setStatus(`done in ${((performance.now() - started) / 1000).toFixed(1)} s` + (result.seed ? `, seed ${result.seed}` : ""));
-    player.play().catch(() => { /* autoplay may be blocked; the controls are there */ });
+    // streamed audio has played as it arrived; the player holds it for replay and download
+    if (!result.played) player.play().catch(() => { /* autoplay may be blocked; the controls are there */ });
   } catch (e) {
     clearInterval(timer);
     setStatus("");
