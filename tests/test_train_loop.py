@@ -431,3 +431,32 @@ def test_diffusion_trains_on_a_frozen_gpts_latents(corpus, tmp_path):
     bad["model"] = {}  # the sizes and the input come from the initial weights: a decoder on codes
     with pytest.raises(TrainingError, match="conditioning_input must be 'latents'"):
         train(TrainConfig.from_dict(bad))
+
+
+def test_hifi_decoder_trains_on_a_frozen_gpts_latents(corpus, tmp_path):
+    """Tortoise v3's latent decoder: STFT + GAN + feature matching on a frozen GPT's latents; the GPT is
+    untouched, the exported decoder has its weight norm folded and runs in the pipeline's decode."""
+    from hare.models.configs import GPTConfig
+
+    torch.manual_seed(0)
+    gpt = checkpoints.build("autoregressive", GPTConfig(**MODELS["gpt"]))
+    gpt_path = checkpoints.save(gpt, "autoregressive", gpt.config, tmp_path / "gpt")
+    before = load_file(str(gpt_path))
+    disc = dict(periods=[2, 3], period_channels=[4, 8, 8], resolutions=[[256, 64, 256]], resolution_channels=4)
+    cfg = make_config(corpus, "vocoder", tmp_path / "run", train={"steps": 3, "save_every": 0, "eval_every": 3})
+    cfg.update(objective="hifi_decoder", model=dict(latent_dim=32, cond_dim=32, initial_channels=16),
+               options=dict(gpt=str(gpt_path), segment_codes=6, discriminator=disc))
+    result = train(TrainConfig.from_dict(cfg))
+    model, kind, config = checkpoints.load(result.exported)
+    assert kind == "hifi_decoder" and config.latent_dim == 32
+    assert not any("parametrizations" in k for k in load_file(str(result.exported)))  # weight norm folded
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert len(train_rows) == 3 and all(r["generator/feature"] >= 0 and "generator/adv" in r and
+                                        r["generator/stft_mag"] > 0 and "discriminator/disc" in r for r in train_rows)
+    _assert_same_weights(load_file(str(gpt_path)), before)
+    wav = model.decode(torch.randn(1, 5, 32), torch.randn(1, 32))
+    assert wav.shape == (1, model.frames_for(5) * 256) and torch.isfinite(wav).all()
+    with pytest.raises(TrainingError, match="latent_dim must be the GPT's width"):
+        bad = dict(cfg, out_dir=str(tmp_path / "bad"), model=dict(latent_dim=16, cond_dim=32, initial_channels=16))
+        train(TrainConfig.from_dict(bad))

@@ -180,3 +180,14 @@ def letter_score(log_probs: torch.Tensor, letters: torch.Tensor, lengths: torch.
     nll = ctc_nll(log_probs, lengths, targets,
                   torch.full((b,), targets.shape[1], dtype=torch.long, device=device), zero_infinity=False)
     return -nll / max(targets.shape[1], 1)
+
+
+def apply_weight_norm(module: nn.Module) -> nn.Module:
+    """Re-parametrise every 1-D (transposed) convolution of `module` with weight norm (dim 0), in place, as the
+    GAN vocoders are trained; `torch.nn.utils.parametrize.remove_parametrizations` folds it back."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+            weight_norm(m, dim=0)
+    return module

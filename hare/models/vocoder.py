@@ -146,12 +146,9 @@ class UnivNet(nn.Module):
 
     def apply_weight_norm(self) -> "UnivNet":
         """Re-parametrise every conv with weight norm (as UniVNet is trained); fold back with `remove_weight_norm`."""
-        from torch.nn.utils.parametrizations import weight_norm
+        from hare.models.layers import apply_weight_norm
 
-        for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
-                weight_norm(m, dim=0)
-        return self
+        return apply_weight_norm(self)
 
     def remove_weight_norm(self) -> "UnivNet":
         from torch.nn.utils import parametrize

@@ -4,6 +4,8 @@
   over time.
 - Multi-resolution discriminator: 2-D convs over linear magnitude spectrograms at several STFT sizes.
 - `stft_loss`: spectral convergence + L1 log-magnitude distance, averaged over resolutions.
+- `feature_matching_loss`: HiFi-GAN's L1 distance between the discriminators' hidden maps of real and fake
+  audio (`Discriminator(..., features=True)`), used by the HiFi-GAN latent decoder's objective.
 
 Both discriminators score least-squares GAN style (real -> 1, fake -> 0).
 """
@@ -41,14 +43,16 @@ class PeriodDiscriminator(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.post = weight_norm(nn.Conv2d(prev, 1, (3, 1), padding=(1, 0)))
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        # wav: (batch, 1, samples) -> scores (batch, cells)
+    def forward(self, wav: torch.Tensor, features: list | None = None) -> torch.Tensor:
+        # wav: (batch, 1, samples) -> scores (batch, cells); hidden maps appended to `features` if given
         b, _, n = wav.shape
         if n % self.period:
             wav = F.pad(wav, (0, self.period - n % self.period), mode="reflect")
         x = wav.view(b, 1, -1, self.period)
         for conv in self.convs:
             x = F.leaky_relu(conv(x), self.slope)
+            if features is not None:
+                features.append(x)
         return self.post(x).flatten(1)
 
 
@@ -66,11 +70,13 @@ class ResolutionDiscriminator(nn.Module):
         ])
         self.post = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
 
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        # wav: (batch, 1, samples) -> scores (batch, cells)
+    def forward(self, wav: torch.Tensor, features: list | None = None) -> torch.Tensor:
+        # wav: (batch, 1, samples) -> scores (batch, cells); hidden maps appended to `features` if given
         x = stft_magnitude(wav[:, 0], (self.n_fft, self.hop, self.win)).transpose(1, 2).unsqueeze(1)
         for conv in self.convs:
             x = F.leaky_relu(conv(x), self.slope)
+            if features is not None:
+                features.append(x)
         return self.post(x).flatten(1)
 
 
@@ -85,8 +91,11 @@ class Discriminator(nn.Module):
         self.resolution = nn.ModuleList(
             ResolutionDiscriminator(tuple(r), config.resolution_channels, s) for r in config.resolutions)
 
-    def forward(self, wav: torch.Tensor) -> list[torch.Tensor]:
-        return [d(wav) for d in self.period] + [d(wav) for d in self.resolution]
+    def forward(self, wav: torch.Tensor, features: bool = False):
+        """Scores of every discriminator; with `features`, (scores, their hidden maps)."""
+        maps: list | None = [] if features else None
+        scores = [d(wav, maps) for d in self.period] + [d(wav, maps) for d in self.resolution]
+        return (scores, maps) if features else scores
 
 
 def stft_magnitude(wav: torch.Tensor, resolution: STFTResolution) -> torch.Tensor:
@@ -116,3 +125,8 @@ def discriminator_loss(real_scores: list[torch.Tensor], fake_scores: list[torch.
     for r, f in zip(real_scores, fake_scores):
         total = total + ((1 - r.float()) ** 2).mean() + (f.float() ** 2).mean()
     return total / len(real_scores)
+
+
+def feature_matching_loss(real_maps: list[torch.Tensor], fake_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Mean L1 distance between the discriminators' hidden maps of real (held fixed) and fake audio."""
+    return sum((r.detach().float() - f.float()).abs().mean() for r, f in zip(real_maps, fake_maps)) / len(real_maps)
