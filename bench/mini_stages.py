@@ -1,19 +1,22 @@
-"""Where hare-mini's word errors come from: each stage fed the truth, scored with pocketsphinx.
+"""Where hare-mini's word errors come from: each stage fed the truth, scored with Whisper and pocketsphinx.
 
-    python bench/mini_stages.py data/mini-eval [--voice flite-rms] [--model hare-mini] [--start 0.02 --start 0.1]
+    python bench/mini_stages.py data/mini-eval [--voice piper-joe] [--model hare-mini] [--asr whisper --asr pocketsphinx]
+                                [--start 0.02 --start 0.1] [--candidates 16] [--limit N]
 
 For every sentence of an evaluation suite (`hare data eval-suite`) and its real recording:
-  - `real`: the recording's HiFi-GAN mel through the model's vocoder (the vocoder's ceiling);
+  - `source`: the recording itself;
+  - `vocoder`: the recording's HiFi-GAN mel through the model's vocoder (the vocoder's ceiling);
   - `vqvae`: the recording's true speech codes through the VQ-VAE's own decoder, its AR mel mapped to
     HiFi-GAN's by a least-squares fit on the voice's prompt clips (the codes' ceiling);
   - `prior`: the true codes through the diffusion decoder's prior (`predict_mel`) alone;
   - `start=S`: the true codes through shallow diffusion from S (ultra_fast's 30-step schedule);
-  - `gpt`: the model's own codes (16 candidates sampled with the model's settings, the pipeline's pick:
-    `TextToSpeech.rerank`) through the VQ-VAE path of `vqvae`;
-  - `gpt+decoder`: the same codes through the diffusion decoder (shallow diffusion from the model's own
-    `diffusion_start`, as `hare speak` runs it).
+  - `best of N`: the model's own N candidates (sampled with the model's settings) each through the decoder as
+    `hare speak` runs it, the one the first recogniser hears best (an oracle: the reranker's ceiling);
+  - `pick+vqvae`: the pipeline's pick (`TextToSpeech.rerank`) through the VQ-VAE path of `vqvae`;
+  - `pick`: the pick through the diffusion decoder (shallow diffusion from the model's own `diffusion_start`).
 A decoder on GPT latents (`conditioning_input: latents`) reads the GPT's teacher-forced latents of the codes
-(true or its own), as the pipeline computes them. Needs a VQ-VAE file beside the model (hare-mini).
+(true or its own), as the pipeline computes them. Needs a VQ-VAE file beside the model (hare-mini). Prints one
+table, a row per stage and a column per recogniser (the first one is the oracle's judge).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from hare import audio, checkpoints, evaluate
-from hare.pipeline import calm_cut, load_model, make_settings
+from hare.pipeline import calm_cut, fix_candidates, load_model, make_settings
 from hare.sampling import SamplingSettings, sample_codes
 
 
@@ -50,6 +53,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="hare-mini")
     p.add_argument("--start", type=float, action="append", help="shallow-diffusion starts (default 0.02, 0.1)")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--asr", action="append", choices=("whisper", "pocketsphinx"),
+                   help="recognisers (repeatable; default whisper and pocketsphinx; the first judges the oracle)")
+    p.add_argument("--candidates", type=int, default=16, help="candidates sampled per sentence (default 16)")
     args = p.parse_args(argv)
     tts = load_model(args.model)
     model_dir = Path(args.model) if Path(args.model).is_dir() else checkpoints.package_path("weights/hare-mini")
@@ -64,10 +70,12 @@ def main(argv=None) -> int:
     norms = audio.mel_norms().reshape(80, 1)
     ar_latent, diff_latent, _ = tts.conditioning_latents([audio.load_audio(c, 22050) for c in voice.ref],
                                                          generator=torch.Generator().manual_seed(0))
-    asr = evaluate.recognizer("pocketsphinx")
+    names = args.asr or ["whisper", "pocketsphinx"]
+    recognisers = {n: evaluate.recognizer(n) for n in names}
     starts = args.start or [0.02, 0.1]
-    modes = ["real", "vqvae", "prior", *[f"start={s}" for s in starts], "gpt", "gpt+decoder"]
-    heard = {m: [] for m in modes}
+    best_of = f"best of {args.candidates}"
+    modes = ["source", "vocoder", "vqvae", "prior", *[f"start={s}" for s in starts], best_of, "pick+vqvae", "pick"]
+    heard = {(m, n): [] for m in modes for n in names}
     own = make_settings("ultra_fast", **tts.default_settings)  # the model's own sampling settings
     sampling = SamplingSettings(temperature=own.temperature, top_p=own.top_p, top_k=own.top_k,
                                 repetition_penalty=own.repetition_penalty, length_penalty=own.length_penalty,
@@ -95,22 +103,42 @@ def main(argv=None) -> int:
             frames = tts.mel_format.frames_for_codes(codes.shape[1])
             cond = decoder_input(text, codes, codes.shape[1])
             aligned = tts.diffusion.aligned_conditioning(cond, diff_latent, frames)
-            mels = {"real": audio.hifigan_mel(wav).reshape(1, 80, -1), "vqvae": vq_path(codes),
+            mels = {"vocoder": audio.hifigan_mel(wav).reshape(1, 80, -1), "vqvae": vq_path(codes),
                     "prior": audio.denormalize_mel(tts.diffusion.predict_mel(aligned).float())}
             for s in starts:
                 mels[f"start={s}"] = diffuse(cond, frames, s)
-            cands = sample_codes(tts.gpt, ar_latent, text, 16, 16, sampling, g)
+            cands = sample_codes(tts.gpt, ar_latent, text, args.candidates, min(args.candidates, 16), sampling, g)
+            gc = tts.gpt.config
+
+            def through_decoder(row):  # a fixed candidate as the pipeline decodes it
+                keep = calm_cut(row, calm_code=gc.calm_code)
+                return diffuse(decoder_input(text, row[None], keep), tts.mel_format.frames_for_codes(keep),
+                               own.diffusion_start)
+
             best = tts.rerank(text, cands, own)[0]
-            keep = calm_cut(best, calm_code=tts.gpt.config.calm_code)
-            mels["gpt"] = vq_path(best[None, :keep])
-            mels["gpt+decoder"] = diffuse(decoder_input(text, best[None], keep),
-                                          tts.mel_format.frames_for_codes(keep), own.diffusion_start)
-            for m in modes:
-                out = tts.vocoder.vocode(mels[m], generator=g)[0].float().numpy().reshape(-1)
-                heard[m].append(asr.transcribe(out, tts.sample_rate))
-    print(f"{args.model} / {args.voice}: {len(sentences)} sentences, pocketsphinx WER per stage")
+            mels["pick+vqvae"] = vq_path(best[None, :calm_cut(best, calm_code=gc.calm_code)])
+            mels["pick"] = through_decoder(best)
+            outs = {m: tts.vocoder.vocode(mels[m], generator=g)[0].float().numpy().reshape(-1) for m in mels}
+            judge, judge_name = recognisers[names[0]], names[0]
+            fixed = fix_candidates(cands, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
+            oracle = None
+            for row in fixed:  # the candidate the judge hears best
+                out = tts.vocoder.vocode(through_decoder(row), generator=g)[0].float().numpy().reshape(-1)
+                errors = evaluate.word_errors(sentence, judge.transcribe(out, tts.sample_rate))[0]
+                if oracle is None or errors < oracle[0]:
+                    oracle = (errors, out)
+            outs[best_of] = oracle[1]
+            data, sr = audio.load_audio(path, 22050).numpy(), 22050
+            for n, rec in recognisers.items():
+                heard[("source", n)].append(rec.transcribe(data, sr))
+                for m in modes[1:]:
+                    heard[(m, n)].append(rec.transcribe(outs[m], tts.sample_rate))
+    print(f"{args.model} / {args.voice}: {len(sentences)} sentences, WER per stage ({best_of}: judged by "
+          f"{names[0]})\n")
+    print("| stage | " + " | ".join(f"WER {n}" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
     for m in modes:
-        print(f"  {m:12s} {100 * evaluate.wer(sentences, heard[m]):5.1f} %")
+        print(f"| {m} | " + " | ".join(f"{100 * evaluate.wer(sentences, heard[(m, n)]):.1f} %" for n in names) + " |")
     return 0
 
 
