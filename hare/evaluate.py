@@ -294,6 +294,9 @@ class Row:
     rtf: float | None
     audio_seconds: float
     transcripts: dict[str, list[str]]
+    # each clip's duration over the source recording's of the same sentence: (min, median, max); None without
+    # recordings (a babbling or truncating model shows here before it shows anywhere else)
+    duration_ratio: tuple[float, float, float] | None = None
 
     @property
     def closest_voice(self) -> str | None:
@@ -326,8 +329,13 @@ class Scorer:
             e = self.encoder.embed(sim_clips)
             sims = {other: float(np.dot(e, emb)) for other, emb in self.real_embeddings.items()}
         seconds = sum(len(w) / sr for w, sr in clips)
+        ratio = None
+        if voice in self.real and len(self.real[voice]) == len(clips):
+            r = sorted((len(w) / sr) / max(len(rw) / rsr, 1e-9) for (w, sr), (rw, rsr) in zip(clips, self.real[voice]))
+            ratio = (r[0], r[len(r) // 2], r[-1])
         return Row(system, voice, preset, wers, sims,
-                   None if seconds_spent is None else seconds_spent / max(seconds, 1e-9), seconds, transcripts)
+                   None if seconds_spent is None else seconds_spent / max(seconds, 1e-9), seconds, transcripts,
+                   ratio)
 
 
 def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequence[str] = ("ultra_fast",),
@@ -380,14 +388,17 @@ def evaluate(suite: Suite, tts=None, *, model_name: str = "model", presets: Sequ
 
 def format_table(rows: Sequence[Row], asr: Sequence[str]) -> str:
     """A Markdown table: one row per (system, voice, preset)."""
-    head = ["system", "voice", "preset"] + [f"WER {a}" for a in asr] + ["sim. to own voice", "closest voice", "RTF"]
+    head = ["system", "voice", "preset"] + [f"WER {a}" for a in asr] + ["sim. to own voice", "closest voice", "RTF",
+                                                                      "duration / source (min-max)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         own = r.similarity.get(r.voice)
         cells = [r.system, r.voice, r.preset or "-"]
         cells += [f"{100 * r.wer[a]:.1f} %" if a in r.wer else "-" for a in asr]
         cells += ["-" if own is None else f"{own:.3f}", r.closest_voice or "-",
-                  "-" if r.rtf is None else f"{r.rtf:.2f}"]
+                  "-" if r.rtf is None else f"{r.rtf:.2f}",
+                  "-" if r.duration_ratio is None or r.system == "source"
+                  else f"{r.duration_ratio[0]:.2f}-{r.duration_ratio[2]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -125,7 +125,15 @@ def test_hare_eval_runs_a_model(synth_suite, tmp_path, capsys):
     model_rows = [r for r in rows if r["system"] != "source"]
     assert len(model_rows) == 1 and model_rows[0]["preset"] == "ultra_fast"
     assert model_rows[0]["rtf"] > 0 and 0 <= model_rows[0]["wer"]["pocketsphinx"]
-    assert list((tmp_path / "a").rglob("*.wav"))
+    clips = list((tmp_path / "a").rglob("*.wav"))
+    assert clips
+    # the clip's duration over the source recording's, as (min, median, max)
+    import soundfile
+
+    real = sorted((synth_suite / "voices" / "flite-rms" / "real").glob("*.wav"))[0]
+    expected = soundfile.info(clips[0]).duration / soundfile.info(real).duration
+    assert model_rows[0]["duration_ratio"] == pytest.approx([expected] * 3, rel=1e-3)
+    assert "duration / source" in capsys.readouterr().out
 
 
 @needs_flite
