@@ -45,6 +45,30 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
+def ar_step_bytes(gpt) -> int:
+    """Bytes of GPT weights one autoregressive decode step reads: every transformer layer, the final norm and the
+    code head once, as loaded (float, oneDNN-packed or dynamic int8); not the embedding and position tables (a
+    step reads one row of each), nor the conditioning encoder or the text head (a step never runs them). Over
+    the memory bandwidth this is the step's roof: no batch-16 step can be faster than reading its weights."""
+    total = 0
+    for name, module in gpt.named_modules():
+        if not name or any(part in name for part in ("emb", "pos", "cond", "text_head")):
+            continue
+        if type(module).__name__ == "LinearPackedParams":  # counted with its dynamic int8 linear below
+            continue
+        if hasattr(module, "_packed_params") and callable(getattr(module, "_weight_bias", None)):  # dynamic int8
+            w, b = module._weight_bias()
+            total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+            continue
+        if hasattr(module, "packed") and hasattr(module, "in_features"):  # hare.models.packed.PackedLinear
+            total += module.in_features * module.out_features * 4
+        for p in module.parameters(recurse=False):
+            total += p.numel() * p.element_size()
+        for b in module.buffers(recurse=False):
+            total += b.numel() * b.element_size()
+    return total
+
+
 def describe() -> dict:
     import torch
 

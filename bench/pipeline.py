@@ -8,8 +8,13 @@ two-clip synthetic voice, then runs, each in its own process (so peak memory is 
     exists: run bench/setup_reference.sh once);
   - Hare's exact path: `--sampler ddpm --steps 30`, fp32;
   - Hare's fast path: `--sampler dpm++2m --steps 10 --quantize int8`.
-All at 16 candidates and 100 codes on a fixed sentence. Prints per-stage seconds and ratios to the
-reference measured in this same run. The weights are random, so the audio is noise: this measures speed.
+  - on a CPU with bf16 matrix hardware (AMX or AVX-512-bf16), also `hare_bf16`: the fast path with
+    `--dtype bf16` (reduced precision for the stages autocast reaches; int8 GPT and CLVP weights).
+All at 16 candidates and 100 codes on a fixed sentence. Prints the machine first (CPU model, extensions,
+threads, memory bandwidth measured now), per-stage seconds and ratios to the reference measured in this same
+run, then each Hare run's autoregressive stage against its memory roof: 100 steps x the GPT weight bytes a
+step reads, as loaded (`machine.ar_step_bytes`), over the measured bandwidth. The weights are random, so the
+audio is noise: this measures speed.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ def main(argv=None) -> int:
                     help="run each configuration N times (interleaved) and keep each one's fastest run")
     args = ap.parse_args(argv)
 
+    from machine import describe, line as machine_line
+
+    info = describe()
+    print(machine_line(info), flush=True)
     weights = write_all(HERE / ".cache" / "official")
     voice = make_voice(HERE / ".cache" / "voice")
     common = ["--models-dir", str(weights), "--voice", str(voice), "--text", TEXT]
@@ -73,6 +82,9 @@ def main(argv=None) -> int:
     configs["hare_exact"] = (Path(sys.executable), "_run_hare.py", common + ["--sampler", "ddpm", "--steps", "30"])
     configs["hare_fast"] = (Path(sys.executable), "_run_hare.py",
                             common + ["--sampler", "dpm++2m", "--steps", "10", "--quantize", "int8"])
+    if {"amx_bf16", "avx512_bf16"} & set(info["flags"]):
+        configs["hare_bf16"] = (Path(sys.executable), "_run_hare.py",
+                                common + ["--sampler", "dpm++2m", "--steps", "10", "--quantize", "int8", "--dtype", "bf16"])
     results: dict[str, dict] = {}
     for round_ in range(args.repeat):
         for name, (python, script, cmd) in configs.items():
@@ -97,8 +109,19 @@ def main(argv=None) -> int:
                     ratio = value(base) / value(r) if value(r) > 0 else float("inf")
                     line += f"{ratio:>18.2f}"
         print(line)
+    # the machine's bandwidth: the best of the measurements (at the start and after each run), since one taken
+    # while something else reads memory is low
+    info["bandwidth_gbs"] = max([info["bandwidth_gbs"], *(r.get("bandwidth_gbs", 0.0) for r in results.values())])
+    bandwidth = info["bandwidth_gbs"] * 1e9
+    for name, r in results.items():
+        if "ar_step_bytes" in r:
+            roof = r["ar_steps"] * r["ar_step_bytes"] / bandwidth
+            ar = r["stages"].get("autoregressive", 0.0)
+            print(f"{name}: autoregressive {ar:.2f} s vs roof {roof:.2f} s ({r['ar_steps']} steps x "
+                  f"{r['ar_step_bytes'] / 2**20:.0f} MB at {info['bandwidth_gbs']} GB/s) = {ar / roof:.2f}x the roof")
+            r["ar_roof_s"] = roof
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps({"machine": info, "runs": results}, indent=2) + "\n")
     print(f"(ratios: reference seconds / Hare seconds; json in {args.out})")
     return 0
 

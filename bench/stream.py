@@ -35,31 +35,11 @@ CONFIGS = {  # name -> load options
 }
 
 
-def weight_bytes_per_step(gpt) -> int:
-    """Bytes of GPT weights one decode step reads: every layer's weights once, as loaded (float, oneDNN-packed
-    or int8), not the embedding and position tables (a step reads one row of each)."""
-    total = 0
-    for name, module in gpt.named_modules():
-        if "emb" in name or "pos" in name:
-            continue
-        if hasattr(module, "_packed_params"):  # a dynamic int8 linear
-            w, b = module._packed_params._weight_bias()
-            total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
-            continue
-        if hasattr(module, "packed") and hasattr(module, "in_features"):  # hare.models.packed.PackedLinear
-            total += module.in_features * module.out_features * 4
-        for p in module.parameters(recurse=False):
-            total += p.numel() * p.element_size()
-        for b in module.buffers(recurse=False):
-            total += b.numel() * b.element_size()
-    return total
-
-
 def one(config: str, first: int, every: int, max_codes: int) -> dict:
     os.environ["HARE_HOME"] = tempfile.mkdtemp(prefix="hare-bench-")
     os.environ.setdefault("HARE_KERNEL_CACHE", str(HERE / ".cache" / "kernels"))
     import hare
-    from machine import memory_bandwidth_gbs
+    from machine import ar_step_bytes, memory_bandwidth_gbs
 
     t0 = time.perf_counter()
     tts = hare.load_model(HERE / ".cache" / "official", **CONFIGS[config])
@@ -78,7 +58,7 @@ def one(config: str, first: int, every: int, max_codes: int) -> dict:
     total = time.perf_counter() - start
     codes = chunks * max_codes
     bandwidth = memory_bandwidth_gbs()
-    step_bytes = weight_bytes_per_step(tts.gpt)
+    step_bytes = ar_step_bytes(tts.gpt)
     return {"config": config, "load_s": load_s, "first_audio_s": arrivals[0], "total_s": total, "audio_s": audio_s,
             "rtf": total / audio_s, "pieces": len(arrivals), "chunks": chunks, "stages": timings,
             "ar_step_ms": 1000 * timings.get("autoregressive", 0.0) / codes,

@@ -260,3 +260,26 @@ def test_autograd_records_only_when_grad_mode_and_a_tensor_needs_it():
     assert not kernels.autograd_records(a, None) and kernels.autograd_records(a, None, b)
     with torch.no_grad():
         assert not kernels.autograd_records(b)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith(("flags", "Features")) for flag in line.split(":")[1].split()}
+    except OSError:
+        return set()
+
+
+@pytest.mark.skipif(kernels.compiler() is None, reason="no C++ compiler: the kernels' target cannot be read")
+def test_targets_report_what_the_cpu_offers():
+    """The kernels are built for what this CPU has: each extension its flags list shows up in the report (and
+    none it lacks); the bf16 answer follows the flags."""
+    info = kernels.targets()
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo: the CPU's extensions are unknown here")
+    for flag, name in (("avx2", "avx2"), ("avx512f", "avx512"), ("avx512_vnni", "avx512-vnni"),
+                       ("amx_bf16", "amx-bf16"), ("avx512_bf16", "avx512-bf16")):
+        assert (name in info["kernels"]) == (flag in flags), (flag, info)
+    assert info["bf16_matmul"] == bool({"amx_bf16", "avx512_bf16"} & flags)
+    assert isinstance(info["pytorch"], str) and info["pytorch"]

@@ -242,6 +242,42 @@ def _load(name: str) -> bool:
         return _ready[name]
 
 
+# compiler macros -> the vector/matrix extension they name, best first within each family
+_TARGET_MACROS = (("__AMX_BF16__", "amx-bf16"), ("__AMX_INT8__", "amx-int8"), ("__AVX512BF16__", "avx512-bf16"),
+                  ("__AVX512VNNI__", "avx512-vnni"), ("__AVX512F__", "avx512"), ("__AVX2__", "avx2"),
+                  ("__FMA__", "fma"), ("__ARM_FEATURE_SVE", "sve"), ("__ARM_NEON", "neon"))
+
+
+def targets() -> dict[str, object]:
+    """What each CPU path runs on here, and why.
+
+    - `kernels`: the extensions the compiled kernels use. They are built with `-march=native`, so the
+      compiler targets exactly what this CPU offers (the library is cached per CPU identity); their 16-float
+      vectors map to one AVX-512 register, two AVX2 ones or four NEON ones. Read from the compiler's own
+      predefined macros for `-march=native`.
+    - `pytorch`: the ISA PyTorch's CPU kernels dispatch to at run time (`torch.backends.cpu`), which the
+      packed linears (oneDNN) and int8 layers (fbgemm/oneDNN) also pick for themselves.
+    - `bf16_matmul`: whether the CPU has bf16 matrix hardware (AMX tiles or AVX-512-bf16): only then is
+      `dtype="bf16"` a speed option on a CPU; elsewhere bf16 is emulated and slower than fp32.
+    """
+    found: list[str] = []
+    cxx = compiler()
+    if cxx is not None:
+        try:
+            out = subprocess.run([cxx, "-march=native", "-dM", "-E", "-x", "c++", os.devnull],
+                                 capture_output=True, text=True, timeout=30).stdout
+            found = [name for macro, name in _TARGET_MACROS if f"#define {macro} " in out]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older PyTorch
+        capability = "unknown"
+    flags = set(_cpu_identity().split())
+    return {"kernels": found if cxx else None, "compiler": cxx, "pytorch": capability,
+            "bf16_matmul": bool({"amx_bf16", "avx512_bf16"} & flags)}
+
+
 def status() -> dict[str, bool]:
     """Each kernel's availability (building and loading the library if that was not tried yet)."""
     if not enabled():

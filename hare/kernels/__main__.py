@@ -9,6 +9,15 @@ logging.basicConfig(level=logging.WARNING, format="%(message)s")
 if not kernels.enabled():
     print("Hare's CPU kernels are turned off (HARE_KERNELS=0)")
     sys.exit(0)
+info = kernels.targets()
+if info["kernels"] is None:
+    print("compiled kernels: no C++ compiler (set CXX or install g++): PyTorch's kernels are used")
+else:
+    print(f"compiled kernels: built with -march=native by {info['compiler']} for "
+          f"{', '.join(info['kernels']) or 'the baseline ISA'} (what this CPU offers)")
+print(f"PyTorch CPU kernels, packed and int8 linears: {info['pytorch']} (PyTorch's run-time dispatch)")
+print("bf16 matrix hardware (AMX / AVX-512-bf16): " + ("yes: dtype bf16 is a speed option" if info["bf16_matmul"]
+      else "no: bf16 would be emulated, fp32 or int8 is faster here"))
 ready = kernels.status()
 for name, ok in ready.items():
     print(f"{name}: {'ready' if ok else 'unavailable (PyTorch kernels are used instead)'}")
