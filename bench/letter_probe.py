@@ -122,7 +122,8 @@ def letter_scores(model: LetterProbe, candidates: list[list[int]], text: str) ->
 
 def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:
     from hare import evaluate
-    from hare.pipeline import blend_scores, drop_short_candidates, load_model, make_settings
+    from hare import rerank as R
+    from hare.pipeline import load_model, make_settings
 
     model = LetterProbe()
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
@@ -138,15 +139,15 @@ def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:
         ar_latent = tts.voice_latents(evaluate.Suite.load(run["suite"]).voices[run["voice"]].ref[0].parent)[0]
         errors = {"model's reranker": 0, **{f"letter score at {w:g}": 0 for w in weights}}
         for s in sentences:
-            codes, own = tts.rerank_scores(torch.tensor([s["text_tokens"]]), torch.tensor(s["sampled"]), settings,
-                                           ar_latent=ar_latent)
-            letters = letter_scores(model, s["codes"], s["text"])
+            own_reranker = tts.reranker(settings)
+            candidates = own_reranker.candidates(torch.tensor([s["text_tokens"]]), torch.tensor(s["sampled"]),
+                                                 ar_latent=ar_latent)
+            own = R.Precomputed(own_reranker.scores(candidates))
+            letters = R.Precomputed(letter_scores(model, s["codes"], s["text"]))
             for name in errors:
                 w = 0.0 if name == "model's reranker" else float(name.rsplit(" ", 1)[1])
-                scores = blend_scores(own, [(w, letters)]) if w < 1 else letters
-                if ratio > 0:
-                    scores = drop_short_candidates(codes, scores, ratio, run["calm_code"])
-                errors[name] += s["errors"][int(scores.argmax())]
+                reranker = R.Reranker(own_reranker.layout, own if w < 1 else None, [(w, letters)], ratio)
+                errors[name] += s["errors"][int(reranker.ranking(candidates).argmax())]
         total = sum(s["words"] for s in sentences)
         print(f"{path}: {run['model']} {run['voice']} {run['preset']}, {len(sentences)} sentences, {run['asr']} WER "
               f"(mean {run['wer_mean']:.1f} %, oracle {run['wer_oracle']:.1f} %)")

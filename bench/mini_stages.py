@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from hare import audio, checkpoints, evaluate
-from hare.pipeline import calm_cut, fix_candidates, load_model, make_settings
+from hare.pipeline import load_model, make_settings
+from hare.rerank import calm_cut, fix_candidates
 from hare.sampling import SamplingSettings, sample_codes
 
 

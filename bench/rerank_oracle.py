@@ -35,7 +35,8 @@ import json
 import torch
 
 from hare import evaluate
-from hare.pipeline import PRESETS, fix_candidates, load_model, make_settings
+from hare.pipeline import PRESETS, load_model, make_settings
+from hare.rerank import LetterScorer, fix_candidates
 from hare.text import Tokenizer
 
 
@@ -128,13 +129,25 @@ def main() -> None:
                                      for t, (w, e, h, tok, codes, sampled) in zip(sentences, per_sentence)]}, f)
 
 
+class PaddedSpeller(LetterScorer):
+    """The speller reading the fixed candidates, each padded to the longest (--speller-calm-run 0): a probe of
+    the layout the speller did not train on."""
+
+    def __init__(self, speller, tokenizer):
+        super().__init__(tokenizer)
+        self.speller = speller
+
+    def read(self, letters, candidates):
+        return self.speller.score(letters, candidates.fixed)
+
+
 def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
             alignment_weights: list[float], ctc_weights: list[float] = (), speller_file: str | None = None,
             speller_calm_run: int | None = None) -> None:
     """Each CLVP's pick (blended with the GPT's likelihood and alignment scores at each pair of weights) among a
     --json run's saved candidates, and its WER (the saved errors)."""
     from hare import checkpoints, evaluate
-    from hare.pipeline import SPELLER_CALM_RUN, blend_scores, drop_short_candidates, spoken_candidates, text_letters
+    from hare import rerank as R
 
     with open(path) as f:
         run = json.load(f)
@@ -148,7 +161,7 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
           f"oracle: {run['wer_oracle']:.1f} %")
     need_gpt = bool(likelihood_weights or alignment_weights)
     tts = load_model(run["model"]) if need_gpt or not clvp_files or speller_file else None
-    calm_run = SPELLER_CALM_RUN if speller_calm_run is None else speller_calm_run
+    calm_run = R.SPELLER_CALM_RUN if speller_calm_run is None else speller_calm_run
     gpt_scores = []
     if need_gpt:
         voice = evaluate.Suite.load(run["suite"]).voices[run["voice"]].ref[0].parent
@@ -163,17 +176,17 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
     clvps = [(file, checkpoints.load(file)) for file in clvp_files] or [(f"{run['model']}'s CLVP",
                                                                        (tts.clvp, "clvp2", None))]
     speller = None
+    layout = R.Layout(calm_code=run["calm_code"])
     if speller_file is not None:
         speller, kind, _ = checkpoints.load(speller_file)
         if kind != "speller":
             raise SystemExit(f"{speller_file} holds a {kind} model, not a speller")
         gc = tts.gpt.config
-
-        def spelled(sampled: torch.Tensor, codes: torch.Tensor):  # what the speller reads, as in the pipeline
-            return spoken_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes, calm_run) \
-                if calm_run else codes
+        layout = R.Layout(gc.stop_mel_token, gc.calm_code, tuple(gc.tail_codes), calm_run or 1)
         print(f"  letter scores from {speller_file}, "
               + (f"{calm_run} calm codes after each candidate" if calm_run else "candidates padded to the longest"))
+    candidates = [R.Candidates(torch.tensor([s["text_tokens"]]), torch.tensor(s["sampled"]), torch.tensor(s["codes"]),
+                               layout) for s in sentences]
     for name, (model, kind, _) in clvps:
         if kind != "clvp2":
             raise SystemExit(f"{name} holds a {kind} model, not a CLVP")
@@ -181,30 +194,27 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
         spells = speller is not None or model.config.ctc_classes
         if ctc_weights and not spells:
             print(f"  {name} has no CTC head (and no --speller): its --ctc-weight rows are skipped")
+        clvp_score = R.ClvpScorer(model, share_states=speller is None)
+        letter_scorer = None
+        if ctc_weights and spells:
+            letter_scorer = (R.ClvpLetterScorer(model, tokenizer) if speller is None
+                             else R.SpellerScorer(speller, tokenizer) if calm_run else PaddedSpeller(speller, tokenizer))
         with torch.inference_mode():  # each sentence's scores once; the weights only blend them
             own, letter = [], []
-            for s in sentences:
-                codes = torch.tensor(s["codes"])
-                states = model.speech_states(codes) if speller is None else None
-                own.append(model.similarity(torch.tensor([s["text_tokens"]]), codes, states=states).float())
-                letters = text_letters(tokenizer, s["text_tokens"]) if ctc_weights and spells else None
-                letter.append(None if letters is None else speller.score(
-                    letters, spelled(torch.tensor(s["sampled"]), codes)) if speller is not None
-                              else model.ctc_score(letters, codes, states=states))
+            for c in candidates:
+                c.shared.clear()
+                own.append(clvp_score.score(c).float())
+                letter.append(None if letter_scorer is None else letter_scorer.score(c))
         for wl, wa, wc in weights:
             if wc > 0 and not spells:
                 continue
             errors, agreement = 0, []
             for i, s in enumerate(sentences):
-                parts = []
-                if wl > 0 or wa > 0:
-                    g = gpt_scores[i]
-                    parts += [(wl, g.log_likelihood), (wa, g.alignment)]
-                if wc > 0 and letter[i] is not None:
-                    parts.append((wc, letter[i]))
-                scores = blend_scores(own[i], parts) if parts else own[i]
-                if ratio > 0:
-                    scores = drop_short_candidates(torch.tensor(s["codes"]), scores, ratio, run["calm_code"])
+                g = gpt_scores[i] if wl > 0 or wa > 0 else None
+                reranker = R.Reranker(layout, R.Precomputed(own[i]), [
+                    (wl, R.Precomputed(g and g.log_likelihood)), (wa, R.Precomputed(g and g.alignment)),
+                    (wc, R.Precomputed(letter[i]))], min_length_ratio=ratio)
+                scores = reranker.ranking(candidates[i])
                 errors += s["errors"][int(scores.argmax())]
                 agreement.append(rank_agreement(scores, s["errors"]))
             agreement = [a for a in agreement if a == a]  # NaN: every candidate had the same errors

@@ -19,82 +19,13 @@ from typing import NamedTuple
 import torch
 
 from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, VoiceError
+from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates  # the candidates' layout (and the reranker)
 
 log = logging.getLogger(__name__)
 
-CALM_CODE = 83  # the speech code the released VQ-VAE emits for silence
-TAIL_CODES = (45, 45, 248)  # what it emits for a zero-padded tail; omitting these gives a harsh ending
-MAX_CALM_RUN = 8  # calm codes kept after speech ends ("breathing room") before the latents are cut
-SPELLER_CALM_RUN = 12  # calm codes the speller reads after a candidate's speech (it trained on 1 to 24)
 # the latent cache's name for a voice's mel mean; a new name when its computation (`audio.mel_band_means`,
 # `audio.speech_frame_mask`, `TextToSpeech.voice_mel_mean`) changes, so that no cache serves the old values
 MEL_MEAN_KEY = "mel_mean.2"  # .2: speech frames measured from the 98th-percentile frame, not the loudest
-
-
-def fix_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int = CALM_CODE,
-                   tail_codes: tuple[int, ...] = TAIL_CODES) -> torch.Tensor:
-    """Tortoise's fix-up of sampled candidates (returns a new tensor).
-
-    codes: (batch, length). In every row that contains `stop_token`, the first stop and everything after it
-    become the calm code and the last three positions become the tail codes. Rows without a stop token (the
-    speech ran to the length cap) are left unchanged.
-    """
-    codes = codes.clone()
-    seen_stop = (codes == stop_token).cumsum(dim=1) > 0  # (batch, length)
-    has_stop = seen_stop[:, -1]
-    if not bool(has_stop.all()):
-        log.warning("%d candidate(s) never emitted a stop token: the text may be too long to speak in one "
-                    "chunk", int((~has_stop).sum()))
-    codes[seen_stop] = calm_code
-    if tail_codes and codes.shape[1] >= len(tail_codes):
-        tail = torch.tensor(tuple(tail_codes), dtype=codes.dtype, device=codes.device)
-        codes[has_stop, -len(tail_codes):] = tail
-    return codes
-
-
-def spoken_candidates(codes: torch.Tensor, stop_token: int = 8193, calm_code: int = CALM_CODE,
-                      tail_codes: tuple[int, ...] = TAIL_CODES, calm_run: int = SPELLER_CALM_RUN) -> list[torch.Tensor]:
-    """Each sampled candidate as the speller was trained to read it (its `CandidateLayout`): the codes before
-    its first stop token, `calm_run` calm codes and the tail codes, without the padding to the longest candidate
-    that `fix_candidates` leaves. codes: (batch, length) -> batch 1-D tensors. A row without a stop token is
-    kept whole, as `fix_candidates` keeps it."""
-    if calm_run < 1:
-        raise ValueError(f"calm_run must be >= 1 (got {calm_run})")
-    end = tuple(calm_code for _ in range(calm_run)) + tuple(tail_codes)
-    end = torch.tensor(end, dtype=codes.dtype, device=codes.device)
-    rows = []
-    for row in codes:
-        stops = (row == stop_token).nonzero()
-        rows.append(row if not stops.numel() else torch.cat([row[: int(stops[0, 0])], end]))
-    return rows
-
-
-def calm_cut(codes: torch.Tensor, max_calm_run: int = MAX_CALM_RUN, calm_code: int = CALM_CODE) -> int:
-    """Number of leading codes to keep: cut at the first run of more than `max_calm_run` calm codes.
-
-    codes: (length,). Returns the index of the (max_calm_run+1)-th consecutive calm code, or the full length.
-    """
-    calm = (codes == calm_code).to(torch.int64)
-    # run length ending at each position: position minus the index of the last non-calm code before it
-    idx = torch.arange(codes.shape[0], device=codes.device)
-    last_break = torch.where(calm.bool(), torch.full_like(idx, -1), idx).cummax(dim=0).values
-    run = idx - last_break
-    over = (run > max_calm_run).nonzero()
-    return int(over[0, 0]) if over.numel() else int(codes.shape[0])
-
-
-def drop_short_candidates(codes: torch.Tensor, scores: torch.Tensor, ratio: float,
-                          calm_code: int = CALM_CODE) -> torch.Tensor:
-    """Scores with the too-short candidates set to -inf (a new tensor).
-
-    codes: (candidates, length) after `fix_candidates`; scores: (candidates,). A candidate is too short when
-    its speech (`calm_cut`) is under `ratio` times the median candidate's; if every one is, none is dropped.
-    """
-    lengths = torch.tensor([calm_cut(c, calm_code=calm_code) for c in codes], dtype=torch.float32)
-    short = (lengths < ratio * lengths.median()).to(scores.device)
-    if bool(short.all()):
-        return scores
-    return scores.masked_fill(short, float("-inf"))
 
 
 def diffusion_frames(num_codes: int) -> int:
@@ -549,61 +480,45 @@ class TextToSpeech:
                                 "beside the model's other files) or a CLVP trained with a CTC letter head (its "
                                 "config's ctc_classes); this model has neither: set ctc_weight to 0")
 
+    def reranker(self, settings: Settings):
+        """The `hare.rerank.Reranker` these settings ask of this model: the CLVP's score (mixed with the CVVP's
+        at `cvvp_amount`), blended with the GPT's likelihood and alignment scores (`likelihood_weight`,
+        `alignment_weight`; one teacher-forced GPT pass, which needs the voice's `ar_latent`) and the letter
+        score (`ctc_weight`: the model's speller if it has one, reading each candidate to its own end, else
+        its CLVP's letter head, reading the fixed candidates); `min_length_ratio`'s short-candidate rule."""
+        from hare import rerank as R
+
+        self._check_model_settings(settings)
+        wl, wa, wc = settings.likelihood_weight, settings.alignment_weight, settings.ctc_weight
+        speller = self.speller() if wc > 0 else None
+        clvp_letters = wc > 0 and speller is None
+        cvvp = (lambda: self._optional_model("cvvp")) if settings.cvvp_amount > 0 else None
+        base = R.ClvpScorer(self.clvp, cvvp, settings.cvvp_amount, share_states=clvp_letters)
+        parts = []
+        if wl > 0 or wa > 0:
+            gpt_pass = R.GptPass(self.gpt, settings.ar_batch_size, alignment=wa > 0)
+            parts += [(wl, R.LikelihoodScorer(gpt_pass)), (wa, R.AlignmentScorer(gpt_pass))]
+        if wc > 0:
+            parts.append((wc, R.SpellerScorer(speller, self.tokenizer) if speller is not None
+                          else R.ClvpLetterScorer(self.clvp, self.tokenizer)))
+        return R.Reranker(R.Layout.of(self.gpt.config), base, parts, settings.min_length_ratio)
+
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
                ar_latent: torch.Tensor | None = None) -> torch.Tensor:
         """The `settings.k` best candidates: (n, length) sampled codes -> (k, length) fixed codes, by
-        `rerank_scores`; candidates under `min_length_ratio` of the median length are never picked."""
-        codes, scores = self.rerank_scores(text, codes, settings, cond_mels, ar_latent)
-        if settings.min_length_ratio > 0:
-            scores = drop_short_candidates(codes, scores, settings.min_length_ratio, self.gpt.config.calm_code)
-        return codes[scores.topk(settings.k).indices]
+        `reranker(settings)`; candidates under `min_length_ratio` of the median length are never picked."""
+        reranker = self.reranker(settings)
+        return reranker.pick(reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels), settings.k)
 
     @torch.inference_mode()
     def rerank_scores(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
                       ar_latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every candidate's reranking score: (n, length) sampled codes -> ((n, length) fixed codes, (n,) scores).
-
-        Stop tokens and what follows become the model's silence codes (`fix_candidates`); the CLVP scores each
-        candidate against the text, (1, text length) with its stop token, blended with the CVVP's voice score
-        when `cvvp_amount` > 0 and prompt mels are given, with the GPT's likelihood and alignment scores of
-        the candidate when `likelihood_weight` / `alignment_weight` > 0 (one teacher-forced GPT pass; needs the
-        voice's `ar_latent`, (1, dim)) and with the letter score when `ctc_weight` > 0 (the model's speller's if
-        it has one, reading each candidate to its own end: `spoken_candidates`; else its CLVP's letter head's,
-        reading the fixed candidates). When those weights sum to 1 the CLVP's (and CVVP's) share of
-        the blend is 0, and their passes are skipped.
-        """
-        gc = self.gpt.config
-        sampled = codes
-        codes = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-        wl, wa, wc = settings.likelihood_weight, settings.alignment_weight, settings.ctc_weight
-        self._check_model_settings(settings)
-        speller = self.speller() if wc > 0 else None
-        states = self.clvp.speech_states(codes) if wc > 0 and speller is None else None
-        parts = []
-        if wl > 0 or wa > 0:
-            if ar_latent is None:
-                raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
-            gpt_scores = self.gpt.score_candidates(ar_latent, text, sampled, batch_size=settings.ar_batch_size,
-                                                   alignment=wa > 0)
-            parts += [(wl, gpt_scores.log_likelihood), (wa, gpt_scores.alignment)]
-        if wc > 0:
-            letters = text_letters(self.tokenizer, text[0])
-            if letters is not None:  # a text without letters (a custom vocabulary) has nothing to spell
-                if speller is not None:  # each candidate read to its own end, as the speller trained
-                    spoken = spoken_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-                    parts.append((wc, speller.score(letters, spoken)))
-                else:
-                    parts.append((wc, self.clvp.ctc_score(letters, codes, states=states)))
-        if parts and _clvp_share(parts) == 0:  # the blend gives the CLVP (and CVVP) nothing: skip their passes
-            return codes, blend_scores(torch.zeros(len(codes), device=codes.device), parts)
-        scores = self.clvp.similarity(text, codes, states=states)
-        if settings.cvvp_amount > 0 and cond_mels is not None:
-            cvvp = self._optional_model("cvvp")
-            voice_scores = torch.stack([cvvp.similarity(m.unsqueeze(0).to(self.device), codes)
-                                        for m in cond_mels]).mean(0)
-            scores = settings.cvvp_amount * voice_scores + (1 - settings.cvvp_amount) * scores
-        return codes, blend_scores(scores, parts) if parts else scores
+        """Every candidate's reranking score: (n, length) sampled codes -> ((n, length) fixed codes, (n,) scores),
+        before the short-candidate rule."""
+        reranker = self.reranker(settings)
+        candidates = reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels)
+        return candidates.fixed, reranker.scores(candidates)
 
     @torch.inference_mode()
     def _synthesize(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer,
@@ -722,51 +637,6 @@ def _sampling(settings: Settings):
     return SamplingSettings(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
                             repetition_penalty=settings.repetition_penalty, length_penalty=settings.length_penalty,
                             max_codes=settings.max_codes)
-
-
-def text_letters(tokenizer, tokens) -> torch.Tensor | None:
-    """The CTC letter classes (`hare.text.ctc_targets`) of a row of text token ids, read from its cleaned text
-    (`tokenizer.decode`); None if it has no letters."""
-    from hare.text import ctc_targets
-
-    try:
-        return torch.tensor(ctc_targets(tokenizer.decode(tokens), cleaned=True), dtype=torch.long)
-    except TextError:
-        return None
-
-
-def blend_scores(scores: torch.Tensor, parts: list[tuple[float, torch.Tensor | None]]) -> torch.Tensor:
-    """The reranking score with other scores blended in (`Settings.likelihood_weight`, `alignment_weight`,
-    `ctc_weight`):
-    each standardised over the candidates, then (1 - sum of weights) * scores + sum of weight * part. Parts of
-    weight 0 are skipped (they may be None). A part's -inf (a candidate it rules out, as the letter score does
-    one too short to spell the text) counts as one below its lowest finite value, so that it ranks last on that
-    part without swamping the spread of the others. (candidates,) -> (candidates,)."""
-    parts = [(w, p) for w, p in parts if w > 0]
-    out = _clvp_share(parts) * _standardize(scores.float())
-    for w, p in parts:
-        out = out + w * _standardize(_floor_impossible(p.float()))
-    return out
-
-
-def _clvp_share(parts: list[tuple[float, torch.Tensor | None]]) -> float:
-    """What `blend_scores` leaves the base score (the CLVP's): 1 - the sum of the parts' weights."""
-    return 1 - sum(w for w, _ in parts if w > 0)
-
-
-def _floor_impossible(x: torch.Tensor) -> torch.Tensor:
-    """-inf entries set to one below the lowest finite entry (all -inf: zeros, no preference)."""
-    impossible = torch.isneginf(x)
-    if not impossible.any():
-        return x
-    finite = x[~impossible]
-    return x.masked_fill(impossible, float(finite.min()) - 1.0 if finite.numel() else 0.0)
-
-
-def _standardize(x: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit spread over the candidates (a constant row stays constant: zeros)."""
-    spread = x.std() if x.numel() > 1 else x.new_tensor(0.0)
-    return (x - x.mean()) / spread.clamp(min=1e-6)
 
 
 def _bar(enabled: bool, desc: str, total: int):

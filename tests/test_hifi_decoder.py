@@ -10,7 +10,8 @@ import torch
 from hare.errors import ModelNotFoundError, SettingsError
 from hare.models.configs import HifiDecoderConfig
 from hare.models.hifi_decoder import HifiDecoder
-from hare.pipeline import MAX_CALM_RUN, fix_candidates, make_settings
+from hare.pipeline import make_settings
+from hare.rerank import MAX_CALM_RUN, fix_candidates
 from hare.sampling import SamplingSettings, Stepper, generate
 from tiny_models import tiny_models, tiny_tts, write_voice
 

@@ -15,7 +15,7 @@ import torch
 import hare
 from hare import audio, checkpoints
 from hare.errors import CheckpointError, ModelNotFoundError
-from hare.pipeline import SPELLER_CALM_RUN, TextToSpeech, calm_cut, fix_candidates
+from hare.pipeline import TextToSpeech, calm_cut
 from hare.voices import VoiceLibrary
 
 from tiny_models import save_models_dir, tiny_mini_models, write_voice
@@ -80,30 +80,6 @@ def test_latent_conditioned_hifigan_pipeline(tmp_path, mini_models, monkeypatch)
     lat = seen["aligned"]
     assert lat.is_floating_point() and lat.shape[-1] == mini_models["autoregressive"].config.dim
     assert out.audio.numel() == lat.shape[1] * 4 * 256  # one latent per kept code
-
-
-def test_rerank_fixes_scores_and_skips_short_candidates(mini_models, monkeypatch):
-    """`TextToSpeech.rerank`: stop -> the model's silence codes, the CLVP's order, `min_length_ratio` obeyed."""
-    from hare.pipeline import make_settings
-
-    tts = _tts(mini_models)
-    speech = torch.arange(20)[None].repeat(3, 1) % 5 + 10  # full length, no stop
-    silent = torch.tensor([[11, 12, 65] + [9] * 17])  # stops after two codes
-    codes = torch.cat([speech, silent])
-    text = torch.tensor([[20, 21, 22, 0]])
-    scores = torch.tensor([0.1, 0.3, 0.2, 0.9])  # the CLVP prefers the silent one
-    seen = {}
-
-    def similarity(t, c, states=None):
-        seen["codes"] = c
-        return scores
-
-    monkeypatch.setattr(tts.clvp, "similarity", similarity)
-    best = tts.rerank(text, codes, make_settings("ultra_fast"))
-    assert best.shape == (1, 20) and best[0, :3].tolist() == [11, 12, 3]  # fixed codes of the CLVP's pick
-    assert seen["codes"][3, 2:].tolist() == [3] * 15 + [3, 3, 5]  # calm code, then the tail codes
-    best = tts.rerank(text, codes, make_settings("ultra_fast", min_length_ratio=0.8, k=2))
-    assert torch.equal(best, codes[[1, 2]])  # the short one is never picked; k rows in score order
 
 
 def test_gpt_likelihood_of_candidates_matches_a_row_by_row_teacher_forced_pass(mini_models):
@@ -190,155 +166,6 @@ def test_gpt_alignment_score_of_candidates_matches_a_row_by_row_pass(mini_models
         checkpoints.build("autoregressive", dataclasses.replace(c, alignment_heads=((1, 0),)))  # one block only
 
 
-def test_rerank_blends_the_gpt_scores_when_asked(mini_models, monkeypatch):
-    from hare.errors import SettingsError
-    from hare.models.gpt import CandidateScores
-    from hare.pipeline import make_settings
-
-    tts = _tts(mini_models)
-    codes = torch.arange(20)[None].repeat(3, 1) % 5 + 10
-    text = torch.tensor([[20, 21, 22, 0]])
-    cond = torch.zeros(1, tts.gpt.config.dim)
-    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c, states=None: torch.tensor([0.9, 0.5, 0.1]))
-    likelihood = torch.tensor([-3.0, -1.0, -2.0])
-    aligned = torch.tensor([-0.2, -0.5, -0.1])
-    seen = {}
-
-    def score_candidates(latent, t, c, batch_size=16, alignment=False):
-        seen["args"] = (latent, t, c, alignment)
-        return CandidateScores(likelihood, aligned if alignment else None)
-
-    monkeypatch.setattr(tts.gpt, "score_candidates", score_candidates)
-    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast"), ar_latent=cond), codes[[0]])
-    assert "args" not in seen  # off by default: the reference's ranking, no extra GPT pass
-    only = make_settings("ultra_fast", likelihood_weight=1.0, k=3)
-    assert torch.equal(tts.rerank(text, codes, only, ar_latent=cond), codes[[1, 2, 0]])
-    assert seen["args"][0] is cond and torch.equal(seen["args"][2], codes)  # the sampled codes, unfixed
-    assert seen["args"][3] is False  # the alignment is not computed when its weight is 0
-    # standardised blend at 0.5: CLVP z = (1, 0, -1), likelihood z = (-1, 1, 0) -> (0, 0.5, -0.5)
-    half = make_settings("ultra_fast", likelihood_weight=0.5)
-    assert torch.equal(tts.rerank(text, codes, half, ar_latent=cond), codes[[1]])
-    by_alignment = make_settings("ultra_fast", alignment_weight=1.0, k=3)
-    assert torch.equal(tts.rerank(text, codes, by_alignment, ar_latent=cond), codes[[2, 0, 1]])
-    assert seen["args"][3] is True
-    # thirds: CLVP z (1, 0, -1), likelihood z (-1, 1, 0), alignment z (0.32, -1.12, 0.80) -> row 2 lowest
-    thirds = make_settings("ultra_fast", likelihood_weight=1 / 3, alignment_weight=1 / 3, k=3)
-    assert tts.rerank(text, codes, thirds, ar_latent=cond)[2].tolist() == codes[2].tolist()
-    with pytest.raises(SettingsError, match="ar_latent"):
-        tts.rerank(text, codes, half)
-    with pytest.raises(SettingsError, match="likelihood_weight"):
-        make_settings("fast", likelihood_weight=1.5)
-    with pytest.raises(SettingsError, match="at most 1"):
-        make_settings("fast", likelihood_weight=0.6, alignment_weight=0.6)
-    monkeypatch.setattr(tts.gpt, "config", dataclasses.replace(tts.gpt.config, alignment_heads=()))
-    with pytest.raises(SettingsError, match="guided attention"):
-        tts.rerank(text, codes, by_alignment, ar_latent=cond)
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("the settings error must come before any voice or sampling work")
-
-    monkeypatch.setattr(tts, "voice_latents", no_work)
-    with pytest.raises(SettingsError, match="guided attention"):
-        tts.tts("Hello there.", preset="ultra_fast", alignment_weight=0.5)
-
-
-def _letter_candidates(tts):
-    """Three sampled candidates of "Hello, 2 cats." (the second stops after 12 codes): (sampled, fixed, text)."""
-    gc = tts.gpt.config
-    sampled = torch.arange(20)[None].repeat(3, 1) % 5 + 10
-    sampled[1, 12:] = gc.stop_mel_token  # a candidate that stopped early
-    codes = fix_candidates(sampled, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-    return sampled, codes, torch.tensor([tts.tokenizer.encode("Hello, 2 cats.") + [0]])
-
-
-def test_rerank_blends_the_clvps_letter_score_when_asked(mini_models, monkeypatch):
-    from hare import checkpoints
-    from hare.errors import SettingsError
-    from hare.pipeline import make_settings
-    from hare.text import CTC_ALPHABET, ctc_targets
-
-    tts = _tts(mini_models)
-    _, codes, text = _letter_candidates(tts)
-    by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
-    with pytest.raises(SettingsError, match="CTC letter head"):  # this CLVP has none, nor a speller
-        tts.rerank(text, codes, by_letters)
-    c = dataclasses.replace(tts.clvp.config, ctc_classes=len(CTC_ALPHABET) + 1)
-    tts.clvp = checkpoints.build("clvp2", c).eval()
-    monkeypatch.setattr(tts.clvp, "similarity", lambda t, c, states=None: torch.tensor([0.9, 0.5, 0.1]))
-    seen = {}
-
-    def ctc_score(letters, c, states=None):
-        seen["args"] = (letters, c, states)
-        return torch.tensor([-2.0, -0.5, -1.0])
-
-    monkeypatch.setattr(tts.clvp, "ctc_score", ctc_score)
-    assert torch.equal(tts.rerank(text, codes, make_settings("ultra_fast")), codes[[0]])
-    assert "args" not in seen  # off by default
-    assert torch.equal(tts.rerank(text, codes, by_letters), codes[[1, 2, 0]])
-    letters, scored, states = seen["args"]
-    assert letters.tolist() == ctc_targets("hello, two cats.")  # the text's letters, numbers spelt out
-    assert torch.equal(scored, codes) and states.shape == (3, 20, c.speech_dim)  # the CLVP's one speech pass
-    # blended as the GPT's scores are: CLVP z (1, 0, -1), letters z (-1.09, 0.87, 0.22) at 0.5 -> row 1 first
-    half = make_settings("ultra_fast", ctc_weight=0.5)
-    assert torch.equal(tts.rerank(text, codes, half), codes[[1]])
-    with pytest.raises(SettingsError, match="at most 1"):
-        make_settings("fast", likelihood_weight=0.5, alignment_weight=0.3, ctc_weight=0.3)
-    with pytest.raises(SettingsError, match="ctc_weight"):
-        make_settings("fast", ctc_weight=-0.1)
-
-
-def test_rerank_takes_the_letter_score_from_the_models_speller(mini_models, tmp_path, monkeypatch):
-    """A model with a speller network: ctc_weight reads its score (not the CLVP's, which has no head here); the
-    speller loads from a models folder beside the other files, and a folder without one refuses ctc_weight."""
-    from hare.errors import SettingsError
-    from hare.models.configs import SpellerConfig
-    from hare.pipeline import make_settings
-    from hare.text import ctc_targets
-
-    torch.manual_seed(0)
-    speller = checkpoints.build("speller", SpellerConfig(speech_vocab=64, dim=32, depth=1, heads=1, ff_mult=2))
-    folder = save_models_dir(mini_models, tmp_path / "m")
-    write_voice(folder / "voices" / "default")
-    tts = hare.load_model(folder)
-    gc = tts.gpt.config
-    sampled, codes, text = _letter_candidates(tts)
-    by_letters = make_settings("ultra_fast", ctc_weight=1.0, k=3)
-    assert tts.speller() is None
-    with pytest.raises(SettingsError, match="speller network .* or a CLVP"):
-        tts.rerank(text, codes, by_letters)
-    checkpoints.save(speller, "speller", speller.config, folder / "speller")
-    tts = hare.load_model(folder)
-    loaded = tts.speller()
-    assert loaded is not None and loaded is tts.speller() and not loaded.training  # loaded once, for inference
-    seen = {}
-
-    def score(letters, c):
-        seen["args"] = (letters, c)
-        return torch.tensor([-2.0, -0.5, -1.0])
-
-    def similarity(t, c, states=None):
-        seen["clvp"] = seen.get("clvp", 0) + 1
-        return torch.tensor([0.9, 0.5, 0.1])
-
-    monkeypatch.setattr(loaded, "score", score)
-    monkeypatch.setattr(tts.clvp, "similarity", similarity)
-    assert torch.equal(tts.rerank(text, sampled, make_settings("ultra_fast")), codes[[0]])
-    assert "args" not in seen and seen["clvp"] == 1  # off by default
-    assert torch.equal(tts.rerank(text, sampled, by_letters), codes[[1, 2, 0]])
-    assert seen["clvp"] == 1  # the letters have the whole blend: no CLVP pass
-    assert torch.equal(tts.rerank(text, sampled, make_settings("ultra_fast", ctc_weight=0.5)), codes[[1]])
-    assert seen["clvp"] == 2
-    letters, scored = seen["args"]
-    assert letters.tolist() == ctc_targets("hello, two cats.")
-    # each candidate is read to its own end (its speech, SPELLER_CALM_RUN calm codes, the tail), not padded
-    assert torch.equal(scored[0], sampled[0]) and torch.equal(scored[2], sampled[2])  # never stopped: whole
-    assert scored[1].tolist() == sampled[1, :12].tolist() + [gc.calm_code] * SPELLER_CALM_RUN + list(gc.tail_codes)
-    # and the real one runs end to end through a synthesis
-    monkeypatch.undo()
-    out = tts.tts("Spell it.", preset="ultra_fast", seed=0, ctc_weight=0.5, **SHRINK)
-    assert out.settings["ctc_weight"] == 0.5 and out.audio.numel() > 0
-
-
 def test_clvp_letter_score_is_the_ctc_likelihood_per_letter():
     from hare import checkpoints
     from hare.models.configs import CLVPConfig
@@ -366,21 +193,10 @@ def test_clvp_letter_score_is_the_ctc_likelihood_per_letter():
         # a candidate too short to spell the letters (2 codes, 4 outputs, 5 letters) is impossible, not best
         short = clvp.ctc_score(letters, codes[:, :2])
         assert torch.isneginf(short).all()
-    from hare.pipeline import blend_scores
-
-    blended = blend_scores(torch.zeros(3), [(1.0, torch.tensor([-1.0, float("-inf"), -2.0]))])
-    assert torch.isfinite(blended).all() and blended.argsort().tolist() == [1, 2, 0]  # ranked last, spread kept
-    assert torch.equal(blend_scores(torch.zeros(2), [(1.0, torch.full((2,), float("-inf")))]), torch.zeros(2))
     headless = checkpoints.build("clvp2", dataclasses.replace(c, ctc_classes=0))
     assert not any(k.startswith("ctc_head") for k in headless.state_dict())  # the official layout
     with pytest.raises(ValueError, match="no CTC head"):
         headless.ctc_score(letters, codes)
-
-
-def test_fix_candidates_uses_the_models_silence_codes():
-    codes = torch.tensor([[5, 6, 65, 9, 9, 9, 9]])
-    fixed = fix_candidates(codes, stop_token=65, calm_code=3, tail_codes=(3, 4))
-    assert fixed.tolist() == [[5, 6, 3, 3, 3, 3, 4]]
 
 
 def test_mismatched_vocoder_is_refused(mini_models):

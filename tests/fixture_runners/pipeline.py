@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from hare.pipeline import fix_candidates
+from hare.rerank import fix_candidates
 
 MODELS = ("pipeline",)
 EXACT = {"fixed_codes"}
