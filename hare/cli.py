@@ -33,19 +33,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _float_in(lo: float, hi: float):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
-
-
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """Which model to load and how (shared by `speak` and `serve`)."""
     p.add_argument("--model", default=None, help="model name: hare-mini (default, in the package) or tortoise-v2")
@@ -67,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hare.pipeline import PRESETS, SAMPLERS
+    from hare import settings
+    from hare.settings import PRESETS
 
     p = _Parser(prog="hare", description="Hare text-to-speech (the Tortoise architecture, fast).")
     p.add_argument("--version", action="version", version=f"hare {_version()}")
@@ -84,32 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--voices-dir", action="append", default=[], type=Path, metavar="DIR",
                    help="extra voice library folder (repeatable)")
     s.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="quality/speed preset (default: fast)")
-    s.add_argument("--candidates", type=_positive_int, help="autoregressive candidates to sample (preset decides)")
-    s.add_argument("--batch-size", type=_positive_int, help="candidates sampled per batch (default: all, max 16)")
-    s.add_argument("--steps", type=_positive_int, help="diffusion steps (preset decides)")
-    s.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: ddpm, as the reference)")
-    s.add_argument("--cond-free", choices=("on", "off"), help="conditioning-free guidance (preset decides)")
-    s.add_argument("--cond-free-k", type=_float_in(0.0, 100.0), help="guidance strength (default 2)")
-    s.add_argument("--temperature", type=_float_in(0.01, 10.0), help="AR sampling temperature (default 0.8)")
-    s.add_argument("--top-p", type=_float_in(0.0, 1.0), help="nucleus sampling mass (default 0.8)")
-    s.add_argument("--repetition-penalty", type=_float_in(0.01, 100.0), help="(default 2.0)")
-    s.add_argument("--length-penalty", type=_float_in(0.0, 100.0), help="(default 1.0)")
-    s.add_argument("--diffusion-temperature", type=_float_in(0.0, 10.0), help="(default 1.0)")
-    s.add_argument("--cvvp-amount", type=_float_in(0.0, 1.0), help="weight of the CVVP voice score in reranking")
-    s.add_argument("--likelihood-weight", type=_float_in(0.0, 1.0),
-                   help="weight of the GPT's own likelihood of each candidate in reranking (default 0, the "
-                        "reference's; a model's model.json may set it)")
-    s.add_argument("--alignment-weight", type=_float_in(0.0, 1.0),
-                   help="weight of the GPT's alignment score (its guided-attention heads follow the text) in "
-                        "reranking (default 0; needs a GPT trained with guided attention; a model.json may set it)")
-    s.add_argument("--ctc-weight", type=_float_in(0.0, 1.0),
-                   help="weight of the letter score (how well a candidate spells the text) in reranking "
-                        "(default 0; needs the model's speller network or a CLVP trained with a CTC head; a "
-                        "model.json may set it)")
-    s.add_argument("--voice-match", type=_float_in(0.0, 1.0),
-                   help="equalise the output towards the voice clips' long-term spectrum, 0 to 1 (default 0, the "
-                        "reference's; a model.json may set it)")
-    s.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per chunk (default 500)")
+    settings.add_options(s)  # every synthesis setting with a flag, ranges as Settings.validate checks them
     s.add_argument("--seed", type=int, help="random seed (same seed, same audio)")
     _add_model_options(s)
     s.add_argument("-o", "--output", default="hare.wav", help="output file, '-' for WAV on stdout (default hare.wav)")
@@ -122,13 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true",
                    help="write audio as each text chunk is ready (a WAV of open length on stdout with -o -); "
                         "with --decoder hifigan, as the codes are sampled")
-    s.add_argument("--decoder", choices=("diffusion", "hifigan"),
-                   help="diffusion (default: diffusion decoder + vocoder) or hifigan (Tortoise v3's fast path: the "
-                        "GPT's latents straight to audio, one candidate unless --candidates is given)")
-    s.add_argument("--stream-first", type=_positive_int, metavar="CODES",
-                   help="with --stream --decoder hifigan: first audio after this many codes (default 16)")
-    s.add_argument("--stream-every", type=_positive_int, metavar="CODES",
-                   help="with --stream --decoder hifigan: then audio every this many codes (default 32)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     v = sub.add_parser("voices", help="manage the voice library", description="Manage the voice library.")
@@ -170,18 +126,9 @@ def _read_text(args) -> str:
 
 
 def _overrides(args) -> dict:
-    mapping = {
-        "candidates": "num_candidates", "batch_size": "batch_size", "steps": "diffusion_steps",
-        "sampler": "sampler", "cond_free_k": "cond_free_k", "temperature": "temperature", "top_p": "top_p",
-        "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
-        "diffusion_temperature": "diffusion_temperature", "cvvp_amount": "cvvp_amount", "max_codes": "max_codes",
-        "likelihood_weight": "likelihood_weight", "alignment_weight": "alignment_weight", "ctc_weight": "ctc_weight",
-        "voice_match": "voice_match", "decoder": "decoder", "stream_first": "stream_first_codes",
-        "stream_every": "stream_every_codes",
-    }
-    out = {dst: getattr(args, src) for src, dst in mapping.items() if getattr(args, src) is not None}
-    if args.cond_free is not None:
-        out["cond_free"] = args.cond_free == "on"
+    from hare.settings import overrides_from
+
+    out = overrides_from(args)
     if args.chunk_length is not None:
         out["split_desired_length"] = args.chunk_length
         out["split_max_length"] = max(args.chunk_length * 3 // 2, args.chunk_length + 1)
@@ -195,7 +142,7 @@ def cmd_speak(args) -> int:
     from hare.audio import save_audio
 
     from hare.checkpoints import DEFAULT_MODEL, REGISTRY, package_path
-    from hare.pipeline import make_settings
+    from hare.settings import make_settings
     from hare.text import Tokenizer, split_text
     from hare.voices import VoiceLibrary
 
@@ -352,8 +299,9 @@ def _add_training_commands(sub) -> None:
 
 
 def _add_eval_command(sub) -> None:
+    from hare import settings
     from hare.evaluate import ASR_ENGINES
-    from hare.pipeline import PRESETS, SAMPLERS
+    from hare.settings import PRESETS
 
     e = sub.add_parser("eval", help="score a model (and the real voices) for WER, speaker similarity and RTF",
                        description="Evaluate intelligibility (WER), speaker similarity and speed on a suite "
@@ -370,11 +318,9 @@ def _add_eval_command(sub) -> None:
     e.add_argument("--no-similarity", action="store_true", help="skip speaker similarity (resemblyzer)")
     e.add_argument("--limit", type=_positive_int, help="only the first N sentences")
     e.add_argument("--seed", type=int, default=0, help="seed of the first sentence (the next ones add 1)")
-    e.add_argument("--candidates", type=_positive_int, help="autoregressive candidates (preset decides)")
-    e.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler (default: the preset's, ddpm)")
-    e.add_argument("--steps", type=_positive_int, help="diffusion steps (preset decides)")
-    e.add_argument("--voice-match", type=_float_in(0.0, 1.0),
-                   help="the equaliser towards each voice's clips, 0 to 1 (default: the model's model.json)")
+    settings.add_options(e, ["num_candidates", "sampler", "diffusion_steps", "voice_match"],
+                         {"voice_match": "the equaliser towards each voice's clips, 0 to 1 (default: the model's "
+                                         "model.json)"})
     _add_precision_options(e)
     e.add_argument("--json", type=Path, help="write the full results (with transcripts) here")
     e.add_argument("--audio-out", type=Path, metavar="DIR", help="keep the synthesised audio here")
@@ -385,6 +331,7 @@ def cmd_eval(args) -> int:
     import hare
     from hare import evaluate
     from hare.checkpoints import DEFAULT_MODEL
+    from hare.settings import overrides_from
 
     suite = evaluate.Suite.load(args.suite)
     asr = args.asr or ["pocketsphinx"]
@@ -395,17 +342,12 @@ def cmd_eval(args) -> int:
         tts = hare.load_model(args.model or DEFAULT_MODEL, models_dir=args.models_dir, progress=not args.quiet,
                               quantize=args.quantize, dtype=args.dtype)
         # the speed options in the row's system name, so that a table of several runs tells them apart
-        options = [f"{args.sampler or 'ddpm'}/{args.steps}" if args.steps else args.sampler, args.quantize,
-                   args.dtype if args.dtype != "fp32" else None,
-                   None if args.voice_match is None else f"match {args.voice_match:g}"]
+    overrides = overrides_from(args)
+    sampler, steps, match = (overrides.get(k) for k in ("sampler", "diffusion_steps", "voice_match"))
+    if tts is not None:
+        options = [f"{sampler or 'ddpm'}/{steps}" if steps else sampler, args.quantize,
+                   args.dtype if args.dtype != "fp32" else None, None if match is None else f"match {match:g}"]
         name = " ".join([name] + [o for o in options if o])
-    overrides = {"num_candidates": args.candidates} if args.candidates else {}
-    if args.sampler:
-        overrides["sampler"] = args.sampler
-    if args.steps:
-        overrides["diffusion_steps"] = args.steps
-    if args.voice_match is not None:
-        overrides["voice_match"] = args.voice_match
     rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
                              asr=asr, similarity=not args.no_similarity, seed=args.seed, limit=args.limit,
                              out_dir=args.audio_out, progress=not args.quiet, **overrides)
@@ -418,9 +360,9 @@ def cmd_eval(args) -> int:
     if args.json is not None:
         evaluate.write_report(rows, args.json, meta={"suite": str(args.suite), "model": name, "presets": presets,
                                                      "asr": asr, "seed": args.seed, "limit": args.limit,
-                                                     "sampler": args.sampler, "steps": args.steps,
+                                                     "sampler": sampler, "steps": steps,
                                                      "quantize": args.quantize, "dtype": args.dtype,
-                                                     "voice_match": args.voice_match})
+                                                     "voice_match": match})
     return 0
 
 
@@ -539,7 +481,8 @@ def cmd_data(args) -> int:
 
 
 def _add_serve_command(sub) -> None:
-    from hare.pipeline import PRESETS, SAMPLERS
+    from hare import settings
+    from hare.settings import PRESETS
 
     sv = sub.add_parser("serve", help="run the OpenAI-compatible speech server and web page",
                         description="Serve POST /v1/audio/speech (OpenAI-compatible), the voice library API and a "
@@ -553,12 +496,10 @@ def _add_serve_command(sub) -> None:
     sv.add_argument("--default-voice", help="voice for requests that name none (default: 'default' if present, "
                                             "else 'random')")
     sv.add_argument("--preset", choices=sorted(PRESETS), help="preset for requests that name none")
-    sv.add_argument("--candidates", type=_positive_int, help="AR candidates for every request (caps the work)")
-    sv.add_argument("--steps", type=_positive_int, help="diffusion steps for every request")
-    sv.add_argument("--sampler", choices=SAMPLERS, help="diffusion sampler for every request")
-    sv.add_argument("--max-codes", type=_positive_int, help="cap on speech codes per text chunk")
-    sv.add_argument("--decoder", choices=("diffusion", "hifigan"),
-                    help="decoder for requests that name none (hifigan: Tortoise v3's fast path)")
+    settings.add_options(sv, ["num_candidates", "diffusion_steps", "sampler", "max_codes", "decoder"], {
+        "num_candidates": "AR candidates for every request (caps the work)",
+        "diffusion_steps": "diffusion steps for every request", "sampler": "diffusion sampler for every request",
+        "decoder": "decoder for requests that name none (hifigan: Tortoise v3's fast path)"})
     sv.add_argument("--api-key", help="require this key (Authorization: Bearer KEY) on every route but /health "
                                       "(default: env HARE_API_KEY; none: open)")
     sv.add_argument("--workers", type=_positive_int, default=1, help="synthesis threads (default 1)")
@@ -572,15 +513,13 @@ def cmd_serve(args) -> int:
     import hare
     from hare import server
     from hare.checkpoints import DEFAULT_MODEL
-    from hare.pipeline import make_settings
+    from hare.settings import make_settings, overrides_from
 
     if args.max_queue < 0:
         raise UsageError("--max-queue must be >= 0")
     if args.max_upload_mb <= 0:
         raise UsageError("--max-upload-mb must be positive")
-    overrides = {k: v for k, v in {"num_candidates": args.candidates, "diffusion_steps": args.steps,
-                                   "sampler": args.sampler, "max_codes": args.max_codes,
-                                   "decoder": args.decoder}.items() if v is not None}
+    overrides = overrides_from(args)
     make_settings(args.preset or "fast", **overrides)  # bad combinations fail before the models load
     try:
         import fastapi  # noqa: F401

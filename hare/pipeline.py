@@ -20,6 +20,7 @@ import torch
 
 from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, VoiceError
 from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates  # the candidates' layout (and the reranker)
+from hare.settings import PRESETS, Settings, make_settings  # noqa: F401  (PRESETS: part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -33,132 +34,6 @@ def diffusion_frames(num_codes: int) -> int:
     from hare.audio import MEL_FORMATS
 
     return MEL_FORMATS["univnet"].frames_for_codes(num_codes)
-
-
-# --------------------------------------------------------------------------------------------------
-# Settings and presets
-
-SAMPLERS = ("ddpm", "ddim", "dpm++2m")
-# what turns the picked candidate into audio: the diffusion decoder and vocoder (Tortoise v2), or the HiFi-GAN
-# latent decoder straight from the GPT's latents (Tortoise v3's api_fast; `hare.models.hifi_decoder`)
-DECODERS = ("diffusion", "hifigan")
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Every knob of a synthesis. Presets fill some; anything can be overridden."""
-
-    num_candidates: int = 96
-    batch_size: int | None = None  # candidates per AR batch (None: all of them, at most 16)
-    temperature: float = 0.8
-    top_p: float = 0.8
-    top_k: int = 50  # transformers' default, which the reference inherits
-    repetition_penalty: float = 2.0
-    length_penalty: float = 1.0  # kept for parity with the reference; it has no effect on sampling there either
-    max_codes: int = 500
-    cvvp_amount: float = 0.0
-    diffusion_steps: int = 80
-    sampler: str = "ddpm"
-    cond_free: bool = True
-    cond_free_k: float = 2.0
-    diffusion_temperature: float = 1.0
-    # shallow diffusion: start the reverse process at this fraction of the schedule from the decoder's own
-    # mel guess (`predict_mel`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference)
-    diffusion_start: float = 1.0
-    # candidates whose speech (before its trailing silence) is shorter than this fraction of the median
-    # candidate's are never picked, unless all are: a weak model's sampler can fall silent after a few codes,
-    # and a reranker may then prefer the silence. 0 (the reference's behaviour) keeps them all.
-    min_length_ratio: float = 0.0
-    # weight of the GPT's own mean log-likelihood of each candidate in the reranking score, blended with the
-    # CLVP's (and CVVP's) score after standardising both over the candidates: 0 (the reference's behaviour)
-    # ranks by the CLVP alone, 1 by the likelihood alone. Costs one teacher-forced GPT pass over the candidates.
-    likelihood_weight: float = 0.0
-    # weight of the GPT's alignment score of each candidate (how closely its guided-attention heads follow the
-    # text's diagonal, `GPT.score_candidates`), blended in the same way; needs a GPT whose config names its
-    # `alignment_heads`. likelihood_weight + alignment_weight (+ ctc_weight) <= 1; the CLVP keeps the rest.
-    alignment_weight: float = 0.0
-    # weight of the letter score (a Hare extension: how well each candidate's codes spell the text, the mean
-    # log-probability per letter of a CTC letter recogniser), blended in the same way. It comes from the model's
-    # speller network (`hare.models.speller`, `speller.safetensors`; one small pass over the candidates) if it
-    # has one, else from a CLVP trained with a CTC head (`ctc_classes`, `CLVP.ctc_score`: no extra pass).
-    # likelihood_weight + alignment_weight + ctc_weight <= 1.
-    ctc_weight: float = 0.0
-    # zero-shot voice matching by equaliser: shift each band of the decoded mel by this fraction of the gap
-    # between the voice clips' long-term mean log mel and the output's own (`audio.match_mel_means`: one gain per
-    # band, timing and pitch untouched). 0 (the reference's behaviour) leaves the decoder's mel as it is.
-    voice_match: float = 0.0
-    k: int = 1  # candidates returned (the best k by reranking score)
-    # "diffusion" (the reference's v2 path) or "hifigan" (api_fast: the GPT's latents -> HiFi-GAN latent
-    # decoder -> audio; no diffusion, no vocoder; with it the presets sample one candidate, as api_fast)
-    decoder: str = "diffusion"
-    # streaming with decoder="hifigan" (`TextToSpeech.stream`): the first audio after this many codes, then
-    # audio every `stream_every_codes` codes (a code is ~46 ms of speech)
-    stream_first_codes: int = 16
-    stream_every_codes: int = 32
-    split_desired_length: int = 200
-    split_max_length: int = 300
-
-    @property
-    def ar_batch_size(self) -> int:
-        """Candidates per autoregressive batch: `batch_size`, or all of them up to 16."""
-        return self.batch_size or min(self.num_candidates, 16)
-
-    def validate(self) -> "Settings":
-        def need(ok: bool, what: str):
-            if not ok:
-                raise SettingsError(what)
-
-        need(self.num_candidates >= 1, f"num_candidates must be >= 1 (got {self.num_candidates})")
-        need(self.batch_size is None or self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})")
-        need(0 < self.temperature <= 10, f"temperature must be in (0, 10] (got {self.temperature})")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1] (got {self.top_p})")
-        need(self.top_k >= 0, f"top_k must be >= 0 (got {self.top_k})")
-        need(self.repetition_penalty > 0, f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
-        need(self.max_codes >= 1, f"max_codes must be >= 1 (got {self.max_codes})")
-        need(0 <= self.cvvp_amount <= 1, f"cvvp_amount must be in [0, 1] (got {self.cvvp_amount})")
-        need(self.diffusion_steps >= 1, f"diffusion_steps must be >= 1 (got {self.diffusion_steps})")
-        need(self.sampler in SAMPLERS, f"sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
-        need(self.cond_free_k >= 0, f"cond_free_k must be >= 0 (got {self.cond_free_k})")
-        need(self.diffusion_temperature >= 0, f"diffusion_temperature must be >= 0 (got {self.diffusion_temperature})")
-        need(0 < self.diffusion_start <= 1, f"diffusion_start must be in (0, 1] (got {self.diffusion_start})")
-        need(0 <= self.min_length_ratio < 1, f"min_length_ratio must be in [0, 1) (got {self.min_length_ratio})")
-        need(0 <= self.likelihood_weight <= 1, f"likelihood_weight must be in [0, 1] (got {self.likelihood_weight})")
-        need(0 <= self.alignment_weight <= 1, f"alignment_weight must be in [0, 1] (got {self.alignment_weight})")
-        need(0 <= self.ctc_weight <= 1, f"ctc_weight must be in [0, 1] (got {self.ctc_weight})")
-        need(self.likelihood_weight + self.alignment_weight + self.ctc_weight <= 1 + 1e-9,
-             f"likelihood_weight + alignment_weight + ctc_weight must be at most 1 (got {self.likelihood_weight} + "
-             f"{self.alignment_weight} + {self.ctc_weight})")
-        need(0 <= self.voice_match <= 1, f"voice_match must be in [0, 1] (got {self.voice_match})")
-        need(1 <= self.k <= self.num_candidates, f"k must be in [1, num_candidates] (got {self.k})")
-        need(self.decoder in DECODERS, f"decoder must be one of {', '.join(DECODERS)} (got {self.decoder!r})")
-        need(self.stream_first_codes >= 1 and self.stream_every_codes >= 1,
-             f"stream_first_codes and stream_every_codes must be >= 1 (got {self.stream_first_codes}, "
-             f"{self.stream_every_codes})")
-        need(0 < self.split_desired_length <= self.split_max_length,
-             "split lengths must satisfy 0 < desired <= max")
-        return self
-
-
-# The reference's presets (TORTOISE.md): AR candidates, diffusion steps, conditioning-free guidance.
-PRESETS: dict[str, dict] = {
-    "ultra_fast": dict(num_candidates=16, diffusion_steps=30, cond_free=False),
-    "fast": dict(num_candidates=96, diffusion_steps=80, cond_free=True),
-    "standard": dict(num_candidates=256, diffusion_steps=200, cond_free=True),
-    "high_quality": dict(num_candidates=256, diffusion_steps=400, cond_free=True),
-}
-
-
-def make_settings(preset: str = "fast", **overrides) -> Settings:
-    """The preset's settings with `overrides` applied (unknown names and bad values raise SettingsError)."""
-    if preset not in PRESETS:
-        raise SettingsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    fast_path = {"num_candidates": 1} if given.get("decoder") == "hifigan" else {}  # api_fast: one sample
-    return Settings(**{**PRESETS[preset], **fast_path, **given}).validate()
 
 
 # --------------------------------------------------------------------------------------------------

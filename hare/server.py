@@ -430,7 +430,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
     voice_lock = threading.Lock()
     created = int(time.time())
     try:
-        from hare.pipeline import PRESETS
+        from hare.settings import PRESETS
 
         presets = list(getattr(tts, "presets", None) or PRESETS)
     except ImportError:  # pragma: no cover
@@ -573,7 +573,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
                            code="unsupported_format")
         kwargs = {"voice": voice, "seed": body.seed, "progress": False, **(overrides or {})}
         if body.decoder is not None:
-            from hare.pipeline import DECODERS
+            from hare.settings import DECODERS
 
             if body.decoder not in DECODERS:
                 raise APIError(400, f"decoder must be one of {', '.join(DECODERS)} (got {body.decoder!r})",

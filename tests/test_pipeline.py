@@ -7,7 +7,8 @@ import torch
 
 import hare
 from hare.errors import SettingsError, TextError, VoiceError
-from hare.pipeline import PRESETS, SAMPLE_RATE, Settings, make_settings
+from hare.pipeline import SAMPLE_RATE
+from hare.settings import PRESETS, Settings, make_settings
 
 from tiny_models import save_official_layout, tiny_models, tiny_tts, write_voice
 
