@@ -11,7 +11,7 @@ from hare import kernels
 from hare.kernels import _reference_attention
 from hare.models.configs import GPTConfig
 from hare.models.gpt import GPT
-from hare.models.packed import winograd_filters
+from hare.kernels.reference import winograd_filters
 
 op = kernels.decode_attention()
 needs_kernel = pytest.mark.skipif(op is None, reason="no C++ compiler: Hare's kernels cannot be built here")
@@ -226,7 +226,7 @@ needs_lvc = pytest.mark.skipif(kernels.location_variable_conv() is None, reason=
 @pytest.mark.parametrize("batch,inp,out,frames,hop", [(1, 32, 64, 7, 256), (2, 4, 12, 5, 16), (1, 3, 5, 9, 8),
                                                       (2, 2, 9, 1, 32)])
 def test_location_variable_conv_matches_pytorch(batch, inp, out, frames, hop):
-    from hare.models.vocoder import location_variable_conv_reference
+    from hare.kernels.reference import location_variable_conv_reference
 
     g = torch.Generator().manual_seed(hop)
     x = torch.randn(batch, inp, frames * hop, generator=g)

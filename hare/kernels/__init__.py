@@ -165,7 +165,7 @@ def winograd_conv(x: torch.Tensor, filters: list[torch.Tensor], bias: torch.Tens
 
 
 def _check_winograd() -> None:
-    from hare.models.packed import winograd_filters
+    from hare.kernels.reference import winograd_filters
 
     g = torch.Generator().manual_seed(0)
     for frames in (1, 4, 11):
@@ -189,7 +189,7 @@ def _check_group_norm() -> None:
 
 
 def _check_location_variable_conv() -> None:
-    from hare.models.vocoder import location_variable_conv_reference
+    from hare.kernels.reference import location_variable_conv_reference
 
     g = torch.Generator().manual_seed(0)
     for hop, out in ((16, 8), (4, 6)):  # the blocked path, and the plain loops

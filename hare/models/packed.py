@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hare import kernels
+from hare.kernels.reference import winograd_filters
 
 
 def _pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:
@@ -91,10 +92,6 @@ class PackedLinear(nn.Module):
 
 # Winograd F(4,3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): the filter
 # transform G; the input transform B^T and output transform A^T are written out in WinogradConv1d.forward.
-_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
-               (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
-
-
 class WinogradConv1d(nn.Module):
     """Inference-only stand-in for a 3-wide, stride-1, 'same'-padded `nn.Conv1d` (float32, CPU): Winograd's
     minimal filtering F(4,3) over time, its six products as packed oneDNN matmuls.
@@ -161,13 +158,6 @@ def _time_major(x: torch.Tensor) -> torch.Tensor:
     """(batch, channels, frames) -> its (batch, frames, channels) contiguous form (a view when it is one)."""
     xt = x.transpose(1, 2)
     return xt if xt.is_contiguous() else xt.contiguous()
-
-
-def winograd_filters(weight: torch.Tensor) -> list[torch.Tensor]:
-    """The six filter transforms G W of a 3-wide convolution's weight (out, in, 3): float32 (out, in)
-    matrices, computed in float64 and rounded once."""
-    w = weight.detach().double()
-    return [sum(g * w[..., k] for k, g in enumerate(row)).float().contiguous() for row in _WINOGRAD_G]
 
 
 def _same3(conv: nn.Conv1d) -> bool:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hare import kernels
+from hare.kernels.reference import check_lvc_length, location_variable_conv_reference
 from hare.models.configs import VocoderConfig
 
 SILENCE_LOG_MEL = -11.5129  # ln(1e-5): the padding value the reference appends before vocoding
@@ -60,26 +61,8 @@ def location_variable_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Te
     op = kernels.location_variable_conv() if inference and cpu32 and kernel.shape[3] == 3 else None
     if op is None:
         return location_variable_conv_reference(x, kernel, bias, hop)
-    _check_lvc_length(x, kernel, hop)
+    check_lvc_length(x, kernel, hop)
     return op(x, kernel, bias, hop)
-
-
-def _check_lvc_length(x: torch.Tensor, kernel: torch.Tensor, hop: int) -> None:
-    if x.shape[2] != kernel.shape[4] * hop:
-        raise ValueError(f"LVC input length {x.shape[2]} != frames {kernel.shape[4]} x hop {hop}")
-
-
-def location_variable_conv_reference(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
-                                     hop: int) -> torch.Tensor:
-    """`location_variable_conv` in PyTorch operations (differentiable, any device and dtype)."""
-    _check_lvc_length(x, kernel, hop)
-    b, _, length = x.shape
-    out_channels, ksize, frames = kernel.shape[2], kernel.shape[3], kernel.shape[4]
-    pad = (ksize - 1) // 2
-    windows = F.pad(x, (pad, pad)).unfold(2, hop + 2 * pad, hop)  # (b, in, frames, hop + 2 pad)
-    taps = windows.unfold(3, ksize, 1)  # (b, in, frames, hop, k)
-    y = torch.einsum("bifsk,biokf->bofs", taps, kernel) + bias.unsqueeze(-1)
-    return y.reshape(b, out_channels, frames * hop)
 
 
 class LVCBlock(nn.Module):
