@@ -214,7 +214,7 @@ def cmd_speak(args) -> int:
 
 
 def cmd_voices(args) -> int:
-    from hare.audio import load_audio, validate_clip
+    from hare.audio import AR_SAMPLE_RATE, load_audio, validate_clip
     from hare.voices import VoiceLibrary
 
     lib = VoiceLibrary.default(extra=args.voices_dir)
@@ -224,7 +224,7 @@ def cmd_voices(args) -> int:
         return 0
     if args.voices_command == "add":
         def check(path: Path) -> None:
-            validate_clip(load_audio(path, 22050), 22050)
+            validate_clip(load_audio(path, AR_SAMPLE_RATE), AR_SAMPLE_RATE)
 
         voice = lib.add(args.name, args.clips, validate=check, overwrite=args.overwrite)
         print(f"added voice {voice.name!r} with {len(voice.clips)} clip(s) in {voice.folder}")

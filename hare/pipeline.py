@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from hare.audio import AR_SAMPLE_RATE as CONDITIONING_RATE  # reference clips are read at this rate
+from hare.audio import VOCODER_SAMPLE_RATE as SAMPLE_RATE  # noqa: F401  the Tortoise models' output rate
 from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, VoiceError
 from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates  # the candidates' layout (and the reranker)
 from hare.settings import PRESETS, Settings, make_settings  # noqa: F401  (PRESETS: part of this module's API)
@@ -39,8 +41,6 @@ def diffusion_frames(num_codes: int) -> int:
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
-SAMPLE_RATE = 24000  # output audio of the Tortoise models (TextToSpeech.sample_rate is per model)
-CONDITIONING_RATE = 22050  # reference clips are read at this rate
 
 
 class VoiceConditioning(NamedTuple):

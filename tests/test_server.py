@@ -29,7 +29,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hare.audio import wav_header  # noqa: E402
 from hare.errors import TextError  # noqa: E402
 from hare.pipeline import Speech, make_settings  # noqa: E402
-from hare.server import available_formats, create_app, running_server, time_stretch  # noqa: E402
+from hare.audio import time_stretch
+from hare.server import available_formats, create_app, running_server  # noqa: E402
 from hare.voices import VoiceLibrary  # noqa: E402
 
 SR = 24000

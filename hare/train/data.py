@@ -35,14 +35,14 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from hare.audio import AR_SAMPLE_RATE as AR_RATE  # the GPT / CLVP / VQ-VAE front end
+from hare.audio import VOCODER_SAMPLE_RATE as VOCODER_RATE  # the diffusion decoder / vocoder's
 from hare.errors import HareError
 from hare.paths import sha256_file
 from hare.train import TrainingError
 
 log = logging.getLogger(__name__)
 
-AR_RATE = 22050  # the GPT / CLVP / VQ-VAE front end
-VOCODER_RATE = 24000  # the diffusion decoder / vocoder front end
 CODE_SAMPLES = 1024  # 22.05 kHz samples per speech code
 
 # Features the cache can hold (one safetensors file per utterance):

@@ -15,318 +15,42 @@ that disconnects cancels its job: a queued job never starts, a running one stops
 Errors are JSON in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 """
 
-
 import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import dataclasses
-import io
 import json
 import logging
 import math
-import queue
 import secrets
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from hare.errors import (AudioError, CheckpointError, HareError, ModelNotFoundError, SettingsError, TextError,
-                         VoiceError)
+from hare.audio import AR_SAMPLE_RATE as CLIP_RATE  # voice clips are checked at the conditioning rate
+from hare.audio import VOCODER_SAMPLE_RATE as SAMPLE_RATE  # every response is 24 kHz, as OpenAI's
+from hare.audio import time_stretch
+from hare.errors import AudioError, HareError, VoiceError
+from hare.server.encoders import AudioFormat, available_formats
+from hare.server.errors import APIError, error_body, hare_error
+from hare.server.workers import Busy, Cancelled, WorkerPool
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 24000
+
 # OpenAI's built-in voice names: a request naming one that the library lacks gets the default voice
 OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer",
                            "verse", "marin", "cedar"})
-CLIP_RATE = 22050  # voice clips are checked at the conditioning rate
 MAX_JSON_BYTES = 1 << 20  # request bodies other than voice uploads
 MAX_UPLOAD_FILES = 16
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 DEFAULT_ALIASES = ("tts-1", "tts-1-hd")  # OpenAI's model names, served by the loaded model
 STREAMABLE = ("pcm", "wav", "mp3", "aac")  # formats whose pieces can be sent one after another
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class APIError(Exception):
-    """An error answered as OpenAI-shaped JSON."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def _error_body(status: int, message: str, type: str, code: str | None, param: str | None = None) -> bytes:
-    return json.dumps({"error": {"message": message, "type": type, "param": param, "code": code}}).encode()
-
-
-def hare_error(exc: HareError) -> APIError:
-    """Map Hare's user errors to HTTP: bad text, voice, audio or settings are 400s."""
-    param, code, status, kind = None, None, 400, "invalid_request_error"
-    if isinstance(exc, TextError):
-        param, code = "input", "invalid_input"
-    elif isinstance(exc, VoiceError):
-        param, code = "voice", "invalid_voice"
-    elif isinstance(exc, AudioError):
-        code = "invalid_audio"
-    elif isinstance(exc, SettingsError):
-        code = "invalid_settings"
-    elif isinstance(exc, ModelNotFoundError):  # e.g. a random voice on a model without latent generators
-        code = "model_not_found"
-    elif isinstance(exc, CheckpointError):  # the server's own files are broken: not the client's fault
-        status, kind, code = 500, "server_error", "checkpoint_error"
-    return APIError(status, str(exc), type=kind, param=param, code=code)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Audio: encoding and speed
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioFormat:
-    name: str
-    media_type: str
-    encode: Callable[[np.ndarray], bytes]  # float32 mono in [-1, 1] -> bytes of a complete file
-    stream_header: bytes | None = None  # streams of this format start with these bytes (None: not streamable)
-    stream_piece: Callable[[np.ndarray], bytes] | None = None
-
-
-def _pcm16(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1, 1) * 32767).round().astype("<i2").tobytes()
-
-
-def _soundfile_encoder(fmt: str, subtype: str, **options) -> Callable[[np.ndarray], bytes]:
-    def encode(x: np.ndarray) -> bytes:
-        import soundfile
-
-        buf = io.BytesIO()
-        soundfile.write(buf, np.clip(x, -1, 1).astype(np.float32), SAMPLE_RATE, format=fmt, subtype=subtype,
-                        **options)
-        return buf.getvalue()
-
-    return encode
-
-
-def _ffmpeg_encoder(args: list[str]) -> Callable[[np.ndarray], bytes]:
-    def encode(x: np.ndarray) -> bytes:
-        proc = subprocess.run(["ffmpeg", "-v", "error", "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1",
-                               "-i", "-", *args, "-"], input=_pcm16(x), capture_output=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.decode(errors="replace")[:200])
-        return proc.stdout
-
-    return encode
-
-
-_MP3_BITRATES = {  # kbit/s by bitrate index, Layer III
-    "1": (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-    "2": (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-}
-_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
-
-
-def strip_mp3_info_frame(data: bytes) -> bytes:
-    """Drop a leading Xing/Info frame: it states the length of one piece, and decoders that trust it would stop
-    there when pieces are sent one after another."""
-    if len(data) < 4 or data[0] != 0xFF or (data[1] & 0xE0) != 0xE0:
-        return data
-    version = (data[1] >> 3) & 3  # 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
-    bitrate_index, rate_index, padding = data[2] >> 4, (data[2] >> 2) & 3, (data[2] >> 1) & 1
-    if version == 1 or ((data[1] >> 1) & 3) != 1 or bitrate_index in (0, 15) or rate_index == 3:
-        return data  # not Layer III, or a header we do not parse
-    bitrate = _MP3_BITRATES["1" if version == 3 else "2"][bitrate_index] * 1000
-    rate = _MP3_RATES[version][rate_index]
-    length = (144 if version == 3 else 72) * bitrate // rate + padding
-    if b"Xing" in data[:length] or b"Info" in data[:length]:
-        return data[length:]
-    return data
-
-
-def available_formats() -> dict[str, AudioFormat]:
-    """The response formats this machine can encode (each is tried once on a short signal)."""
-    from hare.audio import wav_header
-
-    probe = (0.1 * np.sin(np.arange(2400) * 0.05)).astype(np.float32)
-    candidates = [
-        AudioFormat("wav", "audio/wav", _soundfile_encoder("WAV", "PCM_16"), wav_header(SAMPLE_RATE), _pcm16),
-        AudioFormat("pcm", "audio/pcm", _pcm16, b"", _pcm16),
-        AudioFormat("flac", "audio/flac", _soundfile_encoder("FLAC", "PCM_16")),
-        AudioFormat("opus", "audio/ogg; codecs=opus", _soundfile_encoder("OGG", "OPUS")),
-    ]
-    # constant bit rate (~88 kbit/s): a stream of pieces has no per-piece length header for decoders to trust
-    mp3 = _soundfile_encoder("MP3", "MPEG_LAYER_III", bitrate_mode="CONSTANT", compression_level=0.5)
-    candidates.append(AudioFormat("mp3", "audio/mpeg", mp3, b"",  # MP3 frames can be concatenated
-                                  lambda x: strip_mp3_info_frame(mp3(x))))
-    if shutil.which("ffmpeg"):
-        aac = _ffmpeg_encoder(["-c:a", "aac", "-b:a", "64k", "-f", "adts"])
-        candidates.append(AudioFormat("aac", "audio/aac", aac, b"", aac))  # ADTS frames can be concatenated
-    formats = {}
-    for fmt in candidates:
-        try:
-            if fmt.encode(probe):
-                formats[fmt.name] = fmt
-        except Exception as exc:  # a codec missing from this libsndfile build
-            log.info("response format %s unavailable: %s", fmt.name, exc)
-    return formats
-
-
-def time_stretch(wav: torch.Tensor, speed: float, n_fft: int = 1024, hop: int = 256) -> torch.Tensor:
-    """Play `wav` `speed` times faster at the same pitch (phase vocoder): (samples,) -> (~samples / speed,).
-
-    Frames of the STFT are read at `speed` times the hop, magnitudes interpolated between neighbouring frames,
-    phases advanced by each bin's measured instantaneous frequency; speech keeps its pitch, with the slight
-    phasiness typical of a phase vocoder at large factors.
-    """
-    # wav: (samples,)
-    if speed == 1.0 or wav.numel() == 0:
-        return wav
-    length = wav.shape[-1]
-    out_length = max(1, round(length / speed))
-    x = torch.nn.functional.pad(wav.float(), (0, max(0, n_fft - length)))
-    window = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
-    spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)  # (bins, frames)
-    spec = torch.nn.functional.pad(spec, (0, 2))  # two silent frames so that every step has a right neighbour
-    steps = torch.arange(0, spec.shape[-1] - 2, speed, dtype=x.dtype, device=x.device)
-    left_i = steps.floor().long()
-    frac = (steps - left_i)[None]
-    left, right = spec[:, left_i], spec[:, left_i + 1]
-    mag = (1 - frac) * left.abs() + frac * right.abs()
-    expected = 2 * math.pi * hop * torch.arange(spec.shape[0], dtype=x.dtype, device=x.device)[:, None] / n_fft
-    delta = right.angle() - left.angle() - expected
-    delta = delta - 2 * math.pi * torch.round(delta / (2 * math.pi))
-    phase = torch.cat([spec[:, :1].angle(), (expected + delta)[:, :-1]], dim=1).cumsum(dim=1)
-    out = torch.polar(mag, phase)
-    y = torch.istft(out, n_fft, hop, window=window, length=out_length)
-    return y.clamp(-1, 1).to(wav.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The worker pool
-
-
-class Busy(Exception):
-    """Every worker is busy and the queue is full."""
-
-    def __init__(self, retry_after: int):
-        super().__init__(f"server busy, retry after {retry_after} s")
-        self.retry_after = retry_after
-
-
-class Cancelled(Exception):
-    """The client went away; the job stopped."""
-
-
-class WorkerPool:
-    """`workers` threads take jobs from a queue holding at most `max_queue` waiting jobs.
-
-    A job is `fn(cancel: threading.Event)`; it should check `cancel` between steps. `submit` returns a
-    concurrent Future; cancelling that future before a worker picks the job up frees its queue slot at once.
-    """
-
-    def __init__(self, workers: int = 1, max_queue: int = 8):
-        if workers < 1 or max_queue < 0:
-            raise ValueError("workers must be >= 1 and max_queue >= 0")
-        self.workers = workers
-        self.max_queue = max_queue
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._waiting = 0
-        self._running = 0
-        self._avg_seconds = 1.0  # moving average of a job's run time, for Retry-After
-        self.completed = 0
-        self.cancelled = 0
-        self.rejected = 0
-        self._threads = [threading.Thread(target=self._work, name=f"hare-worker-{i}", daemon=True)
-                         for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def stats(self) -> dict:
-        with self._lock:
-            return {"workers": self.workers, "running": self._running, "queued": self._waiting,
-                    "max_queue": self.max_queue, "completed": self.completed, "cancelled": self.cancelled,
-                    "rejected": self.rejected}
-
-    def retry_after(self) -> int:
-        with self._lock:
-            backlog = self._waiting + self._running
-            return max(1, math.ceil(self._avg_seconds * backlog / self.workers))
-
-    def submit(self, fn: Callable[[threading.Event], Any]) -> tuple[concurrent.futures.Future, threading.Event]:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        cancel = threading.Event()
-        with self._lock:
-            busy = self._waiting + self._running >= self.workers + self.max_queue
-            if busy:
-                self.rejected += 1
-            else:
-                self._waiting += 1
-        if busy:
-            raise Busy(self.retry_after())
-        future.add_done_callback(self._on_done)
-        self._jobs.put((fn, future, cancel))
-        return future, cancel
-
-    def _on_done(self, future: concurrent.futures.Future) -> None:
-        if future.cancelled():  # cancelled while waiting: give the slot back now
-            with self._lock:
-                self._waiting -= 1
-                self.cancelled += 1
-
-    def _work(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            fn, future, cancel = item
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued (already counted in _on_done)
-            with self._lock:
-                self._waiting -= 1
-                self._running += 1
-            start = time.perf_counter()
-            result, error = None, None
-            try:
-                result = fn(cancel)
-            except BaseException as exc:  # delivered to the waiting request
-                error = exc
-            seconds = time.perf_counter() - start
-            with self._lock:  # counts first, so that whoever sees the result also sees them
-                self._running -= 1
-                if cancel.is_set():
-                    self.cancelled += 1
-                else:
-                    self.completed += 1
-                    self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * seconds
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-    def shutdown(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,7 +84,7 @@ class _Guard:
         if self.api_key and path != "/health" and not self._authorized(headers):
             api = path.startswith("/v1/")
             challenge = b'Bearer realm="hare"' if api else b'Basic realm="hare", charset="UTF-8"'
-            body = _error_body(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
+            body = error_body(401, "missing or invalid API key (send 'Authorization: Bearer KEY')",
                                "authentication_error", "invalid_api_key")
             return await _send_json(send, 401, body, [(b"www-authenticate", challenge)])
         is_upload = scope.get("method") == "POST" and path.rstrip("/") == "/v1/voices"
@@ -368,7 +92,7 @@ class _Guard:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             what = "upload" if is_upload else "request body"
-            body = _error_body(413, f"{what} too large ({int(length)} bytes; the limit is {limit})",
+            body = error_body(413, f"{what} too large ({int(length)} bytes; the limit is {limit})",
                                "invalid_request_error", "request_too_large")
             return await _send_json(send, 413, body, [(b"connection", b"close")])
         seen = 0
