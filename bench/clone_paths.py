@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from hare import audio, evaluate
-from hare.pipeline import load_model
+from hare.loading import load_model
 from hare.voices import LATENTS_FILE
 
 

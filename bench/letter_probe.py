@@ -123,7 +123,8 @@ def letter_scores(model: LetterProbe, candidates: list[list[int]], text: str) ->
 def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:
     from hare import evaluate
     from hare import rerank as R
-    from hare.pipeline import load_model, make_settings
+    from hare.loading import load_model
+from hare.settings import make_settings
 
     model = LetterProbe()
     model.load_state_dict(torch.load(checkpoint, weights_only=True))

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from hare import audio, checkpoints, evaluate
-from hare.pipeline import load_model, make_settings
+from hare.loading import load_model
+from hare.settings import make_settings
 from hare.rerank import calm_cut, fix_candidates
 from hare.sampling import SamplingSettings, sample_codes
 

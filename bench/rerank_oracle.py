@@ -35,7 +35,7 @@ import json
 import torch
 
 from hare import evaluate
-from hare.pipeline import load_model
+from hare.loading import load_model
 from hare.settings import PRESETS, make_settings
 from hare.rerank import LetterScorer, fix_candidates
 from hare.text import Tokenizer

@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from hare import audio, evaluate
-from hare.pipeline import load_model
+from hare.loading import load_model
 
 
 def main(argv=None) -> int:

@@ -25,8 +25,8 @@ __all__ = [
 
 
 def load_model(name_or_dir="hare-mini", **kwargs):
-    """Load a TextToSpeech: a registered model name or a folder of model files (see hare.pipeline.load_model)."""
-    from hare.pipeline import load_model as _load
+    """Load a TextToSpeech: a registered model name or a folder of model files (see hare.loading.load_model)."""
+    from hare.loading import load_model as _load
 
     return _load(name_or_dir, **kwargs)
 

@@ -138,10 +138,9 @@ def _overrides(args) -> dict:
 def cmd_speak(args) -> int:
     import torch
 
-    import hare
     from hare.audio import save_audio
-
-    from hare.checkpoints import DEFAULT_MODEL, REGISTRY, package_path
+    from hare.checkpoints import DEFAULT_MODEL
+    from hare.loading import load_model, resolve_model
     from hare.settings import make_settings
     from hare.text import Tokenizer, split_text
     from hare.voices import VoiceLibrary
@@ -158,15 +157,12 @@ def cmd_speak(args) -> int:
     tokenizer = Tokenizer()
     for chunk in split_text(text, settings.split_desired_length, settings.split_max_length) or [text]:
         tokenizer.encode(chunk)
-    if voice is not None:  # the model's own voices count too (a models folder's voices/, a bundled model's)
-        spec = REGISTRY.get(args.model or DEFAULT_MODEL)
-        bundled = ([args.models_dir / "voices"] if args.models_dir is not None
-                   else [package_path(spec.package_dir) / "voices"] if spec and spec.package_dir else [])
-        VoiceLibrary.default(extra=args.voices_dir, bundled=bundled).parse(voice)
     t0 = time.perf_counter()
-    tts = hare.load_model(args.model or DEFAULT_MODEL, models_dir=args.models_dir, device=args.device,
-                          voices_dirs=args.voices_dir, progress=not args.quiet, quantize=args.quantize,
-                          dtype=args.dtype)
+    source = resolve_model(args.model or DEFAULT_MODEL, args.models_dir)  # reads no weights
+    if voice is not None:  # the model's own voices count too (a models folder's voices/, a bundled model's)
+        VoiceLibrary.default(extra=args.voices_dir, bundled=source.bundled_voices).parse(voice)
+    tts = load_model(device=args.device, voices_dirs=args.voices_dir, progress=not args.quiet,
+                     quantize=args.quantize, dtype=args.dtype, source=source)
     load_s = time.perf_counter() - t0
     kwargs = dict(voice=voice, preset=args.preset, seed=args.seed, k=args.keep, progress=not args.quiet,
                   **_overrides(args))

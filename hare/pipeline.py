@@ -6,20 +6,18 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
-import json
 import logging
-import os
 import secrets
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from hare.audio import AR_SAMPLE_RATE as CONDITIONING_RATE  # reference clips are read at this rate
 from hare.audio import VOCODER_SAMPLE_RATE as SAMPLE_RATE  # noqa: F401  the Tortoise models' output rate
+from hare.devices import resolve_device
 from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, VoiceError
 from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates  # the candidates' layout (and the reranker)
 from hare.settings import PRESETS, Settings, make_settings  # noqa: F401  (PRESETS: part of this module's API)
@@ -540,108 +538,3 @@ def _malloc_trim():
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device=None) -> torch.device:
-    """`device` (None: cuda if available, else cpu) as a torch.device this machine can run on; a device this
-    build or machine lacks is a SettingsError naming it, not a traceback from deep inside the first `.to()`."""
-    if device is None:
-        return _default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SettingsError(f"device {device!r} is not available: this PyTorch build has no CUDA support or "
-                                f"no GPU is visible (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SettingsError(f"device {device!r} is not available: this machine has "
-                                f"{torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise SettingsError(f"device {device!r} is not available: MPS needs Apple silicon and a PyTorch "
-                                f"build with MPS (use --device cpu)")
-    elif dev.type != "cpu":
-        raise SettingsError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
-    return dev
-
-
-def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str | os.PathLike | None = None,
-               device=None, voices_dirs=(), progress: bool = False, quantize: str | None = None,
-               dtype: str = "fp32", pack: bool = True) -> TextToSpeech:
-    """Load a TextToSpeech by registered name (downloaded and converted once) or from a folder of model files.
-
-    A folder may hold official-layout Tortoise files (autoregressive.pth, clvp2.pth, ...) or Hare safetensors
-    (autoregressive.safetensors + .json, ...), a `voices/` library (its voice `default`, if any, becomes the
-    default voice) and a `model.json` ({"default_voice": ..., "settings": {...}}: the model's own defaults
-    under every preset). `models_dir` overrides where the files are looked for. The default model, `hare-mini`,
-    ships inside the package; `tortoise-v2` is downloaded once from the Hugging Face hub.
-    `pack` (on a CPU): pre-pack the float32 linear layers for oneDNN (`hare.models.packed`), same results to
-    float rounding, several times faster on CPUs where the default BLAS is slow.
-    """
-    from hare import checkpoints
-    from hare.voices import VoiceLibrary
-
-    resolve_device(device)  # an unavailable device fails before any weights are read
-    directory = models_dir if models_dir is not None else (
-        name_or_dir if Path(name_or_dir).is_dir() else None)
-    bundled_voices = []
-    model_dir = None  # a folder whose model.json may set the default voice and settings
-    if directory is not None:
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise ModelNotFoundError(f"models folder not found: {directory}")
-        # keyed on the folder's files too: replaced weights must not reuse the old weights' voice latents
-        model_id = f"dir-{directory.resolve()}-{checkpoints.files_stamp(directory)}"
-        model_dir = directory
-        default_voice = "random"
-        if (directory / "voices").is_dir():
-            bundled_voices.append(directory / "voices")
-            if (directory / "voices" / "default").is_dir():
-                default_voice = "default"
-
-        def loader(kind):
-            return checkpoints.load_kind_from_dir(directory, kind)
-    else:
-        name = str(name_or_dir)
-        spec = checkpoints.REGISTRY.get(name)
-        if spec is None:
-            raise ModelNotFoundError(
-                f"unknown model {name!r}; known models: {', '.join(checkpoints.REGISTRY)} (or pass a folder)")
-        model_id = name
-        default_voice = spec.default_voice
-        if spec.package_dir is not None:
-            bundled_voices.append(checkpoints.package_path(spec.package_dir) / "voices")
-            # bundled weights change with the package: key the voice-latent cache on their contents
-            model_id = f"{name}-{checkpoints.files_digest(checkpoints.package_path(spec.package_dir))}"
-            model_dir = checkpoints.package_path(spec.package_dir)
-
-        def loader(kind):
-            return checkpoints.load(checkpoints.fetch(kind, spec))[0]
-
-    defaults = {}
-    if model_dir is not None and (model_dir / "model.json").is_file():
-        try:
-            meta = json.loads((model_dir / "model.json").read_text())
-            defaults = dict(meta.get("settings", {}))
-            default_voice = meta.get("default_voice", default_voice)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"invalid {model_dir / 'model.json'}: {exc}") from None
-    bar = _bar(progress, "loading models", len(checkpoints.INFERENCE_KINDS))
-    models = {}
-    for kind in checkpoints.INFERENCE_KINDS:
-        models[kind] = loader(kind)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],
-                        vocoder=models["vocoder"], voices=VoiceLibrary.default(voices_dirs, bundled_voices),
-                        model_id=model_id, device=device, loader=loader, quantize=quantize, dtype=dtype,
-                        default_voice=default_voice, default_settings=defaults, pack=pack)
