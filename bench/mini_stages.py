@@ -28,6 +28,7 @@ import torch
 
 from hare import audio, checkpoints, evaluate
 from hare.loading import load_model
+from hare.pipeline import DecoderInput
 from hare.settings import make_settings
 from hare.rerank import calm_cut, fix_candidates
 from hare.sampling import SamplingSettings, sample_codes
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
 
     def diffuse(cond, frames, start):
         st = make_settings("ultra_fast", diffusion_start=start)
-        return audio.denormalize_mel(tts._diffuse(cond, diff_latent, frames, st, g, False, ""))
+        return audio.denormalize_mel(tts.diffuse(DecoderInput(cond, diff_latent, frames), st, g))
 
     g = torch.Generator().manual_seed(0)
     for sentence, path in zip(sentences, real):

@@ -34,29 +34,22 @@ def main(argv=None) -> int:
 
     import hare
 
+    from hare.settings import make_settings
+
     tts = hare.load_model(args.model, models_dir=args.models_dir)
-    captured = {}
-    diffuse = tts._diffuse
-
-    def capture(latents, diff_latent, frames, settings, generator, progress, desc):
-        captured.update(latents=latents, diff_latent=diff_latent, frames=frames, settings=settings)
-        return diffuse(latents, diff_latent, frames, settings, generator, progress, desc)
-
-    tts._diffuse = capture
-    tts.tts(args.text, preset="ultra_fast", seed=args.seed, diffusion_steps=1)
-    tts._diffuse = diffuse
-    base = captured["settings"]
+    # one quick synthesis for the picked candidate's decoder input (its diffusion is redone below)
+    speech = tts.tts(args.text, preset="ultra_fast", seed=args.seed, diffusion_steps=1)
+    decoder_input = speech.decoder_inputs[0]
+    base = make_settings("ultra_fast", **tts.default_settings)
     start = base.diffusion_start if args.start == "model" else float(args.start)
 
     def mel(sampler: str, steps: int, seed: int) -> torch.Tensor:
         settings = dataclasses.replace(base, sampler=sampler, diffusion_steps=steps, diffusion_start=start)
-        with torch.inference_mode():
-            return diffuse(captured["latents"], captured["diff_latent"], captured["frames"], settings,
-                           torch.Generator().manual_seed(seed), False, "").float()
+        return tts.diffuse(decoder_input, settings, torch.Generator().manual_seed(seed)).float()
 
     ref = mel("ddpm", 200, args.seed)
     spread = ref.std().item()
-    print(f"model {args.model}, {captured['frames']} mel frames, diffusion start {start}, seed {args.seed}; "
+    print(f"model {args.model}, {decoder_input.frames} mel frames, diffusion start {start}, seed {args.seed}; "
           f"reference: ddpm 200 steps (mel std {spread:.3f})")
     print(f"{'sampler':<10}{'steps':>6}{'rms diff':>11}{'max diff':>11}{'rms / std':>11}")
 

@@ -50,6 +50,16 @@ class VoiceConditioning(NamedTuple):
     mel_mean: torch.Tensor | None  # (n_mels,): the clips' long-term mean log mel, for voice_match (None: no clips)
 
 
+class DecoderInput(NamedTuple):
+    """The diffusion decoder's input for one candidate: its conditioning (the GPT's latents cut at the trailing
+    silence, (1, codes, dim), or the codes themselves for a decoder on codes), the voice's diffusion latent and
+    the number of mel frames to make."""
+
+    latents: torch.Tensor
+    diffusion_latent: torch.Tensor
+    frames: int
+
+
 @dataclasses.dataclass
 class Speech:
     """What a synthesis returns: 24 kHz mono float audio in [-1, 1] and how it was made."""
@@ -59,6 +69,9 @@ class Speech:
     candidates: list[torch.Tensor]  # the k best candidates' audio (the first is `audio`)
     timings: dict[str, float]  # seconds per stage
     settings: dict
+    # what the diffusion decoder read for the best candidate of each text chunk (empty for decoder="hifigan"):
+    # feed one back to `TextToSpeech.diffuse` to redo that stage with other settings
+    decoder_inputs: list["DecoderInput"] = dataclasses.field(default_factory=list)
 
     def numpy(self):
         return self.audio.detach().cpu().numpy()
@@ -289,16 +302,17 @@ class TextToSpeech:
             progress: bool = False, **overrides) -> Speech:
         """Speak `text` in `voice`; returns the best candidate's audio at `self.sample_rate` (24 kHz for Tortoise)
         and the k best in `.candidates`."""
-        chunks = []
+        chunks, decoder_inputs = [], []
         candidates = None
         result = None
         for result in self._chunks(text, voice, preset, seed, progress, overrides):
             chunks.append(result.audio)
+            decoder_inputs += result.decoder_inputs
             candidates = [c for c in result.candidates] if candidates is None else [
                 torch.cat([a, b]) for a, b in zip(candidates, result.candidates)]
         assert result is not None
         return Speech(audio=torch.cat(chunks), sample_rate=result.sample_rate, candidates=candidates,
-                      timings=result.timings, settings=result.settings)
+                      timings=result.timings, settings=result.settings, decoder_inputs=decoder_inputs)
 
     def stream(self, text: str, voice: str | None = None, preset: str = "fast", *, seed: int | None = None,
                progress: bool = False, **overrides):
@@ -338,10 +352,11 @@ class TextToSpeech:
                     yield Speech(audio=piece, sample_rate=rate, candidates=[piece], timings=dict(timings),
                                  settings=info)
                 continue
+            decoder_inputs = []
             audios = self._synthesize(tokens, cond, settings, generator, timer,
-                                      progress, desc=f"chunk {i + 1}/{len(pieces)}")
+                                      progress, desc=f"chunk {i + 1}/{len(pieces)}", record=decoder_inputs)
             yield Speech(audio=audios[0], sample_rate=rate, candidates=audios, timings=dict(timings),
-                         settings=info)
+                         settings=info, decoder_inputs=decoder_inputs)
 
     def _check_model_settings(self, settings: Settings) -> None:
         """The settings this model cannot honour (`Settings.validate` checks those that are wrong anywhere)."""
@@ -395,7 +410,7 @@ class TextToSpeech:
 
     @torch.inference_mode()
     def _synthesize(self, tokens, cond: VoiceConditioning, settings: Settings, generator, timer,
-                    progress: bool, desc: str) -> list[torch.Tensor]:
+                    progress: bool, desc: str, record: list | None = None) -> list[torch.Tensor]:
         from hare import audio
         from hare.sampling import sample_codes
 
@@ -424,10 +439,11 @@ class TextToSpeech:
         outputs = []
         for j in range(settings.k):
             keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
-            lat = latents[j: j + 1, :keep]
-            frames = self.mel_format.frames_for_codes(keep)
+            decoder_input = DecoderInput(latents[j: j + 1, :keep], diff_latent, self.mel_format.frames_for_codes(keep))
+            if j == 0 and record is not None:
+                record.append(decoder_input)
             with timer("diffusion"):
-                mel = self._diffuse(lat, diff_latent, frames, settings, generator, progress, desc)
+                mel = self.diffuse(decoder_input, settings, generator, progress, desc)
                 _return_freed_memory(dev)
             mel = audio.denormalize_mel(mel)
             if settings.voice_match > 0 and cond.mel_mean is not None:
@@ -489,9 +505,14 @@ class TextToSpeech:
         if piece.numel():
             yield piece.cpu()
 
-    def _diffuse(self, latents, diff_latent, frames, settings, generator, progress, desc):
+    @torch.inference_mode()
+    def diffuse(self, decoder_input: DecoderInput, settings: Settings, generator: torch.Generator | None = None,
+                progress: bool = False, desc: str = "") -> torch.Tensor:
+        """The diffusion stage alone: a candidate's `DecoderInput` -> its normalised mel (1, mels, frames), by
+        the settings' sampler, steps, guidance and shallow-diffusion start."""
         from hare import schedulers
 
+        latents, diff_latent, frames = decoder_input
         aligned = self.diffusion.aligned_conditioning(latents, diff_latent, frames)
         shape = (1, self.diffusion.config.in_channels, frames)
         prior = self.diffusion.predict_mel(aligned).float() if settings.diffusion_start < 1 else None

@@ -222,3 +222,21 @@ def test_freed_memory_goes_back_to_the_system_on_cpu_only(monkeypatch):
     if sys.platform.startswith("linux"):
         assert callable(pipeline._malloc_trim())  # glibc's malloc_trim, found and callable
         pipeline._return_freed_memory(torch.device("cpu"))
+
+
+def test_decoder_inputs_are_returned_and_the_diffusion_stage_reruns_alone(tts):
+    """Each chunk's picked candidate's decoder input comes back with the speech; `diffuse` redoes that stage
+    alone: the mel length the input names, the same mel for the same generator, another for other steps."""
+    from hare.pipeline import DecoderInput
+
+    out = tts.tts("One sentence here. And a second one there.", voice="alice", preset="ultra_fast", seed=2,
+                  split_desired_length=20, split_max_length=30, **SHRINK)
+    assert len(out.decoder_inputs) == out.settings["chunks"] == 2
+    first = out.decoder_inputs[0]
+    assert isinstance(first, DecoderInput) and first.latents.shape[0] == 1 and first.frames > 0
+    settings = make_settings("ultra_fast", diffusion_steps=3)
+    mel = tts.diffuse(first, settings, torch.Generator().manual_seed(0))
+    assert mel.shape == (1, tts.diffusion.config.in_channels, first.frames)
+    assert torch.equal(mel, tts.diffuse(first, settings, torch.Generator().manual_seed(0)))
+    other = tts.diffuse(first, make_settings("ultra_fast", diffusion_steps=5), torch.Generator().manual_seed(0))
+    assert not torch.allclose(mel, other)
