@@ -54,6 +54,15 @@ def fix_candidates(codes: torch.Tensor, stop_token: int = STOP_TOKEN, calm_code:
     return codes
 
 
+def lay_out(speech: torch.Tensor, calm_code: int, calm_run: int, tail_codes: tuple[int, ...]) -> torch.Tensor:
+    """One candidate as the reranker's networks read it: its speech codes, `calm_run` silence codes, the tail
+    codes. The one definition of the layout: inference builds it from sampled candidates (`spoken_candidates`;
+    `fix_candidates` is the same with the run padded to the longest candidate) and training from true codes
+    (`hare.train.objectives.as_candidate`, a random run length)."""
+    end = torch.tensor((calm_code,) * calm_run + tuple(tail_codes), dtype=speech.dtype, device=speech.device)
+    return torch.cat([speech, end])
+
+
 def spoken_candidates(codes: torch.Tensor, stop_token: int = STOP_TOKEN, calm_code: int = CALM_CODE,
                       tail_codes: tuple[int, ...] = TAIL_CODES, calm_run: int = SPELLER_CALM_RUN) -> list[torch.Tensor]:
     """Each sampled candidate as the speller was trained to read it (the training side's `CandidateLayout`):
@@ -62,12 +71,10 @@ def spoken_candidates(codes: torch.Tensor, stop_token: int = STOP_TOKEN, calm_co
     without a stop token is kept whole, as `fix_candidates` keeps it."""
     if calm_run < 1:
         raise ValueError(f"calm_run must be >= 1 (got {calm_run})")
-    end = tuple(calm_code for _ in range(calm_run)) + tuple(tail_codes)
-    end = torch.tensor(end, dtype=codes.dtype, device=codes.device)
     rows = []
     for row in codes:
         stops = (row == stop_token).nonzero()
-        rows.append(row if not stops.numel() else torch.cat([row[: int(stops[0, 0])], end]))
+        rows.append(row if not stops.numel() else lay_out(row[: int(stops[0, 0])], calm_code, calm_run, tail_codes))
     return rows
 
 

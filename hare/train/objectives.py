@@ -48,6 +48,7 @@ from hare.audio import MEL_FORMATS
 from hare.errors import TextError
 from hare.models.configs import (CLVPConfig, DiffusionConfig, GPTConfig, HifiDecoderConfig, SpellerConfig,
                                  VocoderConfig, VQVAEConfig)
+from hare.rerank import lay_out
 from hare.text import CTC_ALPHABET, ctc_targets
 from hare.train import TrainingError
 from hare.train.data import AR_RATE, CODE_SAMPLES, pad_stack, random_crop
@@ -501,14 +502,13 @@ def _check_letter_classes(field: str, classes: int) -> None:
 
 def as_candidate(codes: torch.Tensor, options: CandidateLayout, limit: int | None,
                  rng: random.Random) -> torch.Tensor:
-    """Codes as the reranker sees them (`fix_candidates`): when `options.calm_code` is set, a run of 1 to
+    """Codes as the reranker sees them (`hare.rerank.lay_out`, as `fix_candidates` makes them): when `options.calm_code` is set, a run of 1 to
     `options.max_calm_pad` silence codes and `options.tail_codes` appended; at most `limit` codes (None: any)."""
     o, n = options, limit if limit is not None else len(codes) + options.max_calm_pad + len(options.tail_codes)
     if o.calm_code is not None:  # the speech keeps its length; the silence run shrinks to fit
-        tail = _as_long(list(o.tail_codes))
-        pad = max(1, min(rng.randint(1, o.max_calm_pad), n - len(codes) - len(tail)))
-        pad = torch.full((pad,), o.calm_code, dtype=codes.dtype)
-        codes = torch.cat([codes[: n - len(pad) - len(tail)], pad, tail])
+        tail = len(o.tail_codes)
+        pad = max(1, min(rng.randint(1, o.max_calm_pad), n - len(codes) - tail))
+        codes = lay_out(codes[: n - pad - tail], o.calm_code, pad, tuple(o.tail_codes))
     return codes[:n]
 
 
