@@ -118,7 +118,7 @@ def main(argv=None) -> int:
             roof = r["ar_steps"] * r["ar_step_bytes"] / bandwidth
             ar = r["stages"].get("autoregressive", 0.0)
             print(f"{name}: autoregressive {ar:.2f} s vs roof {roof:.2f} s ({r['ar_steps']} steps x "
-                  f"{r['ar_step_bytes'] / 2**20:.0f} MB at {info['bandwidth_gbs']} GB/s) = {ar / roof:.2f}x the roof")
+                  f"{r['ar_step_bytes'] / 2**20:.0f} MB at {info['bandwidth_gbs']:.1f} GB/s) = {ar / roof:.2f}x the roof")
             r["ar_roof_s"] = roof
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": info, "runs": results}, indent=2) + "\n")
