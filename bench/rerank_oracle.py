@@ -211,10 +211,12 @@ def rescore(path: str, clvp_files: list[str], likelihood_weights: list[float],
                 continue
             errors, agreement = 0, []
             for i, s in enumerate(sentences):
-                g = gpt_scores[i] if wl > 0 or wa > 0 else None
-                reranker = R.Reranker(layout, R.Precomputed(own[i]), [
-                    (wl, R.Precomputed(g and g.log_likelihood)), (wa, R.Precomputed(g and g.alignment)),
-                    (wc, R.Precomputed(letter[i]))], min_length_ratio=ratio)
+                parts = []
+                if wl > 0 or wa > 0:  # the GPT's pass was only made when some weight asks for it
+                    g = gpt_scores[i]
+                    parts += [(wl, R.Precomputed(g.log_likelihood)), (wa, R.Precomputed(g.alignment))]
+                parts.append((wc, R.Precomputed(letter[i])))
+                reranker = R.Reranker(layout, R.Precomputed(own[i]), parts, min_length_ratio=ratio)
                 scores = reranker.ranking(candidates[i])
                 errors += s["errors"][int(scores.argmax())]
                 agreement.append(rank_agreement(scores, s["errors"]))

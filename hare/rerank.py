@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from hare.errors import TextError
+from hare.errors import SettingsError, TextError
 from hare.models.configs import GPTConfig
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,6 @@ class GptPass:
 
     def __call__(self, candidates: Candidates):
         if candidates.ar_latent is None:
-            from hare.errors import SettingsError
-
             raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
         return candidates.once(("gpt", id(self)), lambda: self.gpt.score_candidates(
             candidates.ar_latent, candidates.text, candidates.sampled, batch_size=self.batch_size,

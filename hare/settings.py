@@ -191,10 +191,15 @@ def make_settings(preset: str = "fast", **overrides) -> Settings:
 # Command-line options from the same facts
 
 
+def _whole(f: dataclasses.Field) -> bool:
+    """Whether a setting holds a whole number (its annotation, a string under `from __future__ import annotations`)."""
+    return f.type in ("int", "int | None")
+
+
 def _parser_for(f: dataclasses.Field):
     """The argparse type of a setting: its Python type, checked against its range."""
     facts = f.metadata
-    whole = f.type in ("int", "int | None")
+    whole = _whole(f)
 
     def parse(text: str):
         try:
@@ -229,7 +234,7 @@ def add_options(parser: argparse.ArgumentParser, names=None, help_overrides: dic
             parser.add_argument(facts["flag"], dest=f"setting_{f.name}", choices=facts["choices"], help=help_text)
         else:
             parser.add_argument(facts["flag"], dest=f"setting_{f.name}", type=_parser_for(f), help=help_text,
-                                metavar="N" if f.type in ("int", "int | None") else "X")
+                                metavar="N" if _whole(f) else "X")
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
