@@ -314,7 +314,7 @@ def _add_eval_command(sub) -> None:
     e.add_argument("--no-similarity", action="store_true", help="skip speaker similarity (resemblyzer)")
     e.add_argument("--limit", type=_positive_int, help="only the first N sentences")
     e.add_argument("--seed", type=int, default=0, help="seed of the first sentence (the next ones add 1)")
-    settings.add_options(e, ["num_candidates", "sampler", "diffusion_steps", "voice_match"],
+    settings.add_options(e, ["num_candidates", "sampler", "diffusion_steps", "diffusion_start", "voice_match"],
                          {"voice_match": "the equaliser towards each voice's clips, 0 to 1 (default: the model's "
                                          "model.json)"})
     _add_precision_options(e)
@@ -339,10 +339,12 @@ def cmd_eval(args) -> int:
                               quantize=args.quantize, dtype=args.dtype)
         # the speed options in the row's system name, so that a table of several runs tells them apart
     overrides = overrides_from(args)
-    sampler, steps, match = (overrides.get(k) for k in ("sampler", "diffusion_steps", "voice_match"))
+    sampler, steps, start, match = (overrides.get(k) for k in ("sampler", "diffusion_steps", "diffusion_start",
+                                                                "voice_match"))
     if tts is not None:
-        options = [f"{sampler or 'ddpm'}/{steps}" if steps else sampler, args.quantize,
-                   args.dtype if args.dtype != "fp32" else None, None if match is None else f"match {match:g}"]
+        options = [f"{sampler or 'ddpm'}/{steps}" if steps else sampler, None if start is None else f"start {start:g}",
+                   args.quantize, args.dtype if args.dtype != "fp32" else None,
+                   None if match is None else f"match {match:g}"]
         name = " ".join([name] + [o for o in options if o])
     rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
                              asr=asr, similarity=not args.no_similarity, seed=args.seed, limit=args.limit,
@@ -356,7 +358,7 @@ def cmd_eval(args) -> int:
     if args.json is not None:
         evaluate.write_report(rows, args.json, meta={"suite": str(args.suite), "model": name, "presets": presets,
                                                      "asr": asr, "seed": args.seed, "limit": args.limit,
-                                                     "sampler": sampler, "steps": steps,
+                                                     "sampler": sampler, "steps": steps, "diffusion_start": start,
                                                      "quantize": args.quantize, "dtype": args.dtype,
                                                      "voice_match": match})
     return 0

@@ -282,16 +282,22 @@ def denoise_loop(model_fn: ModelFn, shape, sampler: str | Sampler = "ddpm", step
     Shallow diffusion (DiffSinger's mechanism): with a `prior` guess of the result and `start` < 1, sampling
     begins at the first kept step at or below `start` of the trained schedule, from the prior noised to that
     step (x_t = sqrt(abar_t) prior + sqrt(1 - abar_t) noise), so fewer steps run and the result stays close
-    to the prior's structure. `start=1` (the default) is the full reverse process.
+    to the prior's structure. `start=1` (the default) is the full reverse process; `start=0` runs no step and
+    returns the prior itself (the decoder's regression guess alone).
     """
-    if not 0 < start <= 1:
-        raise SettingsError(f"start must be in (0, 1] (got {start})")
+    if not 0 <= start <= 1:
+        raise SettingsError(f"start must be in [0, 1] (got {start})")
     if start < 1 and prior is None:
         raise SettingsError("shallow diffusion (start < 1) needs a prior")
     s = make_sampler(sampler, steps) if isinstance(sampler, str) else sampler
     if not isinstance(sampler, str):
         s.set_timesteps(steps)
     device = torch.device(device) if device is not None else (noise.device if noise is not None else torch.device("cpu"))
+    if start == 0:
+        if progress is not None:
+            progress.update(steps)
+            progress.close()
+        return prior.to(device, torch.float32).clone()
     try:
         x = noise.to(device, torch.float32) if noise is not None else s.initial_noise(shape, temperature, generator, device)
         first = 0

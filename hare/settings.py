@@ -86,10 +86,12 @@ class Settings:
     cond_free_k: float = knob(2.0, "guidance strength (default 2)", range=Range(0), flag="--cond-free-k")
     diffusion_temperature: float = knob(1.0, "(default 1.0)", range=Range(0), flag="--diffusion-temperature")
     # shallow diffusion: start the reverse process at this fraction of the schedule from the decoder's own
-    # mel guess (`predict_mel`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference)
+    # mel guess (`predict_mel`, trained with the auxiliary loss) instead of from pure noise (1.0, the reference);
+    # 0 runs no diffusion step: the guess itself is the mel
     diffusion_start: float = knob(1.0, "shallow diffusion: start at this fraction of the schedule from the "
-                                       "decoder's own mel guess (default 1: from noise, as the reference)",
-                                  range=Range(0, 1, lo_open=True))
+                                       "decoder's own mel guess (default 1: from noise, as the reference; "
+                                       "0: the guess alone, no diffusion step; a model.json may set it)",
+                                  range=UNIT, flag="--diffusion-start")
     # candidates whose speech (before its trailing silence) is shorter than this fraction of the median
     # candidate's are never picked, unless all are: a weak model's sampler can fall silent after a few codes,
     # and a reranker may then prefer the silence. 0 (the reference's behaviour) keeps them all.

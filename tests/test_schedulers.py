@@ -202,5 +202,17 @@ def test_shallow_diffusion_starts_from_the_prior(name):
 def test_shallow_diffusion_checks_its_arguments():
     with pytest.raises(SettingsError, match="needs a prior"):
         schedulers.denoise_loop(lambda x, t: x, (1, 1, 2), "ddim", 5, start=0.5)
-    with pytest.raises(SettingsError, match=r"start must be in \(0, 1\]"):
-        schedulers.denoise_loop(lambda x, t: x, (1, 1, 2), "ddim", 5, start=0.0, prior=torch.zeros(1, 1, 2))
+    with pytest.raises(SettingsError, match=r"start must be in \[0, 1\]"):
+        schedulers.denoise_loop(lambda x, t: x, (1, 1, 2), "ddim", 5, start=-0.1, prior=torch.zeros(1, 1, 2))
+    with pytest.raises(SettingsError, match="needs a prior"):
+        schedulers.denoise_loop(lambda x, t: x, (1, 1, 2), "ddim", 5, start=0.0)
+
+
+def test_start_zero_is_the_prior_alone():
+    """start=0: no model call, the prior comes back as it is."""
+    target = torch.linspace(-0.8, 0.8, 12).view(1, 2, 6)
+    model = CountingModel(target)
+    prior = target + 0.3
+    out = schedulers.sample(model, torch.zeros(1, 1, 6), (1, 2, 6), sampler="ddpm", steps=20, cond_free=True,
+                            generator=torch.Generator().manual_seed(0), start=0.0, prior=prior)
+    assert model.calls == [] and torch.equal(out, prior)
