@@ -469,7 +469,8 @@ def cmd_data(args) -> int:
         print(f"wrote suite {suite.root}: {len(suite.sentences)} sentences, voices {', '.join(suite.voices)}")
         return 0
     if args.data_command == "prepare":
-        from hare.train.loop import TrainConfig, prepare_data
+        from hare.train.config import TrainConfig
+        from hare.train.loop import prepare_data
 
         corpus, eval_corpus = prepare_data(TrainConfig.load(args.config, args.overrides))
         print(f"cached {len(corpus)} training utterances"

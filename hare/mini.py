@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     elif args.command == "import-vocoder":
         print(import_vocoder(args.source, args.out_dir))
     elif args.command == "export":
-        from hare.train.loop import export_checkpoint
+        from hare.train.checkpoint import export_checkpoint
 
         print(export_checkpoint(args.checkpoint, args.out_dir))
     else:

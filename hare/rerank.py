@@ -58,7 +58,7 @@ def lay_out(speech: torch.Tensor, calm_code: int, calm_run: int, tail_codes: tup
     """One candidate as the reranker's networks read it: its speech codes, `calm_run` silence codes, the tail
     codes. The one definition of the layout: inference builds it from sampled candidates (`spoken_candidates`;
     `fix_candidates` is the same with the run padded to the longest candidate) and training from true codes
-    (`hare.train.objectives.as_candidate`, a random run length)."""
+    (`hare.train.objectives.candidates.as_candidate`, a random run length)."""
     end = torch.tensor((calm_code,) * calm_run + tuple(tail_codes), dtype=speech.dtype, device=speech.device)
     return torch.cat([speech, end])
 

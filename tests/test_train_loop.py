@@ -20,7 +20,9 @@ from hare import checkpoints
 from hare.errors import CheckpointError
 from hare.models.configs import VQVAEConfig
 from hare.train import TrainingDiverged, TrainingError
-from hare.train.loop import TrainConfig, read_checkpoint, train
+from hare.train.checkpoint import read_checkpoint
+from hare.train.config import TrainConfig
+from hare.train.loop import train
 from test_train_data import write_tone_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,7 +205,7 @@ def test_corrupt_checkpoint_is_reported_not_loaded(corpus, tmp_path, caplog):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
-    from hare.train.objectives import CLVPObjective
+    from hare.train.objectives.clvp import CLVPObjective
 
     real = CLVPObjective.loss
 
@@ -282,7 +284,8 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 
     import numpy as np
 
-    from hare.train.loop import rng_state, set_rng_state, write_checkpoint
+    from hare.train.checkpoint import write_checkpoint
+    from hare.train.rng import rng_state, set_rng_state
 
     random.seed(3), np.random.seed(4), torch.manual_seed(5)
     random.random(), np.random.normal(), torch.rand(3)  # numpy now holds a cached gaussian
@@ -329,7 +332,7 @@ def test_fine_tune_adds_a_ctc_head_to_a_clvp_without_one(corpus, tmp_path):
 
 def test_export_checkpoint_matches_the_final_export(corpus, tmp_path):
     """`export_checkpoint` of the last checkpoint = what the run exported (EMA weights included)."""
-    from hare.train.loop import export_checkpoint
+    from hare.train.checkpoint import export_checkpoint
 
     cfg = make_config(corpus, "diffusion", tmp_path / "run", train={"steps": 2, "save_every": 2, "ema": 0.9})
     result = train(TrainConfig.from_dict(cfg))
@@ -360,7 +363,7 @@ def test_diffusion_trains_on_hifigan_mels_with_the_aux_loss(corpus, tmp_path):
 
 def test_export_checkpoint_of_a_fine_tune_uses_the_trained_config(corpus, tmp_path):
     """A run started from other weights (`train.init`) trains their config, not the file's model section."""
-    from hare.train.loop import export_checkpoint
+    from hare.train.checkpoint import export_checkpoint
 
     big = dict(MODELS["clvp"], text_depth=2)
     first = train(TrainConfig.from_dict(make_config(corpus, "clvp", tmp_path / "a", model=big, data={"eval": None},
@@ -377,7 +380,6 @@ def test_cpu_kernels_train_the_same_weights_as_plain_linears(corpus, tmp_path, c
     # train.cpu_kernels auto (the default on a CPU: linear layers on oneDNN) against off: same losses and
     # weights to float rounding
     from hare.models.packed import packing_available
-    from hare.train.loop import TrainingError
 
     if not packing_available():
         pytest.skip("this PyTorch build has no oneDNN linear")

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from hare.train import TrainingError
-from hare.train.objectives import DIFFUSION_FRAMES_PER_CODE, make_objective
+from hare.train.objectives import make_objective
+from hare.train.objectives.diffusion import DIFFUSION_FRAMES_PER_CODE
 
 CODES = 64  # tiny VQ-VAE codebook used by the code-based objectives
 
@@ -145,7 +146,7 @@ def test_unknown_settings_are_refused():
 
 
 def test_guided_attention_loss_prefers_the_diagonal():
-    from hare.train.objectives import guided_attention_loss
+    from hare.train.objectives.gpt import guided_attention_loss
 
     t_len, m_len, d = 10, 20, 8
     # one-hot keys; queries that pick the diagonal key (or the anti-diagonal one) very sharply
@@ -375,7 +376,7 @@ def test_diffusion_gpt_voice_from_another_speaker(tmp_path):
     """`gpt_cond_other_speaker`: the GPT's voice clips come from another speaker's utterances at that rate."""
     import random
 
-    from hare.train.objectives import other_speaker_utterance
+    from hare.train.objectives.gpt import other_speaker_utterance
 
     corpus = _SpeakersCorpus()
     rng = random.Random(0)
@@ -400,7 +401,7 @@ def test_diffusion_gpt_voice_from_another_speaker(tmp_path):
 def test_damage_codes_drops_repeats_or_replaces_a_span():
     import random
 
-    from hare.train.objectives import damage_codes
+    from hare.train.objectives.candidates import damage_codes
 
     codes, other = torch.arange(40), torch.arange(100, 160)
     rng = random.Random(3)

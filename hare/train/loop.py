@@ -10,230 +10,46 @@ across ranks only on the last one), the loss is checked for NaN/inf on every ran
 clipped and applied, and the learning-rate schedule (linear warmup, then constant / cosine / linear /
 multistep) advances. Then the EMA (if any) is updated.
 
-Checkpoints (`<out_dir>/checkpoints/step_XXXXXXXX.pt`) hold the models, optimisers, schedulers, EMA, AMP
-scaler, every rank's random generators (python, numpy, torch, cuda) and the data position (epoch, batches
-consumed); they are written to a temporary file and renamed, with a SHA-256 beside them, so a killed run
-never leaves a half-written checkpoint that looks valid. Resuming on the same hardware continues exactly:
-on a CPU the weights after N steps are bitwise those of an uninterrupted run. A checkpoint that fails its
-checksum or cannot be read is reported and not loaded.
+Checkpoints (`<out_dir>/checkpoints/step_XXXXXXXX.pt`, the format in `hare.train.checkpoint`) hold all a run
+needs to continue. Resuming on the same hardware continues exactly: on a CPU the weights after N steps are bitwise
+those of an uninterrupted run. A checkpoint that fails its checksum or cannot be read is reported and not loaded.
 
 At the end the network is exported in Hare's format (`<out_dir>/final/<kind>.safetensors`, EMA weights if
 the objective keeps an EMA), loadable with `hare.checkpoints.load`.
+
+Beside it: `config` (the YAML schema), `checkpoint` (the checkpoint files), `distributed` (the process group),
+`optim` (optimiser, schedule, EMA), `rng` (random generator state), `objectives/` (what is trained).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import math
 import os
-import pickle
-import random
-import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from hare.errors import CheckpointError
-from hare.paths import sha256_file
 from hare.train import TrainingDiverged, TrainingError
+from hare.train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, list_checkpoints, read_checkpoint,
+                                   weights_fingerprint, write_checkpoint)
+from hare.train.config import TrainConfig
 from hare.train.data import CachedCorpus, LengthBucketSampler, TrainingSet, save_report
-from hare.train.objectives import Objective, dataclass_from_dict, make_objective
+from hare.train.distributed import Dist, setup_distributed
+from hare.train.objectives import Objective, make_objective
+from hare.train.optim import EMA, lr_lambda, make_optimizer
+from hare.train.rng import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "hare-train-checkpoint"
-CHECKPOINT_VERSION = 1
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    train: str = ""  # LJSpeech folder, LibriTTS tree or path|text|speaker manifest
-    eval: str | None = None  # held-out manifest (periodic evaluation); none = no evaluation
-    format: str = "auto"
-    cache_dir: str | None = None  # default: <out_dir>/cache
-    vqvae: str | None = None  # Hare VQ-VAE (.safetensors) for the code-based objectives
-    batch_size: int = 8  # per rank and micro-batch
-    eval_batch_size: int | None = None
-    eval_batches: int = 0  # 0 = the whole held-out set
-    workers: int = 2  # data-loader worker processes per rank
-    preprocess_workers: int = 2  # feature-caching processes (0/1 = in this process)
-    bucket_batches: int = 32
-    drop_last: bool = True
-    min_seconds: float | None = None  # None = the objective's limits
-    max_seconds: float | None = None
-    max_text_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.01  # not applied to biases and norm gains
-    warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine | linear | multistep
-    min_lr_ratio: float = 0.0  # floor of cosine/linear decay, as a fraction of lr
-    milestones: tuple[int, ...] = ()  # multistep
-    gamma: float = 0.5  # multistep factor
-    grad_clip: float | None = 1.0
-    accumulate: int = 1
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    steps: int = 1000
-    seed: int = 1234
-    log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end (when data.eval is set)
-    save_every: int = 500
-    keep_checkpoints: int = 3
-    amp: str = "auto"  # auto (bf16 or fp16 on CUDA, off on CPU) | off | bf16 | fp16
-    ema: Any = "auto"  # "auto" = the objective's default; a decay such as 0.999; null = none
-    init: str | None = None  # fine-tune from: official .pth, Hare .safetensors, or a model name (tortoise-v2)
-    init_kwargs: dict | None = None  # reference constructor arguments of a non-official-size .pth (null = official)
-    device: str = "auto"
-    cpu_kernels: str = "auto"  # auto: linear layers on oneDNN when training float32 on a CPU (hare.models.packed) | off
-    progress: bool = True
-    tensorboard: bool = True
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    objective: str
-    out_dir: str
-    model: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
-    data: DataSettings = DataSettings()
-    optim: OptimSettings = OptimSettings()
-    train: RunSettings = RunSettings()
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        values = dict(values)
-        known = {"objective", "out_dir", "model", "options", "data", "optim", "train"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TrainingError(f"unknown config sections: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        for required in ("objective", "out_dir"):
-            if not values.get(required):
-                raise TrainingError(f"the config needs `{required}`")
-        data = dataclass_from_dict(DataSettings, values.get("data"), "data")
-        if not data.train:
-            raise TrainingError("the config needs `data.train` (a manifest or corpus folder)")
-        optim = dataclass_from_dict(OptimSettings, values.get("optim"), "optim")
-        run = dataclass_from_dict(RunSettings, values.get("train"), "train")
-        cfg = cls(objective=str(values["objective"]), out_dir=str(values["out_dir"]),
-                  model=dict(values.get("model") or {}), options=dict(values.get("options") or {}),
-                  data=data, optim=optim, train=run)
-        cfg.check()
-        return cfg
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> "TrainConfig":
-        import yaml
-
-        try:
-            values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise TrainingError(f"cannot read config {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise TrainingError(f"config {path} is not valid YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise TrainingError(f"config {path} must be a mapping of sections")
-        for item in overrides or []:
-            apply_override(values, item)
-        return cls.from_dict(values)
-
-    def check(self) -> None:
-        o, r = self.optim, self.train
-        if self.data.batch_size < 1 or o.accumulate < 1 or r.steps < 0 or r.log_every < 1:
-            raise TrainingError("data.batch_size, optim.accumulate and train.log_every must be >= 1, train.steps >= 0")
-        if o.schedule not in ("constant", "cosine", "linear", "multistep"):
-            raise TrainingError(f"optim.schedule must be constant, cosine, linear or multistep, not {o.schedule!r}")
-        if r.amp not in ("auto", "off", "bf16", "fp16"):
-            raise TrainingError(f"train.amp must be auto, off, bf16 or fp16, not {r.amp!r}")
-        if r.cpu_kernels not in ("auto", "off"):
-            raise TrainingError(f"train.cpu_kernels must be auto or off, not {r.cpu_kernels!r}")
-        if r.ema not in ("auto", None) and not (isinstance(r.ema, (int, float)) and 0 < r.ema < 1):
-            raise TrainingError(f"train.ema must be auto, null, or a decay in (0, 1), not {r.ema!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def apply_override(values: dict, item: str) -> None:
-    """`section.key=value` (value parsed as YAML) into a nested config dict."""
-    import yaml
-
-    if "=" not in item:
-        raise TrainingError(f"override {item!r} must look like section.key=value")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = values
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise TrainingError(f"override {item!r}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialised_here: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-
-def setup_distributed(device: str = "auto") -> Dist:
-    """Join the process group torchrun describes (WORLD_SIZE > 1), else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    if use_cuda:
-        dev = torch.device("cuda", local) if device in ("auto", "cuda") else torch.device(device)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu" if device == "auto" else device)
-    d = Dist(rank, world, local, dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        d.initialised_here = True
-    return d
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -255,152 +71,6 @@ class PhaseModule(nn.Module):
 
     def forward(self, batch):
         return self.objective.loss(self.phase.name, {**self.trained, **self._read}, batch, self.step, self.scratch)
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (buffers copied), in float32."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        params = dict(model.named_parameters())
-        for k, v in model.state_dict().items():
-            if k in params and v.is_floating_point():
-                self.shadow[k].mul_(d).add_(v.float(), alpha=1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def copy_to(self, model: nn.Module) -> None:
-        own = model.state_dict()
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.shadow.items()})
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        self.decay, self.updates = state["decay"], state["updates"]
-        for k, v in state["shadow"].items():
-            self.shadow[k].copy_(v)
-
-
-def lr_lambda(o: OptimSettings, total_steps: int):
-    def factor(step: int) -> float:
-        if o.warmup_steps and step < o.warmup_steps:
-            return (step + 1) / o.warmup_steps
-        if o.schedule == "constant":
-            return 1.0
-        if o.schedule == "multistep":
-            return o.gamma ** sum(step >= m for m in o.milestones)
-        span = max(1, total_steps - o.warmup_steps)
-        progress = min(1.0, (step - o.warmup_steps) / span)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.schedule == "cosine" else 1 - progress
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
-
-    return factor
-
-
-def make_optimizer(model: nn.Module, o: OptimSettings) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-
-
-def rng_state() -> dict:
-    """Every random generator a step touches, in plain types and tensors (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                   "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 over a model's state (names, dtypes, shapes and bytes): equal only for identical weights."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------------
-# Checkpoint files
-
-
-def write_checkpoint(state: Mapping, path: Path) -> Path:
-    """torch.save to a temporary file, then rename; a `.sha256` beside it is renamed in place first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(dict(state), f)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
-    side = path.with_name(path.name + ".sha256")
-    side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    side_tmp.write_text(f"{digest}  {path.name}\n")
-    os.replace(side_tmp, side)
-    os.replace(tmp, path)
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a training checkpoint after checking its SHA-256; CheckpointError (not loaded) if it is corrupt."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    side = path.with_name(path.name + ".sha256")
-    if not side.is_file():
-        raise CheckpointError(f"checkpoint {path} has no checksum file ({side.name}); it was not written "
-                              "completely and is not loaded")
-    expected = side.read_text().split()[0] if side.read_text().strip() else ""
-    actual = sha256_file(path)
-    if actual != expected:
-        raise CheckpointError(f"checkpoint {path} is corrupt (SHA-256 {actual[:12]}... does not match the recorded "
-                              f"{expected[:12]}...); not loaded")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc}); not loaded") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a Hare training checkpoint; not loaded")
-    return state
-
-
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the step_*.pt files in `directory`, newest first."""
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_FILE.match(p.name))]
-    return sorted(found, reverse=True)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -948,28 +618,3 @@ def train(config: TrainConfig | str | os.PathLike, resume: bool | str = False,
         d = getattr(trainer, "dist", None)
         if d is not None and d.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, ema: bool = True) -> Path:
-    """A training checkpoint (`checkpoints/step_*.pt`) -> Hare safetensors of its main network in `out_dir`
-    (the EMA weights when the run keeps them), as `export` writes at the end of training."""
-    from hare import checkpoints
-    from hare.checkpoints import load_strict
-
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        cfg = state["config"]
-        # the network's own config as trained (with `train.init` it differs from the config file's model section)
-        obj = make_objective(state["objective"], state.get("model_config") or cfg.get("model"), cfg.get("options"))
-    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise TrainingError(f"cannot read training checkpoint {checkpoint}: {exc}") from None
-    models = obj.build_models()
-    obj.prepare_for_training(models)
-    for name, module in models.items():
-        load_strict(module, state["models"][name], what=f"checkpoint {checkpoint} ({name})")
-    if ema and state.get("ema"):
-        main = models[obj.main_model()]
-        own = main.state_dict()
-        main.load_state_dict({k: v.to(own[k].dtype) for k, v in state["ema"]["shadow"].items()})
-    module, kind, config = obj.export(models)
-    return checkpoints.save(module, kind, config, Path(out_dir) / kind)
