@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from hare.models.configs import HifiDecoderConfig
 from hare.train import TrainingError
-from hare.train.config import dataclass_from_dict
 from hare.train.data import AR_RATE, CODE_SAMPLES
 from hare.train.objectives.base import Objective, Phase, as_long
 from hare.train.objectives.gpt import ar_conditioning_clips, frozen_gpt_latents, load_frozen_gpt
-from hare.train.objectives.vocoder import VocoderObjective
+from hare.train.objectives.vocoder import VocoderObjective, discriminator_config
 
 
 @dataclass(frozen=True)
@@ -35,17 +34,11 @@ class HifiDecoderOptions:
     min_seconds: float = 0.5
 
     def __post_init__(self):
-        from hare.train.discriminators import DiscriminatorConfig
-
         if not self.gpt:
             raise ValueError("options.gpt must name the frozen GPT (a Hare autoregressive.safetensors)")
         if self.segment_codes < 4:
             raise ValueError(f"segment_codes must be at least 4 (got {self.segment_codes})")
-        d = self.discriminator
-        if d is None:
-            object.__setattr__(self, "discriminator", DiscriminatorConfig())
-        elif isinstance(d, Mapping):
-            object.__setattr__(self, "discriminator", dataclass_from_dict(DiscriminatorConfig, d, "discriminator"))
+        object.__setattr__(self, "discriminator", discriminator_config(self.discriminator))
 
 
 class HifiDecoderObjective(Objective):

@@ -15,6 +15,18 @@ from hare.train.data import random_crop
 from hare.train.objectives.base import Objective, Phase
 
 
+def discriminator_config(value):
+    """`options.discriminator` of the GAN objectives as a DiscriminatorConfig: the default for None, a mapping's
+    fields checked."""
+    from hare.train.discriminators import DiscriminatorConfig
+
+    if value is None:
+        return DiscriminatorConfig()
+    if isinstance(value, Mapping):
+        return dataclass_from_dict(DiscriminatorConfig, value, "discriminator")
+    return value
+
+
 @dataclass(frozen=True)
 class VocoderOptions:
     segment_frames: int = 64  # mel frames per training segment (64 x 256 = 16384 samples, UniVNet's)
@@ -26,13 +38,7 @@ class VocoderOptions:
     min_seconds: float = 0.5
 
     def __post_init__(self):
-        from hare.train.discriminators import DiscriminatorConfig
-
-        d = self.discriminator
-        if d is None:
-            object.__setattr__(self, "discriminator", DiscriminatorConfig())
-        elif isinstance(d, Mapping):
-            object.__setattr__(self, "discriminator", dataclass_from_dict(DiscriminatorConfig, d, "discriminator"))
+        object.__setattr__(self, "discriminator", discriminator_config(self.discriminator))
 
 
 class VocoderObjective(Objective):
