@@ -121,6 +121,16 @@ async def _send_json(send, status: int, body: bytes, extra: list[tuple[bytes, by
 # The app
 
 
+async def _until_disconnected(task: asyncio.Future, request, poll: float):
+    """`task`'s result; Cancelled when the client disconnects first (asked every `poll` seconds)."""
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=poll)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            raise Cancelled("client disconnected")
+
+
 def _web_dir() -> Path:
     return Path(str(resources.files("hare") / "web"))
 
@@ -240,12 +250,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
         """The job's result; cancels the job when the client disconnects first."""
         wrapped = asyncio.wrap_future(future)
         try:
-            while True:
-                done, _ = await asyncio.wait({wrapped}, timeout=disconnect_poll)
-                if done:
-                    return wrapped.result()
-                if await request.is_disconnected():
-                    raise Cancelled("client disconnected")
+            return await _until_disconnected(wrapped, request, disconnect_poll)
         except (Cancelled, asyncio.CancelledError):
             cancel.set()
             future.cancel()
@@ -387,12 +392,7 @@ def create_app(tts, *, api_key: str | None = None, workers: int = 1, max_queue: 
         async def next_piece():
             getter = asyncio.ensure_future(pieces.get())
             try:
-                while True:
-                    done, _ = await asyncio.wait({getter}, timeout=disconnect_poll)
-                    if done:
-                        return getter.result()
-                    if await request.is_disconnected():
-                        raise Cancelled("client disconnected")
+                return await _until_disconnected(getter, request, disconnect_poll)
             finally:
                 if not getter.done():
                     getter.cancel()
