@@ -124,7 +124,7 @@ def rescore(checkpoint: str, runs: list[str], weights: list[float]) -> None:
     from hare import evaluate
     from hare import rerank as R
     from hare.loading import load_model
-from hare.settings import make_settings
+    from hare.settings import make_settings
 
     model = LetterProbe()
     model.load_state_dict(torch.load(checkpoint, weights_only=True))
