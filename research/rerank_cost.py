@@ -1,7 +1,7 @@
 """What a reranker costs: the same sentences synthesised with the model's own reranking and with another, and
 the rerank stage's and the whole synthesis's seconds side by side (ratios to the first, same run).
 
-    python bench/rerank_cost.py [--model hare-mini] [--preset ultra_fast --preset fast]
+    python research/rerank_cost.py [--model hare-mini] [--preset ultra_fast --preset fast]
         [--other ctc_weight=0 --other likelihood_weight=0.3333 --other alignment_weight=0.3333]
 
 `--other NAME=VALUE` (repeatable) are the other reranker's settings, on top of the model's own; the default

@@ -1,8 +1,8 @@
 """How much a better reranker could gain: every candidate of a preset voiced and scored, against the CLVP's pick.
 
-    python bench/rerank_oracle.py data/mini-eval [--model hare-mini] [--voice flite-rms] [--preset ultra_fast]
+    python research/rerank_oracle.py data/mini-eval [--model hare-mini] [--voice flite-rms] [--preset ultra_fast]
         [--limit N] [--asr pocketsphinx] [--json OUT.json]
-    python bench/rerank_oracle.py --rescore OUT.json [--clvp CLVP.safetensors ...] [--likelihood-weight W ...]
+    python research/rerank_oracle.py --rescore OUT.json [--clvp CLVP.safetensors ...] [--likelihood-weight W ...]
         [--alignment-weight W ...] [--ctc-weight W ...] [--speller SPELLER.safetensors]
 
 For each sentence of an evaluation suite (`hare data eval-suite`) the pipeline runs as `hare eval` runs it

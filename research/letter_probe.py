@@ -1,21 +1,21 @@
 """A separate letter recogniser over speech codes: a probe of what a reranker that checks the spelling could gain.
 
-    python bench/letter_probe.py train data/mini/train.csv --out runs/letter-probe.pt [--steps 4000]
+    python research/letter_probe.py train data/mini/train.csv --out runs/letter-probe.pt [--steps 4000]
         [--cache data/mini/cache] [--vqvae hare/weights/hare-mini/vqvae.safetensors]
-    python bench/letter_probe.py rescore runs/letter-probe.pt runs/eval/oracle-test.json [...] [--weight 1 ...]
+    python research/letter_probe.py rescore runs/letter-probe.pt runs/eval/oracle-test.json [...] [--weight 1 ...]
 
 `train`: a transformer over codes (4 layers, 192 wide, two convolutions in front, two letter outputs per
 code: 2.6 M parameters) learns the letters of each utterance's text (`hare.text.ctc_targets`) from its cached
 VQ-VAE codes with CTC (batches of ~2 400 codes drawn from length-sorted buckets, AdamW one-cycle at 1e-3;
 seeded; a checkpoint every 1 000 steps as OUT-<step>.pt beside OUT, the last). The model card's figures are the
 step-2000 checkpoint of `--steps 4000` on `data/mini/train.csv` (one thread). `rescore`: its letter score (mean log-probability per letter of the
-text given the candidate's codes) picks among the candidates a `bench/rerank_oracle.py --json` run saved, at
+text given the candidate's codes) picks among the candidates a `research/rerank_oracle.py --json` run saved, at
 each `--weight` blended with the run's model's own reranking score (`TextToSpeech.rerank_scores` at its
 `model.json` settings) keeping the rest; weight 1 is the letter score alone. Prints each pick's
 WER (the saved word errors), beside the model's own pick, the mean and the oracle.
 
 This is the experiment that led to hare-mini's speller, which is a Hare network trained with `hare train`
-(`hare.models.speller`, `hare/train/configs/speller-mini.yaml`); `bench/rerank_oracle.py --rescore F --speller
+(`hare.models.speller`, `hare/train/configs/speller-mini.yaml`); `research/rerank_oracle.py --rescore F --speller
 FILE` scores that one. The model card's "Reranking by spelling" has the numbers of both.
 """
 

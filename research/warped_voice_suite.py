@@ -1,7 +1,7 @@
 """A suite with new voices made from a suite voice by a mel warp: can a model clone a voice it never heard
 when the new voice is a warp of one it knows?
 
-    python bench/warped_voice_suite.py data/mini-eval data/probe-warp --voice flite-rms --warp 1.3 --warp 0.8 \
+    python research/warped_voice_suite.py data/mini-eval data/probe-warp --voice flite-rms --warp 1.3 --warp 0.8 \
         [--pitch P --formant F ...] [--limit 8] [--model hare-mini]
     hare eval data/probe-warp --voice flite-rms-w1.3 --voice flite-rms-w0.8
 

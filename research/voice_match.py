@@ -1,7 +1,7 @@
 """How the `voice_match` equaliser moves a model's clones: one synthesis per sentence and voice, its decoded mel
 voiced at each strength, each strength's clips scored for WER and speaker similarity as `hare eval` does.
 
-    python bench/voice_match.py data/mini-eval --voice flite-slt --voice flite-awb --strength 0 --strength 1 \\
+    python research/voice_match.py data/mini-eval --voice flite-slt --voice flite-awb --strength 0 --strength 1 \\
         [--model hare-mini] [--preset ultra_fast] [--limit N] [--asr pocketsphinx --asr whisper]
 
 Cheaper than one `hare eval --voice-match S` per strength (the sampling and the diffusion run once) and the

@@ -1,6 +1,6 @@
 """Where a clone's speaker identity comes from: the GPT's voice latent or the diffusion decoder's voice clip.
 
-    python bench/clone_paths.py data/mini-eval --voice flite-slt --other flite-rms [--model hare-mini] [--limit 8]
+    python research/clone_paths.py data/mini-eval --voice flite-slt --other flite-rms [--model hare-mini] [--limit 8]
 
 Speaks the suite's first sentences four times, with each conditioning path (the GPT's voice latent, the
 diffusion decoder's latent) taken from the voice under test or from another voice (a training voice, say),
