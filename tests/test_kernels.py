@@ -283,3 +283,131 @@ def test_targets_report_what_the_cpu_offers():
         assert (name in info["kernels"]) == (flag in flags), (flag, info)
     assert info["bf16_matmul"] == bool({"amx_bf16", "avx512_bf16"} & flags)
     assert isinstance(info["pytorch"], str) and info["pytorch"]
+
+
+# -- the few-row linear kernel (panel_linear.cpp): every instruction-set variant against plain PyTorch ---------
+needs_panels = pytest.mark.skipif(kernels.panel_linear() is None, reason="no C++ compiler: no Hare kernels")
+PANEL_VARIANTS = {"avx512": "avx512f", "avx2": "avx2", "generic": None}  # variant -> the CPU flag it needs
+
+
+def _runs_variant(variant):
+    """pytest.param of `variant`, skipped with the reason where this CPU (or the build) cannot run it."""
+    if kernels.panel_linear() is None:
+        return pytest.param(variant, marks=pytest.mark.skip(reason="no C++ compiler: no Hare kernels"))
+    if variant not in kernels.panel_linear_variants():
+        flag = PANEL_VARIANTS[variant]
+        return pytest.param(variant, marks=pytest.mark.skip(reason=f"this CPU lacks {flag}: no {variant} variant"))
+    return pytest.param(variant)
+
+
+ALL_VARIANTS = [_runs_variant(v) for v in PANEL_VARIANTS]
+
+
+def _linear_case(rows, k, n, seed=0, row_stride=None):
+    g = torch.Generator().manual_seed(seed)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    x = torch.randn(rows, row_stride or k, generator=g)[:, :k]  # rows further apart than k when asked
+    return x, w, b
+
+
+def _assert_close_relative(got, want):
+    scale = max(float(want.abs().max()), 1.0) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=1e-5)
+
+
+@needs_panels
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 15, 16, 17, 24, 31, 32])
+@pytest.mark.parametrize("k,n", [(1024, 48), (33, 50), (16, 16), (1, 17), (300, 1), (40, 97)])
+def test_panel_linear_matches_pytorch_for_few_rows(variant, rows, k, n):
+    """Up to 32 rows (the decode path: whole K per tile), tails of K, of N (partial panels and tiles) and of rows."""
+    pack, linear, _ = kernels.panel_linear()
+    x, w, b = _linear_case(rows, k, n, seed=rows * 7 + k)
+    panels = pack(w)
+    assert panels.shape == ((n + 15) // 16, k, 16)
+    _assert_close_relative(linear(x, panels, b, n, False, variant), torch.nn.functional.linear(x, w, b))
+    _assert_close_relative(linear(x, panels, None, n, False, variant), torch.nn.functional.linear(x, w))
+    gelu = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
+    _assert_close_relative(linear(x, panels, b, n, True, variant), gelu)
+
+
+@needs_panels
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+@pytest.mark.parametrize("rows,k,n", [(33, 300, 45), (64, 1024, 96), (100, 129, 200), (257, 64, 33)])
+def test_panel_linear_matches_pytorch_for_many_rows(variant, rows, k, n):
+    """Over 32 rows: K in slices, rows in blocks (the sums leave the registers between slices)."""
+    pack, linear, _ = kernels.panel_linear()
+    x, w, b = _linear_case(rows, k, n, seed=rows)
+    panels = pack(w)
+    _assert_close_relative(linear(x, panels, b, n, False, variant), torch.nn.functional.linear(x, w, b))
+    gelu = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b), approximate="tanh")
+    _assert_close_relative(linear(x, panels, b, n, True, variant), gelu)
+
+
+@needs_panels
+def test_panel_linear_variants_agree_and_the_default_is_the_best():
+    pack, linear, _ = kernels.panel_linear()
+    variants = kernels.panel_linear_variants()
+    assert variants and variants[-1] == "generic" and set(variants) <= set(PANEL_VARIANTS)
+    x, w, b = _linear_case(16, 1024, 3 * 16 + 5)
+    panels = pack(w)
+    outputs = {v: linear(x, panels, b, w.shape[0], True, v) for v in variants}
+    for v in variants:  # the same sums in the same order: equal to the rounding of fused vs separate FMAs
+        torch.testing.assert_close(outputs[v], outputs[variants[0]], atol=1e-5, rtol=1e-6)
+    assert torch.equal(linear(x, panels, b, w.shape[0], True, ""), outputs[variants[0]])
+
+
+@needs_panels
+def test_panel_linear_variants_follow_the_cpu():
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo: the CPU's extensions are unknown here")
+    variants = kernels.panel_linear_variants()
+    assert ("avx512" in variants) == ("avx512f" in flags)
+    assert ("avx2" in variants) == ({"avx2", "fma"} <= flags)
+    assert kernels.targets()["panel_linear"] == variants
+
+
+@needs_panels
+def test_panel_linear_edges():
+    pack, linear, unpack = kernels.panel_linear()
+    x, w, b = _linear_case(7, 40, 20, row_stride=56)  # rows 56 floats apart: a view, read in place
+    assert not x.is_contiguous()
+    _assert_close_relative(linear(x, pack(w), b, 20, False, ""), torch.nn.functional.linear(x, w, b))
+    assert linear(x[:0], pack(w), b, 20, False, "").shape == (0, 20)
+    empty = torch.zeros(3, 0)  # no inputs: the bias (and its GELU)
+    torch.testing.assert_close(linear(empty, pack(torch.zeros(5, 0)), b[:5], 5, False, ""), b[:5].expand(3, 5))
+    torch.testing.assert_close(linear(empty, pack(torch.zeros(5, 0)), b[:5], 5, True, ""),
+                               torch.nn.functional.gelu(b[:5], approximate="tanh").expand(3, 5))
+    for n, k in ((1, 1), (17, 33), (48, 16), (3, 1000)):
+        weight = torch.randn(n, k)
+        assert torch.equal(unpack(pack(weight), n), weight)
+        assert torch.equal(unpack(pack(weight.t().contiguous().t()), n), weight)  # any strides packed
+
+
+@needs_panels
+def test_panel_linear_rejects_bad_inputs():
+    pack, linear, unpack = kernels.panel_linear()
+    x, w, b = _linear_case(4, 8, 20)
+    panels = pack(w)
+    with pytest.raises(RuntimeError, match="float32"):
+        linear(x.double(), panels, b, 20, False, "")
+    with pytest.raises(RuntimeError, match="float32"):
+        pack(w.double())
+    with pytest.raises(RuntimeError, match="features"):
+        linear(torch.randn(4, 9), panels, b, 20, False, "")
+    with pytest.raises(RuntimeError, match="does not fit"):
+        linear(x, panels, b, 33, False, "")
+    with pytest.raises(RuntimeError, match="bias"):
+        linear(x, panels, b[:19], 20, False, "")
+    with pytest.raises(RuntimeError, match="contiguous"):
+        linear(torch.randn(8, 4).t(), panels, b, 20, False, "")
+    with pytest.raises(RuntimeError, match="variant"):
+        linear(x, panels, b, 20, False, "sse9")
+    with pytest.raises(RuntimeError, match="panel_pack"):
+        linear(x, torch.randn(2, 8, 8), b, 20, False, "")
+    with pytest.raises(RuntimeError, match="does not fit"):
+        unpack(panels, 40)
+    meta = torch.empty(4, 8, device="meta")  # another device: refused, never read as CPU memory
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        linear(meta, panels, b, 20, False, "")

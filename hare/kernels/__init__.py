@@ -7,7 +7,11 @@
 - `group_norm()`: `torch.ops.hare.group_norm_time_major`, GroupNorm (with a per-row scale/shift and SiLU)
   over time-major rows, for the packed diffusion decoder (`group_norm.cpp`);
 - `location_variable_conv()`: `torch.ops.hare.location_variable_conv`, UniVNet's per-segment convolution
-  (`lvc.cpp`).
+  (`lvc.cpp`);
+- `panel_linear()`: `torch.ops.hare.panel_pack` / `panel_linear` / `panel_unpack`, float32 linear layers over
+  few rows (the GPT's decode step) on weights packed once into 16-column panels, streamed once per call
+  (`panel_linear.cpp`); its instruction-set variant (AVX-512, AVX2 or portable) is picked at run time from what
+  the CPU reports (`panel_linear_variants()`).
 
 Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
 the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
@@ -200,6 +204,21 @@ def _check_location_variable_conv() -> None:
                  location_variable_conv_reference(x, kernel, bias, hop))
 
 
+def _check_panel_linear() -> None:
+    g = torch.Generator().manual_seed(0)
+    ops = torch.ops.hare
+    for variant in ops.panel_linear_variants():  # every variant this CPU runs, not only the one in use
+        for rows, k, n, bias, gelu in ((3, 20, 37, True, False), (16, 33, 50, False, True), (17, 40, 48, True, True),
+                                       (40, 300, 20, True, False), (1, 16, 1, False, False)):
+            w, b, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(rows, k, generator=g)
+            want = torch.nn.functional.linear(x, w, b if bias else None)
+            if gelu:
+                want = torch.nn.functional.gelu(want, approximate="tanh")
+            _compare(ops.panel_linear(x, ops.panel_pack(w), b if bias else None, n, gelu, variant), want)
+    w = torch.randn(21, 18, generator=g)
+    _compare(ops.panel_unpack(ops.panel_pack(w), 21), w)
+
+
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
     if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
         diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
@@ -207,7 +226,8 @@ def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 _CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd,
-           "group_norm": _check_group_norm, "location_variable_conv": _check_location_variable_conv}
+           "group_norm": _check_group_norm, "location_variable_conv": _check_location_variable_conv,
+           "panel_linear": _check_panel_linear}
 
 
 def _summary(exc: BaseException) -> str:
@@ -257,6 +277,8 @@ def targets() -> dict[str, object]:
       predefined macros for `-march=native`.
     - `pytorch`: the ISA PyTorch's CPU kernels dispatch to at run time (`torch.backends.cpu`), which the
       packed linears (oneDNN) and int8 layers (fbgemm/oneDNN) also pick for themselves.
+    - `panel_linear`: the instruction-set variants of the few-row linear kernel this CPU runs, best first (the
+      first is used; each is picked by what the CPU reports at run time), or None without the kernels.
     - `bf16_matmul`: whether the CPU has bf16 matrix hardware (AMX tiles or AVX-512-bf16): only then is
       `dtype="bf16"` a speed option on a CPU; elsewhere bf16 is emulated and slower than fp32.
     """
@@ -275,7 +297,7 @@ def targets() -> dict[str, object]:
         capability = "unknown"
     flags = set(_cpu_identity().split())
     return {"kernels": found if cxx else None, "compiler": cxx, "pytorch": capability,
-            "bf16_matmul": bool({"amx_bf16", "avx512_bf16"} & flags)}
+            "panel_linear": panel_linear_variants() or None, "bf16_matmul": bool({"amx_bf16", "avx512_bf16"} & flags)}
 
 
 def status() -> dict[str, bool]:
@@ -332,3 +354,26 @@ def location_variable_conv():
     if not enabled() or not _load("location_variable_conv"):
         return None
     return torch.ops.hare.location_variable_conv
+
+
+def panel_linear():
+    """(`torch.ops.hare.panel_pack`, `torch.ops.hare.panel_linear`, `torch.ops.hare.panel_unpack`), or None when
+    unavailable.
+
+    panel_pack(weight): weight (N, K) float32 -> panels (ceil(N / 16), K, 16), contiguous: 16 output columns
+    per panel, k-major, zero past N. panel_linear(x, panels, bias, N, gelu_tanh, variant): x (M, K), rows
+    contiguous -> (M, N), x W^T + bias (bias (N,) or None), GELU-tanh of it with `gelu_tanh`; `variant` "" picks
+    the best this CPU runs, or names one of `panel_linear_variants()`. panel_unpack(panels, N) -> the (N, K)
+    weight. Each weight is read once per call: at 16 rows the product is bound by memory bandwidth.
+    """
+    if not enabled() or not _load("panel_linear"):
+        return None
+    return torch.ops.hare.panel_pack, torch.ops.hare.panel_linear, torch.ops.hare.panel_unpack
+
+
+def panel_linear_variants() -> list[str]:
+    """The few-row linear kernel's instruction-set variants this CPU runs, best first ("avx512", "avx2",
+    "generic"; the first is the one used), from what the CPU reports at run time; [] without the kernels."""
+    if panel_linear() is None:
+        return []
+    return list(torch.ops.hare.panel_linear_variants())

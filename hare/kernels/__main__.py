@@ -20,7 +20,12 @@ print("bf16 matrix hardware (AMX / AVX-512-bf16): " + ("yes: dtype bf16 is a spe
       else "no: bf16 would be emulated, fp32 or int8 is faster here"))
 ready = kernels.status()
 for name, ok in ready.items():
-    print(f"{name}: {'ready' if ok else 'unavailable (PyTorch kernels are used instead)'}")
+    detail = ""
+    if ok and name == "panel_linear":
+        variants = info["panel_linear"] or kernels.panel_linear_variants()
+        detail = (f" ({variants[0]}: the best variant this CPU reports support for"
+                  + (f"; it also runs {', '.join(variants[1:])}" if len(variants) > 1 else "") + ")")
+    print(f"{name}: {'ready' + detail if ok else 'unavailable (PyTorch kernels are used instead)'}")
 if all(ready.values()):
     print(f"library: {kernels._library_path}")
 sys.exit(0 if all(ready.values()) else 1)

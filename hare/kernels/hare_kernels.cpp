@@ -5,3 +5,4 @@
 #include "group_norm.cpp"
 #include "winograd.cpp"
 #include "lvc.cpp"
+#include "panel_linear.cpp"

@@ -1,0 +1,438 @@
+// Hare's CPU kernel for float32 linear layers over few rows: y = x W^T + b (optionally GELU-tanh of it), with
+// W pre-packed once into column panels.
+//
+// At 16 rows (the GPT's decode step over 16 candidates) a linear layer reads each weight once and does 32
+// flops per 4-byte weight: it is bound by memory bandwidth, not arithmetic. oneDNN's small-row fp32 kernels
+// reach about 60-80 GFLOP/s there, well under what the memory allows (~170 GFLOP/s at 21 GB/s). This one
+// streams the weight exactly once per call, in one sequential run per thread:
+//
+// - `panel_pack(weight)`: weight (N, K) -> panels (ceil(N / 16), K, 16): panel p holds output columns
+//   16p .. 16p + 15, k-major, so that one 64-byte cache line is those 16 columns' weights for one input k
+//   (columns past N are zero);
+// - `panel_linear(x, panels, bias, N, gelu_tanh, variant)`: x (M, K) -> (M, N). x is first transposed into
+//   groups of 16 rows, k-major (one line holds 16 rows' values of one k); each thread then takes a contiguous
+//   range of panels and walks them a tile at a time: up to 8 rows x 3 panels (48 columns) of sums held in
+//   registers while it walks K, per k three lines of weights (each panel's stream prefetched ahead) times each
+//   row's value, broadcast. A second tile of rows rereads those weights from cache, not memory. Over 32 rows
+//   the product is blocked over K and rows (GotoBLAS-style: a tile's K-slice of panels stays in L1 while every
+//   row group of a 64-row block uses it);
+// - `panel_unpack(panels, N)`: the (N, K) weight back (for products over many rows, where PyTorch's BLAS is
+//   faster than this kernel).
+//
+// Variants, picked at run time from what the CPU reports (or named, for the tests):
+//   "avx512": intrinsics on 16-float registers, tiles of up to 8 rows x 3 panels (24 accumulators);
+//   "avx2":   intrinsics on 8-float registers (AVX2 + FMA), tiles of up to 6 rows x 1 panel (12 accumulators);
+//   "generic": GCC/Clang vector extensions (any CPU, NEON included), up to 6 rows x 1 panel.
+// All compute each output's sum in the same order (k ascending, from the bias), so they agree to the rounding
+// of a fused vs a separate multiply-add. Built on first use by hare/kernels/__init__.py and registered as
+// torch.ops.hare.panel_pack, panel_linear, panel_unpack and panel_linear_variants (the variants this CPU runs,
+// best first).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "vec.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HARE_X86 1
+#else
+#define HARE_X86 0
+#endif
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using namespace hare_vec;
+
+constexpr int64_t kPanel = 16;           // output columns per panel (one 64-byte line of float32)
+constexpr int64_t kPrefetch = 16 * 32;   // floats ahead each panel's stream is asked for: 32 lines, 2 KB
+constexpr int64_t kMaxPanels = 3;        // panels per tile, at most
+
+// One tile: MR rows of x times NP consecutive panels' K-slices. Line k of `xt` holds 16 rows' values of input
+// k (this tile's rows start at lane 0 of `xt`); `w` is the first panel's slice, the next ones follow every
+// `panel_stride` floats. `c` (row stride ldc, NP * 16 columns) receives the sums, started from `init` (NP * 16
+// values, the same for every row) when given, else from what `c` holds. With PF, each panel's stream is
+// prefetched kPrefetch floats ahead (the weights come from memory); without, the slice is already in cache.
+typedef void (*TileFn)(const float* xt, const float* w, int64_t panel_stride, int64_t kc, float* c, int64_t ldc,
+                       const float* init);
+
+// a variant's tiles: [prefetch][np - 1][mr - 1]
+template <int MaxRows>
+using TileTable = std::array<std::array<std::array<TileFn, MaxRows>, kMaxPanels>, 2>;
+
+// tables of Tile<MR, NP, PF>::run for MR = 1 .. MaxRows, NP = 1 .. MaxPanels (tiles past MaxPanels repeat it)
+template <template <int, int, bool> class Tile, int MaxRows, int MaxPanels>
+struct Tables {
+  template <int NP, bool PF, size_t... I>
+  static constexpr std::array<TileFn, MaxRows> rows(std::index_sequence<I...>) {
+    return {&Tile<static_cast<int>(I) + 1, NP, PF>::run...};
+  }
+  template <bool PF>
+  static constexpr std::array<std::array<TileFn, MaxRows>, kMaxPanels> panels() {
+    constexpr auto seq = std::make_index_sequence<MaxRows>{};
+    return {rows<1, PF>(seq), rows<std::min(2, MaxPanels), PF>(seq), rows<std::min(3, MaxPanels), PF>(seq)};
+  }
+  static constexpr TileTable<MaxRows> value = {panels<false>(), panels<true>()};
+};
+
+// -- generic: GCC/Clang vector extensions (one 16-float vector per row and panel) ----------------------------
+template <int MR, int NP, bool PF>
+struct GenericTile {
+  static void run(const float* xt, const float* w, int64_t ps, int64_t kc, float* c, int64_t ldc,
+                  const float* init) {
+    v16 acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NP; ++j) acc[r][j] = load(init ? init + 16 * j : c + r * ldc + 16 * j);
+    for (int64_t k = 0; k < kc; ++k) {
+      v16 b[NP];
+      for (int j = 0; j < NP; ++j) {
+        if (PF) __builtin_prefetch(w + j * ps + 16 * k + kPrefetch, 0, 3);
+        b[j] = load(w + j * ps + 16 * k);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const v16 a = splat(xt[16 * k + r]);
+        for (int j = 0; j < NP; ++j) acc[r][j] += a * b[j];
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NP; ++j) store(c + r * ldc + 16 * j, acc[r][j]);
+  }
+};
+constexpr int kGenericRows = 6;  // 6 x 16-float accumulators: within 16 AVX2 or 32 NEON registers
+using GenericTables = Tables<GenericTile, kGenericRows, 1>;
+
+#if HARE_X86
+// -- AVX-512: one register per row and panel; 8 rows x 3 panels = 24 accumulators, 3 weight registers and a
+// broadcast: per input k, 11 loads for 24 FMAs ---------------------------------------------------------------
+template <int MR, int NP, bool PF>
+struct Avx512Tile {
+  __attribute__((target("avx512f"))) static void run(const float* xt, const float* w, int64_t ps, int64_t kc,
+                                                      float* c, int64_t ldc, const float* init) {
+    __m512 acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_loadu_ps(init ? init + 16 * j : c + r * ldc + 16 * j);
+    for (int64_t k = 0; k < kc; ++k) {
+      __m512 b[NP];
+      for (int j = 0; j < NP; ++j) {
+        if (PF) _mm_prefetch(reinterpret_cast<const char*>(w + j * ps + 16 * k + kPrefetch), _MM_HINT_T0);
+        b[j] = _mm512_loadu_ps(w + j * ps + 16 * k);
+      }
+      for (int r = 0; r < MR; ++r) {
+        const __m512 a = _mm512_set1_ps(xt[16 * k + r]);
+        for (int j = 0; j < NP; ++j) acc[r][j] = _mm512_fmadd_ps(a, b[j], acc[r][j]);
+      }
+    }
+    for (int r = 0; r < MR; ++r)
+      for (int j = 0; j < NP; ++j) _mm512_storeu_ps(c + r * ldc + 16 * j, acc[r][j]);
+  }
+};
+constexpr int kAvx512Rows = 8;
+using Avx512Tables = Tables<Avx512Tile, kAvx512Rows, 3>;
+
+// -- AVX2 + FMA: two 8-float registers per row of one panel; 6 rows = 12 accumulators of 16 registers (where
+// the library is built for an AVX-512 CPU, the compiler may still encode these 8-wide operations with AVX-512's
+// encodings and extra registers) ------------------------------------------------------------------------------
+template <int MR, int NP, bool PF>
+struct Avx2Tile {
+  static_assert(NP == 1, "one panel per AVX2 tile");
+  __attribute__((target("avx2,fma"))) static void run(const float* xt, const float* w, int64_t ps, int64_t kc,
+                                                      float* c, int64_t ldc, const float* init) {
+    __m256 lo[MR], hi[MR];
+    for (int r = 0; r < MR; ++r) {
+      const float* src = init ? init : c + r * ldc;
+      lo[r] = _mm256_loadu_ps(src);
+      hi[r] = _mm256_loadu_ps(src + 8);
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      if (PF) _mm_prefetch(reinterpret_cast<const char*>(w + 16 * k + kPrefetch), _MM_HINT_T0);
+      const __m256 b0 = _mm256_loadu_ps(w + 16 * k), b1 = _mm256_loadu_ps(w + 16 * k + 8);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_broadcast_ss(xt + 16 * k + r);
+        lo[r] = _mm256_fmadd_ps(a, b0, lo[r]);
+        hi[r] = _mm256_fmadd_ps(a, b1, hi[r]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      _mm256_storeu_ps(c + r * ldc, lo[r]);
+      _mm256_storeu_ps(c + r * ldc + 8, hi[r]);
+    }
+  }
+};
+constexpr int kAvx2Rows = 6;
+using Avx2Tables = Tables<Avx2Tile, kAvx2Rows, 1>;
+#endif
+
+struct Variant {
+  const char* name;
+  const TileFn* table;  // table[(prefetch * kMaxPanels + np - 1) * max_rows + mr - 1]
+  int max_rows;         // rows per tile
+  int max_panels;       // panels per tile
+  TileFn tile(int mr, int np, bool prefetch) const {
+    return table[((prefetch ? kMaxPanels : 0) + np - 1) * max_rows + mr - 1];
+  }
+};
+
+bool runnable(const std::string& name) {
+  if (name == "generic") return true;
+#if HARE_X86
+  __builtin_cpu_init();
+  if (name == "avx512") return __builtin_cpu_supports("avx512f");
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return false;
+}
+
+// the variants this CPU can run, best first
+std::vector<std::string> panel_linear_variants() {
+  std::vector<std::string> out;
+  for (const char* name : {"avx512", "avx2", "generic"})
+    if (runnable(name)) out.emplace_back(name);
+  return out;
+}
+
+Variant pick(const std::string& name) {
+  const std::string chosen = name.empty() ? panel_linear_variants().front() : name;
+  TORCH_CHECK(runnable(chosen), "panel_linear variant '", chosen, "' is unknown or this CPU cannot run it");
+#if HARE_X86
+  if (chosen == "avx512") return {"avx512", Avx512Tables::value[0][0].data(), kAvx512Rows, 3};
+  if (chosen == "avx2") return {"avx2", Avx2Tables::value[0][0].data(), kAvx2Rows, 1};
+#endif
+  return {"generic", GenericTables::value[0][0].data(), kGenericRows, 1};
+}
+
+// One round of a 16x16 transpose in registers: rows i and i + S (bit S of i clear) swap their off-diagonal
+// S-wide blocks. After the rounds S = 8, 4, 2, 1, row i holds what column i held.
+template <int S>
+inline void swap_blocks(v16* a) {
+  for (int i = 0; i < 16; ++i) {
+    if (i & S) continue;
+    const v16 p = a[i], q = a[i + S];
+    if constexpr (S == 8) {
+      a[i] = __builtin_shufflevector(p, q, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+      a[i + S] = __builtin_shufflevector(p, q, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    } else if constexpr (S == 4) {
+      a[i] = __builtin_shufflevector(p, q, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+      a[i + S] = __builtin_shufflevector(p, q, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    } else if constexpr (S == 2) {
+      a[i] = __builtin_shufflevector(p, q, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+      a[i + S] = __builtin_shufflevector(p, q, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    } else {
+      a[i] = __builtin_shufflevector(p, q, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+      a[i + S] = __builtin_shufflevector(p, q, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    }
+  }
+}
+
+inline void transpose16(v16* a) {
+  swap_blocks<8>(a);
+  swap_blocks<4>(a);
+  swap_blocks<2>(a);
+  swap_blocks<1>(a);
+}
+
+// Rows 16g .. 16g + 15 of x, k-major: xt[(g K + k) 16 + r] = x[16g + r, k] (lanes of rows past M are left
+// unset: no tile reads them).
+void transpose_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, float* xt) {
+  for (int64_t g = 0; 16 * g < m; ++g) {
+    const int64_t rows = std::min<int64_t>(16, m - 16 * g);
+    const float* xg = x + 16 * g * lda;
+    float* dst = xt + g * k_size * 16;
+    int64_t k0 = 0;
+    if (rows == 16) {  // whole 16x16 blocks through registers
+      for (; k0 + 16 <= k_size; k0 += 16) {
+        v16 a[16];
+        for (int r = 0; r < 16; ++r) a[r] = load(xg + r * lda + k0);
+        transpose16(a);
+        for (int r = 0; r < 16; ++r) store(dst + (k0 + r) * 16, a[r]);
+      }
+    }
+    for (int64_t k = k0; k < k_size; ++k)
+      for (int64_t r = 0; r < rows; ++r) dst[k * 16 + r] = xg[r * lda + k];
+  }
+}
+
+// GELU with the tanh approximation, 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), written as
+// x sigmoid(2u) (the same function), on `rows` rows of `width` values, a multiple of 16 (row stride ld).
+void gelu_tanh_rows(float* c, int64_t ld, int64_t rows, int64_t width) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < width; j += 16) {
+      const v16 x = load(c + r * ld + j);
+      const v16 u2 = (x + x * x * x * 0.044715f) * 1.5957691216057308f;  // 2 sqrt(2/pi)
+      store(c + r * ld + j, x * sigmoid(u2));
+    }
+}
+
+void check_cpu_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
+}
+
+// weight (N, K), any strides -> panels (ceil(N / 16), K, 16), contiguous: panels[p, k, j] = weight[16p + j, k]
+// (0 past N).
+at::Tensor panel_pack(const at::Tensor& weight) {
+  check_cpu_float(weight, "weight");
+  TORCH_CHECK(weight.dim() == 2, "weight must be (out_features, in_features)");
+  const int64_t n = weight.size(0), k_size = weight.size(1), panels = (n + kPanel - 1) / kPanel;
+  at::Tensor out = at::zeros({panels, k_size, kPanel}, weight.options());
+  const at::Tensor w = weight.contiguous();
+  const float* W = w.data_ptr<float>();
+  float* const P = out.data_ptr<float>();
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t j = 0; j < kPanel && kPanel * p + j < n; ++j) {
+        const float* row = W + (kPanel * p + j) * k_size;
+        float* dst = P + p * k_size * kPanel + j;
+        for (int64_t k = 0; k < k_size; ++k) dst[k * kPanel] = row[k];
+      }
+  });
+  return out;
+}
+
+// panels (P, K, 16) from panel_pack -> the (n, K) weight they hold, contiguous (for large products, which
+// PyTorch's BLAS runs better than the few-row kernel).
+at::Tensor panel_unpack(const at::Tensor& panels, int64_t n) {
+  check_cpu_float(panels, "panels");
+  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous(),
+              "panels must be a contiguous (panels, in_features, 16) tensor from panel_pack");
+  const int64_t n_panels = panels.size(0), k_size = panels.size(1);
+  TORCH_CHECK(n >= 0 && (n + kPanel - 1) / kPanel == n_panels, "out_features ", n, " does not fit ", n_panels,
+              " panels");
+  at::Tensor out = at::empty({n, k_size}, panels.options());
+  const float* P = panels.data_ptr<float>();
+  float* const W = out.data_ptr<float>();
+  at::parallel_for(0, n_panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* src = P + p * k_size * kPanel;
+      const int64_t rows = std::min(kPanel, n - kPanel * p);
+      float* dst = W + kPanel * p * k_size;
+      int64_t k0 = 0;
+      for (; k0 + 16 <= k_size; k0 += 16) {  // 16x16 blocks through registers
+        v16 a[16];
+        for (int r = 0; r < 16; ++r) a[r] = load(src + (k0 + r) * kPanel);
+        transpose16(a);
+        for (int64_t j = 0; j < rows; ++j) store(dst + j * k_size + k0, a[j]);
+      }
+      for (int64_t k = k0; k < k_size; ++k)
+        for (int64_t j = 0; j < rows; ++j) dst[j * k_size + k] = src[k * kPanel + j];
+    }
+  });
+  return out;
+}
+
+// x (M, K), rows any stride, each row contiguous; panels from panel_pack of an (N, K) weight; bias (N,) or
+// None. Returns y (M, N) contiguous: x W^T + bias, GELU-tanh of it with `gelu_tanh`. `variant`: "" picks the
+// best this CPU runs, else "avx512", "avx2" or "generic".
+at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std::optional<at::Tensor>& bias,
+                        int64_t n, bool gelu_tanh, const std::string& variant) {
+  check_cpu_float(x, "x");
+  check_cpu_float(panels, "panels");
+  TORCH_CHECK(x.dim() == 2, "x must be (rows, in_features)");
+  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous(),
+              "panels must be a contiguous (panels, in_features, 16) tensor from panel_pack");
+  const int64_t m = x.size(0), k_size = x.size(1), n_panels = panels.size(0);
+  TORCH_CHECK(panels.size(1) == k_size, "x has ", k_size, " features, the panels ", panels.size(1));
+  TORCH_CHECK(n >= 0 && (n + kPanel - 1) / kPanel == n_panels, "out_features ", n, " does not fit ", n_panels,
+              " panels");
+  TORCH_CHECK(k_size <= 1 || x.stride(1) == 1, "x's rows must be contiguous");
+  const float* B = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    check_cpu_float(*bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be (out_features,)");
+    B = bias->data_ptr<float>();
+  }
+  const Variant v = pick(variant);
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return out;
+  float* const Y = out.data_ptr<float>();
+  std::vector<float> bias_pad(static_cast<size_t>(n_panels * kPanel), 0.0f);  // zero past N (and without bias)
+  if (B) std::copy(B, B + n, bias_pad.begin());
+  if (k_size == 0) {  // no inputs: the bias alone
+    for (int64_t r = 0; r < m; ++r) std::copy(bias_pad.begin(), bias_pad.begin() + n, Y + r * n);
+    if (gelu_tanh)
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          const float b = Y[r * n + j], u = 0.7978845608028654f * (b + 0.044715f * b * b * b);
+          Y[r * n + j] = 0.5f * b * (1.0f + std::tanh(u));
+        }
+    return out;
+  }
+  const int64_t groups = (m + 15) / 16;
+  at::Tensor xt = at::empty({groups, k_size, 16}, x.options());  // uninitialised: rows past M are never read
+  float* const XT = xt.data_ptr<float>();
+  transpose_rows(x.data_ptr<float>(), m > 1 ? x.stride(0) : k_size, m, k_size, XT);
+  const float* const PW = panels.data_ptr<float>();
+  const int64_t pass = v.max_rows;
+  // Over at most one tile's rows: the whole of K per tile, the sums never leave the registers. Otherwise K in
+  // slices whose tile of panels fits L1 (24 KB) next to the rows' slices, so that the row tiles after the first
+  // read the weights from L1: with up to 32 rows each thread finishes its panels one tile at a time (its weight
+  // reads stay sequential, every weight read from memory once); with more, in blocks of 64 rows whose
+  // transposed slices stay in L2 while every panel passes (GotoBLAS's order).
+  const int64_t kc_block = m <= pass ? k_size : std::min<int64_t>(k_size, 384 / v.max_panels);
+  const int64_t group_block = 4;
+  at::parallel_for(0, n_panels, 1, [&](int64_t p0, int64_t p1) {
+    alignas(64) float tmp[16 * kPanel * kMaxPanels];  // tiles that reach past N
+    // rows 16g.. of panels p .. p + np - 1, inputs k0 .. k0 + kc - 1
+    auto tiles = [&](int64_t p, int64_t np, int64_t k0, int64_t kc, int64_t g, bool prefetch) {
+      const int64_t cols = std::min(np * kPanel, n - kPanel * p), rows = std::min<int64_t>(16, m - 16 * g);
+      const bool first = k0 == 0, last = k0 + kc == k_size, partial = cols < np * kPanel;
+      for (int64_t s = 0; s < rows; s += pass) {
+        const int mr = static_cast<int>(std::min(pass, rows - s));
+        float* const dst = Y + (16 * g + s) * n + kPanel * p;
+        float* c = dst;
+        int64_t ldc = n;
+        if (partial) {
+          c = tmp;
+          ldc = kPanel * kMaxPanels;
+          if (!first)
+            for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, dst + r * n, cols * sizeof(float));
+        }
+        // the first tile over these weights prefetches them (they come from memory); the others find them cached
+        const TileFn tile = v.tile(mr, static_cast<int>(np), prefetch && s == 0);
+        tile(XT + (g * k_size + k0) * 16 + s, PW + (p * k_size + k0) * kPanel, k_size * kPanel, kc, c, ldc,
+             first ? &bias_pad[kPanel * p] : nullptr);
+        if (last && gelu_tanh) gelu_tanh_rows(c, ldc, mr, np * kPanel);
+        if (partial)
+          for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));
+      }
+    };
+    if (m <= 32) {
+      for (int64_t p = p0; p < p1; p += v.max_panels) {
+        const int64_t np = std::min<int64_t>(v.max_panels, p1 - p);
+        for (int64_t k0 = 0; k0 < k_size; k0 += kc_block)
+          for (int64_t g = 0; g < groups; ++g) tiles(p, np, k0, std::min(kc_block, k_size - k0), g, g == 0);
+      }
+      return;
+    }
+    for (int64_t k0 = 0; k0 < k_size; k0 += kc_block)
+      for (int64_t g0 = 0; g0 < groups; g0 += group_block)
+        for (int64_t p = p0; p < p1; p += v.max_panels) {
+          const int64_t np = std::min<int64_t>(v.max_panels, p1 - p);
+          for (int64_t g = g0; g < std::min(groups, g0 + group_block); ++g)
+            tiles(p, np, k0, std::min(kc_block, k_size - k0), g, false);
+        }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(hare, m) {
+  m.def("panel_pack(Tensor weight) -> Tensor");
+  m.impl("panel_pack", c10::DispatchKey::CPU, TORCH_FN(panel_pack));
+  m.def("panel_unpack(Tensor panels, int out_features) -> Tensor");
+  m.impl("panel_unpack", c10::DispatchKey::CPU, TORCH_FN(panel_unpack));
+  m.def("panel_linear(Tensor x, Tensor panels, Tensor? bias, int out_features, bool gelu_tanh, str variant) -> Tensor");
+  m.impl("panel_linear", c10::DispatchKey::CPU, TORCH_FN(panel_linear));
+  m.def("panel_linear_variants() -> str[]", TORCH_FN(panel_linear_variants));
+}
