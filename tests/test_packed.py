@@ -11,7 +11,7 @@ from torch import nn
 from hare import kernels
 from hare.models.layers import AttentionBlock
 from hare.models.diffusion import ResBlock
-from hare.models.packed import PackedLinear, WinogradConv1d, pack_linears, packing_available
+from hare.models.packed import PANEL_MAX_ROWS, PackedLinear, WinogradConv1d, pack_linears, packing_available
 from hare.pipeline import TextToSpeech
 
 from tiny_models import tiny_models, write_voice
@@ -242,3 +242,109 @@ def test_packed_diffusion_decoder_reproduces_the_reference_fixture(case):
         aligned = model.aligned_conditioning(tensors["input.latents"], cond, frames)
         eps = model(x, t, aligned)
     assert torch.allclose(eps, tensors["output.eps"], atol=1e-4, rtol=1e-4)
+
+
+# -- linears packed for Hare's few-row kernel (hare.kernels.panel_linear) ---------------------------------------
+needs_panels = pytest.mark.skipif(kernels.panel_linear() is None, reason="no C++ compiler: no Hare kernels")
+
+
+@needs_panels
+# over PANEL_MAX_ROWS: the BLAS on the weight unpacked
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 32, 40, PANEL_MAX_ROWS + 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_packed_linear_matches_linear(rows, bias):
+    torch.manual_seed(rows)
+    lin = nn.Linear(96, 70, bias=bias)
+    x = torch.randn(rows, 96)
+    fast = PackedLinear(lin, few_rows=True)
+    assert fast.layout == "panels" and fast.packed.shape == (5, 96, 16)
+    with torch.no_grad():
+        want = lin(x)
+        torch.testing.assert_close(fast(x), want, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(fast(x, gelu_tanh=True), nn.functional.gelu(want, approximate="tanh"),
+                                   atol=TOL, rtol=TOL)
+        x3 = x.view(1, rows, 96).expand(2, -1, -1)  # any leading shape
+        assert fast(x3).shape == (2, rows, 70)
+        torch.testing.assert_close(fast(x3)[1], want, atol=TOL, rtol=TOL)
+        strided = torch.randn(rows, 2 * 96)[:, ::2]  # features not contiguous: copied first
+        torch.testing.assert_close(fast(strided), lin(strided), atol=TOL, rtol=TOL)
+
+
+@needs_panels
+def test_few_rows_packed_linear_is_cpu_float32_inference_only():
+    fast = PackedLinear(nn.Linear(8, 5), few_rows=True)
+    with pytest.raises(RuntimeError, match="inference"):
+        fast(torch.randn(2, 8, requires_grad=True))
+    with pytest.raises(RuntimeError, match="float32"):
+        fast(torch.randn(2, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="CPU"):  # no CPU kernel on another device's tensor
+        fast(torch.empty(2, 8, device="meta"))
+
+
+def test_few_rows_falls_back_to_onednn_without_the_kernels(monkeypatch):
+    monkeypatch.setenv("HARE_KERNELS", "0")
+    lin = nn.Linear(12, 7)
+    fast = PackedLinear(lin, few_rows=True)
+    assert fast.layout == "onednn"
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), lin(x), atol=TOL, rtol=TOL)
+
+
+@needs_panels
+def test_pack_linears_packs_the_gpt_decode_linears_for_few_rows():
+    plain = tiny_models(seed=3)["autoregressive"]
+    gpt = copy.deepcopy(plain)
+    pack_linears(gpt)
+    for block in gpt.blocks:
+        assert all(getattr(block, name).layout == "panels" for name in ("qkv", "attn_out", "fc", "proj"))
+    assert gpt.mel_head.layout == "panels" and gpt.text_head.layout == "onednn"
+    onednn = copy.deepcopy(plain)
+    pack_linears(onednn, few_rows=False)
+    assert {m.layout for m in onednn.modules() if isinstance(m, PackedLinear)} == {"onednn"}
+
+
+def _fixture_case(model: str):
+    import json
+
+    from conftest import FIXTURES
+
+    if not FIXTURES.is_dir():
+        return []
+    return [p for p in sorted(FIXTURES.iterdir()) if (p / "meta.json").is_file()
+            and json.loads((p / "meta.json").read_text())["model"] == model]
+
+
+@needs_panels
+@pytest.mark.parametrize("case", _fixture_case("UnifiedVoice"), ids=lambda p: p.name)
+def test_few_rows_packed_gpt_reproduces_the_reference_fixture(case, monkeypatch):
+    """The GPT with its decode linears on the few-row kernel: the fixture's logits and latents within its fp32
+    tolerance, and its greedy codes (prefill and cached decode steps) exactly."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from fixture_runners import autoregressive as runner
+
+    meta = json.loads((case / "meta.json").read_text())
+    tensors = load_file(str(case / "io.safetensors"))
+    inputs = {k[len("input."):]: v for k, v in tensors.items() if k.startswith("input.")}
+    plain_load = runner.load_converted
+
+    def packed_load(case_dir, meta_, kind):
+        model = plain_load(case_dir, meta_, kind).eval()
+        pack_linears(model)
+        assert model.blocks[0].qkv.layout == "panels" and model.mel_head.layout == "panels"
+        return model
+
+    monkeypatch.setattr(runner, "load_converted", packed_load)
+    with torch.no_grad():
+        got = runner.run(case, meta, inputs)
+    assert set(got) == {k[len("output."):] for k in tensors if k.startswith("output.")}
+    for name, have in got.items():
+        want = tensors[f"output.{name}"]
+        assert tuple(have.shape) == tuple(want.shape), name
+        if name in runner.EXACT or not want.is_floating_point():
+            assert torch.equal(have.to(want.dtype), want), name
+        else:
+            torch.testing.assert_close(have.to(want.dtype), want, atol=1e-4, rtol=1e-4)

@@ -142,6 +142,9 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: causal self-attention, then a 4x GELU-tanh MLP."""
 
+    # decoding runs these over one row per candidate: packed for Hare's few-row kernel (`hare.models.packed`)
+    FEW_ROWS_PACKABLE = ("qkv", "attn_out", "fc", "proj")
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         d = config.dim
@@ -222,6 +225,8 @@ class GPTOutput(NamedTuple):
 
 
 class GPT(nn.Module):
+    FEW_ROWS_PACKABLE = ("mel_head",)  # one row per candidate each decode step (see Block's)
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config

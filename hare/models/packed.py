@@ -14,6 +14,10 @@ without autocast; `train.cpu_kernels: off` turns it off).
 `pack_linears(module)` swaps every `nn.Linear` of an inference model for a `PackedLinear` in place and frees
 the plain weight (the packed copy replaces it; no memory is added), and the 3-wide convolutions a module
 lists in `WINOGRAD_PACKABLE` for `WinogradConv1d`s (six packed filter transforms: twice the weight's memory).
+The linears a module lists in `FEW_ROWS_PACKABLE` (the GPT's decode-step layers) are packed instead for
+Hare's few-row kernel (`hare.kernels.panel_linear`: 16-column panels streamed once per call), which runs a
+16-row decode step near the memory's bandwidth where oneDNN's small-row kernels reach about half of it; over
+many rows the same panels are unpacked for PyTorch's BLAS.
 It is inference-only: a packed module has no gradients and no `state_dict` entry for the weight.
 `TextToSpeech` packs its networks when it runs float32 on a CPU that supports it (`packing_available()`);
 `pack=False` turns that off.
@@ -42,6 +46,11 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+# rows up to which a panel-packed linear runs Hare's kernel; above, PyTorch's BLAS on the weight unpacked for
+# the call (the kernel is near the memory's speed at few rows, about 80 % of the BLAS at many)
+PANEL_MAX_ROWS = 512
+
+
 def _check_inference_input(x: torch.Tensor, what: str) -> None:
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise RuntimeError(f"a packed {what} runs float32 on the CPU (got {x.dtype} on {x.device})")
@@ -64,9 +73,13 @@ def packing_available() -> bool:
 
 
 class PackedLinear(nn.Module):
-    """Inference-only stand-in for an `nn.Linear` (float32, CPU), its weight packed for oneDNN."""
+    """Inference-only stand-in for an `nn.Linear` (float32, CPU), its weight packed for oneDNN, or with
+    `few_rows` (when Hare's kernels are available) into 16-column panels for `hare.kernels.panel_linear`.
 
-    def __init__(self, linear: nn.Linear | nn.Conv1d, batch_hint: int = 16):
+    `layout` says which: "onednn" or "panels"; `packed` holds the packed weight either way (the only copy).
+    """
+
+    def __init__(self, linear: nn.Linear | nn.Conv1d, batch_hint: int = 16, few_rows: bool = False):
         super().__init__()
         if linear.weight.device.type != "cpu":
             raise ValueError("only CPU linear layers can be packed")
@@ -76,18 +89,32 @@ class PackedLinear(nn.Module):
                 raise ValueError("only 1x1 convolutions (no padding, stride, dilation or groups) can be packed")
             weight = weight[..., 0]
         self.out_features, self.in_features = weight.shape
-        self.packed = _pack(weight, batch_hint)  # a plain attribute: oneDNN's opaque layout
+        ops = kernels.panel_linear() if few_rows else None
+        self.layout = "onednn" if ops is None else "panels"
+        # a plain attribute: oneDNN's opaque layout, or the panels (panels, in_features, 16)
+        self.packed = _pack(weight, batch_hint) if ops is None else ops[0](weight.detach().float())
         bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
         """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul."""
         _check_inference_input(x, "linear layer")
-        y = _packed_linear(x.reshape(-1, self.in_features), self.packed, self.bias, gelu_tanh)
+        x2 = x.reshape(-1, self.in_features)
+        if self.layout == "onednn":
+            y = _packed_linear(x2, self.packed, self.bias, gelu_tanh)
+        elif x2.shape[0] <= PANEL_MAX_ROWS:
+            if x2.stride(-1) != 1:
+                x2 = x2.contiguous()
+            y = torch.ops.hare.panel_linear(x2, self.packed, self.bias, self.out_features, gelu_tanh, "")
+        else:  # many rows: the BLAS on the weight unpacked for this call (a transient copy)
+            y = F.linear(x2, torch.ops.hare.panel_unpack(self.packed, self.out_features), self.bias)
+            if gelu_tanh:
+                y = F.gelu(y, approximate="tanh")
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+                + (", layout=panels" if self.layout == "panels" else ""))
 
 
 # Winograd F(4,3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): the filter
@@ -170,10 +197,13 @@ def _pointwise(conv: nn.Conv1d) -> bool:
             and conv.padding in ((0,), "valid"))
 
 
-def pack_linears(module: nn.Module, batch_hint: int = 16) -> int:
+def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True) -> int:
     """Replace every float32 CPU `nn.Linear` inside `module` (in place) by a `PackedLinear`; returns how many.
 
     Subclasses of `nn.Linear` (quantised or otherwise special layers) are left alone. A module that lists
+    linear children in `FEW_ROWS_PACKABLE` (layers that mostly run over few rows, such as the GPT's in its
+    decode step) has those packed for Hare's few-row kernel when it is available (unless `few_rows` is False:
+    oneDNN for every linear, as before that kernel). A module that lists
     children in `POINTWISE_PACKABLE` (1x1 `nn.Conv1d`s it can also run as linears over time-major rows, such
     as `layers.AttentionBlock`) has those packed too, and one that lists children in `WINOGRAD_PACKABLE`
     (3-wide 'same' convolutions, such as `diffusion.ResBlock`'s) has them swapped for `WinogradConv1d`s.
@@ -198,7 +228,8 @@ def pack_linears(module: nn.Module, batch_hint: int = 16) -> int:
              for name, child in parent.named_children() if (cls := stand_in(parent, name, child)) is not None]
     for parent, name, cls in slots:
         child = getattr(parent, name)
-        setattr(parent, name, PackedLinear(child, batch_hint) if cls is PackedLinear else cls(child))
+        panels = few_rows and name in getattr(parent, "FEW_ROWS_PACKABLE", ())
+        setattr(parent, name, PackedLinear(child, batch_hint, panels) if cls is PackedLinear else cls(child))
     return len(slots)
 
 
