@@ -149,25 +149,20 @@ struct Avx2Tile {
   static_assert(NP == 1, "one panel per AVX2 tile");
   __attribute__((target("avx2,fma"))) static void run(const float* xt, const float* w, int64_t ps, int64_t kc,
                                                       float* c, int64_t ldc, const float* init) {
-    __m256 lo[MR], hi[MR];
-    for (int r = 0; r < MR; ++r) {
-      const float* src = init ? init : c + r * ldc;
-      lo[r] = _mm256_loadu_ps(src);
-      hi[r] = _mm256_loadu_ps(src + 8);
-    }
+    __m256 acc[MR][2];
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_loadu_ps((init ? init : c + r * ldc) + 8 * h);
     for (int64_t k = 0; k < kc; ++k) {
       if (PF) _mm_prefetch(reinterpret_cast<const char*>(w + 16 * k + kPrefetch), _MM_HINT_T0);
-      const __m256 b0 = _mm256_loadu_ps(w + 16 * k), b1 = _mm256_loadu_ps(w + 16 * k + 8);
+      __m256 b[2];
+      for (int h = 0; h < 2; ++h) b[h] = _mm256_loadu_ps(w + 16 * k + 8 * h);
       for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_broadcast_ss(xt + 16 * k + r);
-        lo[r] = _mm256_fmadd_ps(a, b0, lo[r]);
-        hi[r] = _mm256_fmadd_ps(a, b1, hi[r]);
+        const __m256 a = _mm256_set1_ps(xt[16 * k + r]);  // (not _mm256_broadcast_ss: GCC spills around it)
+        for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_fmadd_ps(a, b[h], acc[r][h]);
       }
     }
-    for (int r = 0; r < MR; ++r) {
-      _mm256_storeu_ps(c + r * ldc, lo[r]);
-      _mm256_storeu_ps(c + r * ldc + 8, hi[r]);
-    }
+    for (int r = 0; r < MR; ++r)
+      for (int h = 0; h < 2; ++h) _mm256_storeu_ps(c + r * ldc + 8 * h, acc[r][h]);
   }
 };
 constexpr int kAvx2Rows = 6;
