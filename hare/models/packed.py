@@ -47,8 +47,9 @@ def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
 
 
 # rows up to which a panel-packed linear runs Hare's kernel; above, PyTorch's BLAS on the weight unpacked for
-# the call (the kernel is near the memory's speed at few rows, about 80 % of the BLAS at many)
-PANEL_MAX_ROWS = 512
+# the call (the kernel is near the memory's speed at few rows, about 80 % of the BLAS at many; on this project's
+# Xeon, one thread, 1024x4096: as fast as unpacking and the BLAS at 256 rows, 10 % slower at 1024)
+PANEL_MAX_ROWS = 256
 
 
 def _check_inference_input(x: torch.Tensor, what: str) -> None:
