@@ -11,7 +11,8 @@ on the machine disturbs the comparison less):
 
   - each linear shape over all 30 layers' own weights (so that the weights stream from memory, as in a step):
     qkv 1024x3072, attn_out 1024x1024, fc 1024x4096 (GELU fused), proj 4096x1024, and the mel head 1024x8194;
-  - the attention over the KV cache (every layer), the layer norms (2 per layer, ln_f, final_norm);
+  - the attention over the KV cache (every layer, with the new key/value's store, as the step runs it), the
+    layer norms (2 per layer, ln_f, final_norm);
   - the whole `decode_step`, and the sampling of the next codes from its logits (`sampling.next_codes`);
   - "rest": the step minus its measured parts (embedding, residual adds, cache writes, Python).
 
@@ -68,7 +69,7 @@ def build(rows: int, position: int, seed: int = 0):
 
 def timers(models, states, codes, rows: int, position: int):
     """name -> {packing -> (callable timing one step's worth of the component, calls per step)}"""
-    from hare.models.gpt import _decode_attention
+    from hare.models.gpt import _decode_attention, _decode_step_attention
     from hare.sampling import SamplingSettings, next_codes
 
     g = torch.Generator().manual_seed(1)
@@ -90,6 +91,7 @@ def timers(models, states, codes, rows: int, position: int):
             cache.length -= 1  # the same position again next time (its slot is rewritten)
 
         q = torch.randn(rows, 16, 1, 64, generator=g)
+        qkv = torch.randn(rows, 1, 3 * 1024, generator=g)
         layers = gpt.config.layers
         norms = [m for b in gpt.blocks for m in (b.ln1, b.ln2)] + [gpt.ln_f, gpt.final_norm]
         out.setdefault("qkv 1024x3072", {})[name] = (per_layer(gpt, "qkv", x1024), layers)
@@ -98,8 +100,15 @@ def timers(models, states, codes, rows: int, position: int):
         out.setdefault("proj 4096x1024", {})[name] = (per_layer(gpt, "proj", x4096), layers)
         out.setdefault("mel_head 1024x8194", {})[name] = ((lambda gpt=gpt: gpt.mel_head(x1024)), 1)
         end = cache.length  # the positions written so far
-        out.setdefault("attention", {})[name] = (
-            (lambda cache=cache, end=end: [_decode_attention(q, cache, i, end) for i in range(layers)]), layers)
+
+        def attention(cache=cache, end=end):
+            # as the step does it: the new key/value stored and attended in one kernel call where it can run
+            # (it writes the slot of position `end`, which the next measurement rewrites)
+            for i in range(layers):
+                if _decode_step_attention(qkv, cache, i, 16) is None:
+                    _decode_attention(q, cache, i, end)
+
+        out.setdefault("attention", {})[name] = (attention, layers)
         out.setdefault("layer norms", {})[name] = ((lambda norms=norms: [n(x1024) for n in norms]), len(norms))
         out.setdefault("sampling", {})[name] = (
             (lambda logits=logits: next_codes(logits, seen, settings, torch.Generator().manual_seed(0))), 1)

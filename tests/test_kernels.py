@@ -76,6 +76,71 @@ def test_decode_attention_rejects_bad_inputs():
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch,heads,d,shared,position", [(16, 16, 64, 34, 50), (3, 2, 24, 0, 0), (2, 4, 32, 5, 0),
+                                                           (5, 1, 128, 3, 7)])
+def test_decode_attention_qkv_stores_then_attends(batch, heads, d, shared, position):
+    """From the fused projection: the new key/value land at `position` of the layer's position-major cache (nothing
+    else is written), and the result is the attention over the prefix and own positions 0 .. position."""
+    g = torch.Generator().manual_seed(position)
+    qkv = torch.randn(batch, 3 * heads * d, generator=g)
+    k_cache, v_cache = (torch.randn(position + 3, batch, heads, d, generator=g) for _ in range(2))
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+    pk, pv = (torch.randn(heads, shared, d, generator=g) for _ in range(2))
+    got = kernels.decode_attention_qkv()(qkv, k_cache, v_cache, position, pk, pv, heads, d ** -0.5)
+    q, k, v = qkv.view(batch, 3, heads, d).unbind(1)
+    assert torch.equal(k_cache[position], k) and torch.equal(v_cache[position], v)
+    rest = [i for i in range(position + 3) if i != position]
+    assert torch.equal(k_cache[rest], before_k[rest]) and torch.equal(v_cache[rest], before_v[rest])
+    own_k, own_v = (c[: position + 1].permute(1, 2, 0, 3) for c in (k_cache, v_cache))
+    want = _reference_attention(q, own_k, own_v, pk[None], pv[None], d ** -0.5)
+    assert got.shape == (batch, heads * d) and got.is_contiguous()
+    torch.testing.assert_close(got, want.reshape(batch, heads * d), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_decode_attention_qkv_rejects_bad_inputs():
+    op = kernels.decode_attention_qkv()
+    qkv, cache, prefix = torch.randn(2, 3 * 2 * 16), torch.randn(4, 2, 2, 16), torch.randn(2, 1, 16)
+    with pytest.raises(RuntimeError, match="outside"):
+        op(qkv, cache, cache.clone(), 4, prefix, prefix, 2, 1.0)
+    with pytest.raises(RuntimeError, match="matching"):
+        op(qkv[:, :90], cache, cache.clone(), 0, prefix, prefix, 2, 1.0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(qkv, cache.transpose(1, 2), cache.transpose(1, 2), 0, prefix, prefix, 2, 1.0)
+    with pytest.raises(RuntimeError, match="float32"):
+        op(qkv.double(), cache, cache.clone(), 0, prefix, prefix, 2, 1.0)
+
+
+@needs_kernel
+def test_gpt_decode_step_takes_the_fused_kernel(monkeypatch):
+    """A CPU float32 decode step stores and attends in one kernel call per layer; the same logits as the unfused path."""
+    from hare.models import gpt as gpt_module
+
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(dim=64, heads=4, layers=2, text_vocab=64, start_text_token=64, mel_vocab=120,
+                        start_mel_token=118, stop_mel_token=119, max_text_tokens=30, max_mel_tokens=22,
+                        cond_attn_blocks=1, n_mels=16)).eval()
+    cond, text, codes = torch.randn(1, 64), torch.randint(0, 60, (1, 6)), torch.randint(0, 118, (5, 6))
+    calls = []
+    fused = gpt_module._decode_step_attention
+
+    def counting(*args):
+        out = fused(*args)
+        calls.append(out is not None)
+        return out
+
+    def decode():
+        logits, cache = gpt.prefill(cond, text, batch=5, max_codes=6)
+        return torch.stack([logits] + [gpt.decode_step(codes[:, i], i + 1, cache) for i in range(codes.shape[1])])
+
+    monkeypatch.setattr(gpt_module, "_decode_step_attention", counting)
+    with_fused = decode()
+    assert calls and all(calls) and len(calls) == 2 * codes.shape[1]
+    monkeypatch.setattr(gpt_module, "_decode_step_attention", lambda *args: None)
+    torch.testing.assert_close(with_fused, decode(), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("dim,heads", [(64, 4), (48, 4)])  # head sizes 16 (vectorised) and 12 (plain loops)
 def test_gpt_decoding_with_and_without_the_kernel(monkeypatch, dim, heads):
     torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """Hare's compiled CPU kernels, built on first use and cached; PyTorch code paths stand in without them.
 
 - `decode_attention()`: `torch.ops.hare.decode_attention`, one decoding step of attention over a KV cache
-  whose prompt is shared by every row (`decode_attention.cpp`);
+  whose prompt is shared by every row (`decode_attention.cpp`), and `decode_attention_qkv()`, the same step
+  straight from the fused qkv projection (the new key and value written into the cache first);
 - `winograd()`: `torch.ops.hare.winograd_input` / `winograd_output`, the transforms around the matrix
   products of `hare.models.packed.WinogradConv1d` (`winograd.cpp`);
 - `group_norm()`: `torch.ops.hare.group_norm_time_major`, GroupNorm (with a per-row scale/shift and SiLU)
@@ -158,6 +159,16 @@ def _check_decode_attention() -> None:
             k, v = (torch.randn(batch, heads, own, d, generator=g) for _ in range(2))
         pk, pv = (torch.randn(1, heads, shared, d, generator=g) for _ in range(2))
         _compare(op(q, k, v, pk[0], pv[0], d ** -0.5), _reference_attention(q, k, v, pk, pv, d ** -0.5))
+    for batch, heads, d, shared, position in ((3, 2, 64, 5, 6), (2, 3, 24, 0, 0)):
+        qkv = torch.randn(batch, 3 * heads * d, generator=g)
+        k_cache, v_cache = (torch.randn(position + 2, batch, heads, d, generator=g) for _ in range(2))
+        pk, pv = (torch.randn(heads, shared, d, generator=g) for _ in range(2))
+        got = torch.ops.hare.decode_attention_qkv(qkv, k_cache, v_cache, position, pk, pv, heads, d ** -0.5)
+        q, k, v = qkv.view(batch, 3, heads, d).unbind(1)
+        _compare(torch.stack([k_cache[position], v_cache[position]]), torch.stack([k, v]))
+        own_k, own_v = (c[: position + 1].permute(1, 2, 0, 3) for c in (k_cache, v_cache))
+        want = _reference_attention(q, own_k, own_v, pk[None], pv[None], d ** -0.5)
+        _compare(got, want.reshape(batch, heads * d))
 
 
 def winograd_conv(x: torch.Tensor, filters: list[torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
@@ -317,6 +328,20 @@ def decode_attention():
     if not enabled() or not _load("decode_attention"):
         return None
     return torch.ops.hare.decode_attention
+
+
+def decode_attention_qkv():
+    """`torch.ops.hare.decode_attention_qkv(qkv, k_cache, v_cache, position, prefix_k, prefix_v, heads, scale)`,
+    or None when unavailable.
+
+    qkv: (batch, 3 * heads * d), rows contiguous: each row's new query, key and value side by side; k_cache,
+    v_cache: (capacity, batch, heads, d) contiguous float32 (one layer of the position-major KV cache, each
+    row's own positions); prefix_k, prefix_v: (heads, shared, d). Writes the key and value at `position`, then
+    returns (batch, heads * d): decode_attention over the shared positions and own positions 0 .. position.
+    """
+    if not enabled() or not _load("decode_attention"):
+        return None
+    return torch.ops.hare.decode_attention_qkv
 
 
 def winograd():

@@ -9,7 +9,8 @@
 // Portable C++ with GCC/Clang vector extensions (16-float vectors: one AVX-512 register, two AVX2 ones, four
 // NEON ones) for head sizes that are multiples of 16 up to 128; other sizes take plain loops. Built on first use by
 // hare/kernels/__init__.py (the C++ compiler against the installed PyTorch, cached per machine) and registered
-// as torch.ops.hare.decode_attention.
+// as torch.ops.hare.decode_attention (and decode_attention_qkv: the same step from the fused projection, the new
+// key and value written into the cache first).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -210,9 +211,39 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
+// One decoding step straight from the fused projection: qkv (batch, 3 * heads * d), rows contiguous, holds each
+// row's new query, key and value; k_cache, v_cache: (capacity, batch, heads, d) contiguous, one layer of the
+// position-major KV cache (each row's own positions). Writes the new key and value at `position`, then attends
+// over the shared prefix (heads, shared, d) and own positions 0 .. position. Returns (batch, heads * d). (The
+// split, the cache write, the views and the reshape around decode_attention, in one call.)
+at::Tensor decode_attention_qkv(const at::Tensor& qkv, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                int64_t position, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
+                                int64_t heads, double scale) {
+  check(qkv, 2, "qkv");
+  check(k_cache, 4, "k_cache");
+  check(v_cache, 4, "v_cache");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes(),
+              "k_cache and v_cache must be contiguous (capacity, batch, heads, d) tensors of one shape");
+  const int64_t batch = qkv.size(0), d = k_cache.size(3);
+  TORCH_CHECK(heads > 0 && k_cache.size(1) == batch && k_cache.size(2) == heads && qkv.size(1) == 3 * heads * d,
+              "qkv must be (batch, 3 * heads * d) matching the cache");
+  TORCH_CHECK(position >= 0 && position < k_cache.size(0), "position ", position, " is outside the cache's ",
+              k_cache.size(0), " positions");
+  const int64_t width = heads * d;
+  auto part = [&](int64_t i) { return qkv.narrow(1, i * width, width).view({batch, heads, d}); };
+  k_cache.select(0, position).copy_(part(1));
+  v_cache.select(0, position).copy_(part(2));
+  const at::Tensor k = k_cache.narrow(0, 0, position + 1).permute({1, 2, 0, 3});
+  const at::Tensor v = v_cache.narrow(0, 0, position + 1).permute({1, 2, 0, 3});
+  return decode_attention(part(0), k, v, prefix_k, prefix_v, scale).view({batch, width});
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hare, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor prefix_k, Tensor prefix_v, float scale) -> Tensor");
   m.impl("decode_attention", c10::DispatchKey::CPU, TORCH_FN(decode_attention));
+  m.def("decode_attention_qkv(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, int position, Tensor prefix_k, "
+        "Tensor prefix_v, int heads, float scale) -> Tensor");
+  m.impl("decode_attention_qkv", c10::DispatchKey::CPU, TORCH_FN(decode_attention_qkv));
 }

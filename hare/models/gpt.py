@@ -139,6 +139,26 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> 
     return torch.lerp(out_o, out_p, share_p if share_p.dtype == out_o.dtype else share_p.to(out_o.dtype))
 
 
+def _decode_step_attention(qkv: torch.Tensor, cache: KVCache, layer: int, heads: int) -> torch.Tensor | None:
+    """One new position per row straight from the fused projection, in one call of Hare's CPU kernel
+    (`hare.kernels.decode_attention_qkv`): its key and value stored at `cache.length`, then attention over the
+    shared prefix and the row's own positions. qkv: (batch, 1, 3 * dim) -> (batch, 1, dim); None where that
+    kernel cannot run (another device or dtype, autograd, no kernels): `_decode_attention` then does it.
+
+    The same result as storing, splitting and `_decode_attention`, without their dozen small operations per
+    layer (a decode step is short enough for those to count)."""
+    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or cache.k.dtype != torch.float32:
+        return None
+    op = None if kernels.autograd_records(qkv) else kernels.decode_attention_qkv()
+    if op is None:
+        return None
+    b, _, width = qkv.shape
+    pk, pv = cache.prefix(layer)
+    h = op(qkv.reshape(b, width), cache.k[layer], cache.v[layer], cache.length - cache.prefix_length, pk[0], pv[0],
+           heads, (width // 3 // heads) ** -0.5)
+    return h.view(b, 1, width // 3)
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: causal self-attention, then a 4x GELU-tanh MLP."""
 
@@ -161,13 +181,32 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # x: (batch, seq, dim); with a cache, x holds the positions from cache.length on (their keys/values are stored)
         b, s, d = x.shape
-        q, k, v = (t.view(b, s, self.heads, d // self.heads) for t in self.qkv(self.ln1(x)).split(d, dim=2))
+        qkv = self.qkv(self.ln1(x))
+        drop = self.dropout if self.training else 0.0
+        h = None
+        if cache is not None and s == 1 and cache.length > 0 and not self.record_qk:  # a decode step
+            h = _decode_step_attention(qkv, cache, layer, self.heads)
+        if h is None:
+            h = self._attention(qkv, cache, layer, drop)
+        a = self.attn_out(h)
+        x = x + (F.dropout(a, drop) if drop else a)  # (no dropout call at inference: decoding is op-bound)
+        if isinstance(self.fc, PackedLinear):  # inference on oneDNN: the GELU fused into the matmul
+            m = self.proj(self.fc(self.ln2(x), gelu_tanh=True))
+        else:
+            m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+        return x + (F.dropout(m, drop) if drop else m)
+
+    def _attention(self, qkv: torch.Tensor, cache: KVCache | None, layer: int, drop: float) -> torch.Tensor:
+        """Self-attention from the fused projection qkv (batch, seq, 3 * dim) -> (batch, seq, dim); with a cache,
+        the positions from cache.length on (their keys/values are stored)."""
+        b, s, d3 = qkv.shape
+        d = d3 // 3
+        q, k, v = (t.view(b, s, self.heads, d // self.heads) for t in qkv.split(d, dim=2))
         if cache is not None:
             cache.store(layer, k, v)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, seq, head_dim)
         if self.record_qk:
             self.recorded = (q, k)
-        drop = self.dropout if self.training else 0.0
         if cache is None:
             h = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
         else:
@@ -177,15 +216,9 @@ class Block(nn.Module):
             elif s == 1:  # one new position per row sees everything before it
                 h = _decode_attention(q, cache, layer, end)
             else:  # a chunk: causal within itself, full view of what is cached before it
-                mask = torch.ones(s, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                mask = torch.ones(s, end, dtype=torch.bool, device=qkv.device).tril(diagonal=start)
                 h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end), attn_mask=mask)
-        a = self.attn_out(h.transpose(1, 2).reshape(b, s, d))
-        x = x + (F.dropout(a, drop) if drop else a)  # (no dropout call at inference: decoding is op-bound)
-        if isinstance(self.fc, PackedLinear):  # inference on oneDNN: the GELU fused into the matmul
-            m = self.proj(self.fc(self.ln2(x), gelu_tanh=True))
-        else:
-            m = self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-        return x + (F.dropout(m, drop) if drop else m)
+        return h.transpose(1, 2).reshape(b, s, d)
 
 
 def diagonal_attention_cost(q: torch.Tensor, k: torch.Tensor, text_lengths: torch.Tensor,
