@@ -198,7 +198,11 @@ std::vector<std::string> panel_linear_variants() {
 }
 
 Variant pick(const std::string& name) {
-  const std::string chosen = name.empty() ? panel_linear_variants().front() : name;
+  if (name.empty()) {  // the best, decided once per process
+    static const Variant best = pick(panel_linear_variants().front());
+    return best;
+  }
+  const std::string& chosen = name;
   TORCH_CHECK(runnable(chosen), "panel_linear variant '", chosen, "' is unknown or this CPU cannot run it");
 #if HARE_X86
   if (chosen == "avx512") return {"avx512", Avx512Tables::value[0][0].data(), kAvx512Rows, 3};
@@ -350,8 +354,12 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out;
   float* const Y = out.data_ptr<float>();
-  std::vector<float> bias_pad(static_cast<size_t>(n_panels * kPanel), 0.0f);  // zero past N (and without bias)
+  // the bias, zero past N (and without one); per calling thread, reused from call to call (a decode step makes
+  // over a hundred calls: allocations would cost more than the smallest products)
+  thread_local std::vector<float> bias_pad, xt_buffer;
+  bias_pad.assign(static_cast<size_t>(n_panels * kPanel), 0.0f);
   if (B) std::copy(B, B + n, bias_pad.begin());
+  const float* const BP = bias_pad.data();  // (the worker threads' own thread_local buffers are other ones)
   if (k_size == 0) {  // no inputs: the bias alone
     for (int64_t r = 0; r < m; ++r) std::copy(bias_pad.begin(), bias_pad.begin() + n, Y + r * n);
     if (gelu_tanh)
@@ -363,8 +371,8 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
     return out;
   }
   const int64_t groups = (m + 15) / 16;
-  at::Tensor xt = at::empty({groups, k_size, 16}, x.options());  // uninitialised: rows past M are never read
-  float* const XT = xt.data_ptr<float>();
+  xt_buffer.resize(static_cast<size_t>(groups * k_size * 16));  // lanes of rows past M are never read
+  float* const XT = xt_buffer.data();
   transpose_rows(x.data_ptr<float>(), m > 1 ? x.stride(0) : k_size, m, k_size, XT);
   const float* const PW = panels.data_ptr<float>();
   const int64_t pass = v.max_rows;
@@ -375,7 +383,9 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
   // transposed slices stay in L2 while every panel passes (GotoBLAS's order).
   const int64_t kc_block = m <= pass ? k_size : std::min<int64_t>(k_size, 384 / v.max_panels);
   const int64_t group_block = 4;
-  at::parallel_for(0, n_panels, 1, [&](int64_t p0, int64_t p1) {
+  // at least ~256 KB of weights per thread: smaller products run on the calling thread alone
+  const int64_t grain = std::max<int64_t>(1, (256 << 10) / (k_size * kPanel * 4));
+  at::parallel_for(0, n_panels, grain, [&](int64_t p0, int64_t p1) {
     alignas(64) float tmp[16 * kPanel * kMaxPanels];  // tiles that reach past N
     // rows 16g.. of panels p .. p + np - 1, inputs k0 .. k0 + kc - 1
     auto tiles = [&](int64_t p, int64_t np, int64_t k0, int64_t kc, int64_t g, bool prefetch) {
@@ -395,7 +405,7 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
         // the first tile over these weights prefetches them (they come from memory); the others find them cached
         const TileFn tile = v.tile(mr, static_cast<int>(np), prefetch && s == 0);
         tile(XT + (g * k_size + k0) * 16 + s, PW + (p * k_size + k0) * kPanel, k_size * kPanel, kc, c, ldc,
-             first ? &bias_pad[kPanel * p] : nullptr);
+             first ? BP + kPanel * p : nullptr);
         if (last && gelu_tanh) gelu_tanh_rows(c, ldc, mr, np * kPanel);
         if (partial)
           for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));

@@ -99,8 +99,9 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
         """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul."""
-        _check_inference_input(x, "linear layer")
-        x2 = x.reshape(-1, self.in_features)
+        if not (x.is_cpu and x.dtype == torch.float32) or kernels.autograd_records(x):
+            _check_inference_input(x, "linear layer")  # raises
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if self.layout == "onednn":
             y = _packed_linear(x2, self.packed, self.bias, gelu_tanh)
         elif x2.shape[0] <= PANEL_MAX_ROWS:
@@ -111,7 +112,7 @@ class PackedLinear(nn.Module):
             y = F.linear(x2, torch.ops.hare.panel_unpack(self.packed, self.out_features), self.bias)
             if gelu_tanh:
                 y = F.gelu(y, approximate="tanh")
-        return y.view(*x.shape[:-1], self.out_features)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
