@@ -56,8 +56,8 @@ def ar_step_bytes(gpt) -> int:
             continue
         if type(module).__name__ == "LinearPackedParams":  # counted with its dynamic int8 linear below
             continue
-        if hasattr(module, "_packed_params") and callable(getattr(module, "_weight_bias", None)):  # dynamic int8
-            w, b = module._weight_bias()
+        if type(module).__module__.startswith("torch.ao.nn.quantized"):  # dynamic int8: weight()/bias() unpack
+            w, b = module.weight(), module.bias()
             total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
             continue
         if hasattr(module, "packed") and hasattr(module, "in_features"):  # hare.models.packed.PackedLinear
