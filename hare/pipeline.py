@@ -433,9 +433,7 @@ class TextToSpeech:
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
-            with timer("latents"), self._autocast():
-                latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
-                                                  best).float()
+            latents = self._picked_latents(text, best, ar_latent, settings, timer)
         outputs = []
         for j in range(settings.k):
             keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
@@ -457,13 +455,17 @@ class TextToSpeech:
         """A chunk's text tokens as the GPT reads them: (1, n + 1), ending with the stop token."""
         return torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=self.device)
 
+    def _picked_latents(self, text, best, ar_latent, settings, timer) -> torch.Tensor:
+        """The picked candidates' GPT latents, teacher-forced on their codes (float32): (k, length, width)."""
+        with timer("latents"), self._autocast():
+            return self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
+                                           best).float()
+
     def _hifigan_audio(self, text, best, ar_latent, settings, timer) -> list[torch.Tensor]:
         """The picked candidates' GPT latents (teacher-forced, cut at their trailing silence as for the
         diffusion decoder) through the HiFi-GAN latent decoder: api_fast's `tts`."""
         hifi = self.hifi_decoder()
-        with timer("latents"), self._autocast():
-            latents = self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
-                                              best).float()
+        latents = self._picked_latents(text, best, ar_latent, settings, timer)
         outputs = []
         for j in range(settings.k):
             keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
