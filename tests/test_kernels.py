@@ -111,33 +111,55 @@ def test_decode_attention_qkv_rejects_bad_inputs():
         op(qkv.double(), cache, cache.clone(), 0, prefix, prefix, 2, 1.0)
 
 
+def _tiny_gpt(packed=False):
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(dim=64, heads=4, layers=2, text_vocab=64, start_text_token=64, mel_vocab=120,
+                        start_mel_token=118, stop_mel_token=119, max_text_tokens=30, max_mel_tokens=22,
+                        cond_attn_blocks=1, n_mels=16)).eval()
+    if packed:
+        from hare.models.packed import pack_linears
+
+        pack_linears(gpt)
+    return gpt
+
+
+def _decode_tiny(gpt):
+    """The prompt's logits and six decode steps' for 5 candidates: (7, 5, vocab)."""
+    g = torch.Generator().manual_seed(1)
+    cond, text, codes = torch.randn(1, 64, generator=g), torch.randint(0, 60, (1, 6), generator=g), \
+        torch.randint(0, 118, (5, 6), generator=g)
+    with torch.no_grad():
+        logits, cache = gpt.prefill(cond, text, batch=5, max_codes=6)
+        return torch.stack([logits] + [gpt.decode_step(codes[:, i], i + 1, cache) for i in range(codes.shape[1])])
+
+
+def _count_takes(monkeypatch, name):
+    """Wrap hare.models.gpt's `name` (a fast path returning None where it cannot run): the list it appends to, one
+    bool per call (whether it ran)."""
+    from hare.models import gpt as gpt_module
+
+    calls, real = [], getattr(gpt_module, name)
+
+    def counting(*args):
+        out = real(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(gpt_module, name, counting)
+    return calls
+
+
 @needs_kernel
 def test_gpt_decode_step_takes_the_fused_kernel(monkeypatch):
     """A CPU float32 decode step stores and attends in one kernel call per layer; the same logits as the unfused path."""
     from hare.models import gpt as gpt_module
 
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(dim=64, heads=4, layers=2, text_vocab=64, start_text_token=64, mel_vocab=120,
-                        start_mel_token=118, stop_mel_token=119, max_text_tokens=30, max_mel_tokens=22,
-                        cond_attn_blocks=1, n_mels=16)).eval()
-    cond, text, codes = torch.randn(1, 64), torch.randint(0, 60, (1, 6)), torch.randint(0, 118, (5, 6))
-    calls = []
-    fused = gpt_module._decode_step_attention
-
-    def counting(*args):
-        out = fused(*args)
-        calls.append(out is not None)
-        return out
-
-    def decode():
-        logits, cache = gpt.prefill(cond, text, batch=5, max_codes=6)
-        return torch.stack([logits] + [gpt.decode_step(codes[:, i], i + 1, cache) for i in range(codes.shape[1])])
-
-    monkeypatch.setattr(gpt_module, "_decode_step_attention", counting)
-    with_fused = decode()
-    assert calls and all(calls) and len(calls) == 2 * codes.shape[1]
+    gpt = _tiny_gpt()
+    calls = _count_takes(monkeypatch, "_decode_step_attention")
+    with_fused = _decode_tiny(gpt)
+    assert calls and all(calls) and len(calls) == 2 * 6
     monkeypatch.setattr(gpt_module, "_decode_step_attention", lambda *args: None)
-    torch.testing.assert_close(with_fused, decode(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_fused, _decode_tiny(gpt), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernel
@@ -476,3 +498,51 @@ def test_panel_linear_rejects_bad_inputs():
     meta = torch.empty(4, 8, device="meta")  # another device: refused, never read as CPU memory
     with pytest.raises((RuntimeError, NotImplementedError)):
         linear(meta, panels, b, 20, False, "")
+
+
+# -- a whole GPT block's decode step in one call (gpt_block.cpp) -------------------------------------------------
+needs_block = pytest.mark.skipif(kernels.gpt_block_decode() is None, reason="no C++ compiler: no Hare kernels")
+
+
+@needs_block
+@pytest.mark.parametrize("batch,heads,d,shared,position", [(16, 16, 64, 34, 50), (3, 2, 16, 0, 0), (5, 4, 24, 7, 3),
+                                                           (1, 1, 40, 2, 1)])
+def test_gpt_block_decode_matches_its_parts(batch, heads, d, shared, position):
+    """ln1 -> qkv -> attention (the new key/value stored) -> attn_out + x -> ln2 -> fc + GELU -> proj + x1, against
+    PyTorch's LayerNorm, linears and GELU around the decode attention kernel."""
+    from hare.kernels.reference import gpt_block_decode_reference
+
+    g = torch.Generator().manual_seed(position)
+    dim = heads * d
+    x = torch.randn(batch, dim, generator=g) * 2 + 0.5
+    norms = [torch.randn(dim, generator=g) for _ in range(4)]
+    weights = [(torch.randn(o, i, generator=g) / i ** 0.5, torch.randn(o, generator=g))
+               for o, i in ((3 * dim, dim), (dim, dim), (4 * dim, dim), (dim, 4 * dim))]
+    caches = [torch.randn(position + 2, batch, heads, d, generator=g) for _ in range(2)]
+    prefix = [torch.randn(heads, shared, d, generator=g) for _ in range(2)]
+    packed = [t for w, b in weights for t in (torch.ops.hare.panel_pack(w), b)]
+    mine = [c.clone() for c in caches]
+    got = kernels.gpt_block_decode()(x, *norms, 1e-5, *packed, *mine, position, *prefix, heads)
+    _assert_close_relative(got, gpt_block_decode_reference(x, norms, weights, *caches, position, *prefix, heads))
+    torch.testing.assert_close(mine, caches, atol=1e-5, rtol=1e-5)  # the same key/value written at `position`
+
+
+@needs_block
+def test_packed_gpt_decode_step_runs_each_block_in_one_call(monkeypatch):
+    """A panel-packed GPT's decode steps go through gpt_block_decode (one call per block), with the logits of the
+    per-operation path; a hook on a block's layer sends that block back to the per-operation path."""
+    from hare.models import gpt as gpt_module
+
+    gpt = _tiny_gpt(packed=True)
+    calls = _count_takes(monkeypatch, "_decode_step_block")
+    one_call = _decode_tiny(gpt)
+    assert calls and all(calls) and len(calls) == 2 * 6
+    handle = gpt.blocks[1].fc.register_forward_hook(lambda *args: None)
+    calls.clear()
+    hooked = _decode_tiny(gpt)
+    handle.remove()
+    assert calls.count(False) == 6 and calls.count(True) == 6
+    monkeypatch.setattr(gpt_module, "_decode_step_block", lambda *args: None)
+    per_operation = _decode_tiny(gpt)
+    torch.testing.assert_close(one_call, per_operation, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hooked, per_operation, atol=1e-5, rtol=1e-5)

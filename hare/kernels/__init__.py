@@ -9,6 +9,8 @@
   over time-major rows, for the packed diffusion decoder (`group_norm.cpp`);
 - `location_variable_conv()`: `torch.ops.hare.location_variable_conv`, UniVNet's per-segment convolution
   (`lvc.cpp`);
+- `gpt_block_decode()`: `torch.ops.hare.gpt_block_decode`, a whole GPT block's decode step (both norms, the
+  four panel-packed linears, the attention, the residuals) in one call (`gpt_block.cpp`);
 - `panel_linear()`: `torch.ops.hare.panel_pack` / `panel_linear` / `panel_unpack`, float32 linear layers over
   few rows (the GPT's decode step) on weights packed once into 16-column panels, streamed once per call
   (`panel_linear.cpp`); its instruction-set variant (AVX-512, AVX2 or portable) is picked at run time from what
@@ -228,6 +230,25 @@ def _check_panel_linear() -> None:
             _compare(ops.panel_linear(x, ops.panel_pack(w), b if bias else None, n, gelu, variant), want)
     w = torch.randn(21, 18, generator=g)
     _compare(ops.panel_unpack(ops.panel_pack(w), 21), w)
+    _check_gpt_block(g)
+
+
+def _check_gpt_block(g: torch.Generator) -> None:
+    """gpt_block_decode against its parts (checked above) in PyTorch: LayerNorm, the linears, the attention."""
+    from hare.kernels.reference import gpt_block_decode_reference
+
+    ops = torch.ops.hare
+    batch, heads, d, shared, position = 3, 2, 16, 4, 2
+    dim = heads * d
+    x = torch.randn(batch, dim, generator=g)
+    norms = [torch.randn(dim, generator=g) for _ in range(4)]
+    weights = [(torch.randn(o, i, generator=g) / i ** 0.5, torch.randn(o, generator=g))
+               for o, i in ((3 * dim, dim), (dim, dim), (4 * dim, dim), (dim, 4 * dim))]
+    caches = [torch.randn(position + 1, batch, heads, d, generator=g) for _ in range(2)]
+    prefix = [torch.randn(heads, shared, d, generator=g) for _ in range(2)]
+    packed = [t for w, b in weights for t in (ops.panel_pack(w), b)]
+    got = ops.gpt_block_decode(x, *norms, 1e-5, *packed, *[c.clone() for c in caches], position, *prefix, heads)
+    _compare(got, gpt_block_decode_reference(x, norms, weights, *caches, position, *prefix, heads))
 
 
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -379,6 +400,21 @@ def location_variable_conv():
     if not enabled() or not _load("location_variable_conv"):
         return None
     return torch.ops.hare.location_variable_conv
+
+
+def gpt_block_decode():
+    """`torch.ops.hare.gpt_block_decode(x, ln1_weight, ln1_bias, ln2_weight, ln2_bias, eps, qkv_panels, qkv_bias,
+    out_panels, out_bias, fc_panels, fc_bias, proj_panels, proj_bias, k_cache, v_cache, position, prefix_k,
+    prefix_v, heads)`, or None when unavailable (it needs the few-row linear kernel and the decode attention).
+
+    One decode step of a pre-LayerNorm GPT-2 block for every row: x (batch, dim) -> x1 + proj(GELU-tanh(fc(ln2(x1))))
+    with x1 = x + attn_out(attention(qkv(ln1(x)))); the linears panel-packed (`panel_linear`; the norms and the
+    residuals fused into them), the attention as `decode_attention_qkv` (the new key and value written at
+    `position` of the layer's cache).
+    """
+    if not enabled() or not _load("panel_linear") or not _load("decode_attention"):
+        return None
+    return torch.ops.hare.gpt_block_decode
 
 
 def panel_linear():

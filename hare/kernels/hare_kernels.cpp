@@ -6,3 +6,4 @@
 #include "winograd.cpp"
 #include "lvc.cpp"
 #include "panel_linear.cpp"
+#include "gpt_block.cpp"

@@ -241,9 +241,48 @@ inline void transpose16(v16* a) {
   swap_blocks<1>(a);
 }
 
+// A LayerNorm a product may start with (gpt_block.cpp): each row's mean and 1 / sqrt(variance + eps), and the
+// norm's weight and bias (each optional). Empty `mean`: no norm.
+struct RowNorm {
+  const float* weight = nullptr;
+  const float* bias = nullptr;
+  std::vector<float> mean, rstd;
+};
+
+// The rows' moments in two passes (the sum, then the squared deviations from the mean), 16 lanes wide in float,
+// the lanes summed in double.
+void row_moments(const float* x, int64_t lda, int64_t m, int64_t k_size, double eps, RowNorm& norm) {
+  norm.mean.resize(static_cast<size_t>(m));
+  norm.rstd.resize(static_cast<size_t>(m));
+  auto total = [k_size](const float* row, auto term) {
+    v16 acc{};
+    int64_t k = 0;
+    for (; k + 16 <= k_size; k += 16) acc += term(load(row + k));
+    double sum = 0.0;
+    for (int i = 0; i < 16; ++i) sum += acc[i];
+    for (; k < k_size; ++k) sum += term(splat(row[k]))[0];
+    return sum;
+  };
+  const double count = static_cast<double>(std::max<int64_t>(k_size, 1));
+  for (int64_t r = 0; r < m; ++r) {
+    const float* row = x + r * lda;
+    const float mean = static_cast<float>(total(row, [](v16 v) { return v; }) / count);
+    const double var = total(row, [mean](v16 v) { return (v - mean) * (v - mean); }) / count;
+    norm.mean[r] = mean;
+    norm.rstd[r] = static_cast<float>(1.0 / std::sqrt(var + eps));
+  }
+}
+
 // Rows 16g .. 16g + 15 of x, k-major: xt[(g K + k) 16 + r] = x[16g + r, k] (lanes of rows past M are left
-// unset: no tile reads them).
-void transpose_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, float* xt) {
+// unset: no tile reads them), layer-normed on the way when `norm` has moments.
+void transpose_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, float* xt, const RowNorm& norm) {
+  const bool normed = !norm.mean.empty();
+  auto value = [&](int64_t row, int64_t k) {
+    const float v = x[row * lda + k];
+    if (!normed) return v;
+    const float y = (v - norm.mean[row]) * norm.rstd[row];
+    return (norm.weight ? y * norm.weight[k] : y) + (norm.bias ? norm.bias[k] : 0.0f);
+  };
   for (int64_t g = 0; 16 * g < m; ++g) {
     const int64_t rows = std::min<int64_t>(16, m - 16 * g);
     const float* xg = x + 16 * g * lda;
@@ -253,12 +292,17 @@ void transpose_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, floa
       for (; k0 + 16 <= k_size; k0 += 16) {
         v16 a[16];
         for (int r = 0; r < 16; ++r) a[r] = load(xg + r * lda + k0);
+        if (normed) {
+          const v16 w = norm.weight ? load(norm.weight + k0) : splat(1.0f);
+          const v16 b = norm.bias ? load(norm.bias + k0) : splat(0.0f);
+          for (int r = 0; r < 16; ++r) a[r] = (a[r] - norm.mean[16 * g + r]) * norm.rstd[16 * g + r] * w + b;
+        }
         transpose16(a);
         for (int r = 0; r < 16; ++r) store(dst + (k0 + r) * 16, a[r]);
       }
     }
     for (int64_t k = k0; k < k_size; ++k)
-      for (int64_t r = 0; r < rows; ++r) dst[k * 16 + r] = xg[r * lda + k];
+      for (int64_t r = 0; r < rows; ++r) dst[k * 16 + r] = value(16 * g + r, k);
   }
 }
 
@@ -332,8 +376,17 @@ at::Tensor panel_unpack(const at::Tensor& panels, int64_t n) {
 // x (M, K), rows any stride, each row contiguous; panels from panel_pack of an (N, K) weight; bias (N,) or
 // None. Returns y (M, N) contiguous: x W^T + bias, GELU-tanh of it with `gelu_tanh`. `variant`: "" picks the
 // best this CPU runs, else "avx512", "avx2" or "generic".
-at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std::optional<at::Tensor>& bias,
-                        int64_t n, bool gelu_tanh, const std::string& variant) {
+// What else a product may fuse (gpt_block.cpp): a LayerNorm of x first (`norm_weight`, `norm_bias`, `eps`; eps < 0:
+// none) and a residual (M, N), rows contiguous, added to the result last.
+struct Fused {
+  const at::Tensor* norm_weight = nullptr;
+  const at::Tensor* norm_bias = nullptr;
+  double eps = -1.0;
+  const at::Tensor* residual = nullptr;
+};
+
+at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, const std::optional<at::Tensor>& bias,
+                              int64_t n, bool gelu_tanh, const std::string& variant, const Fused& fused) {
   check_cpu_float(x, "x");
   check_cpu_float(panels, "panels");
   TORCH_CHECK(x.dim() == 2, "x must be (rows, in_features)");
@@ -350,6 +403,27 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be (out_features,)");
     B = bias->data_ptr<float>();
   }
+  thread_local RowNorm norm;  // per calling thread, reused (as the buffers below)
+  norm.mean.clear();
+  norm.weight = norm.bias = nullptr;
+  for (const at::Tensor* t : {fused.norm_weight, fused.norm_bias})
+    if (t && t->defined()) {
+      check_cpu_float(*t, "the norm's weight and bias");
+      TORCH_CHECK(t->dim() == 1 && t->size(0) == k_size && t->is_contiguous(), "the norm's weight and bias must be (",
+                  k_size, ",)");
+    }
+  if (fused.norm_weight && fused.norm_weight->defined()) norm.weight = fused.norm_weight->data_ptr<float>();
+  if (fused.norm_bias && fused.norm_bias->defined()) norm.bias = fused.norm_bias->data_ptr<float>();
+  const float* R = nullptr;
+  int64_t ldr = 0;
+  if (fused.residual) {
+    check_cpu_float(*fused.residual, "residual");
+    TORCH_CHECK(fused.residual->dim() == 2 && fused.residual->size(0) == m && fused.residual->size(1) == n &&
+                    (n <= 1 || fused.residual->stride(1) == 1),
+                "the residual must be (rows, out_features), rows contiguous");
+    R = fused.residual->data_ptr<float>();
+    ldr = m > 1 ? fused.residual->stride(0) : n;
+  }
   const Variant v = pick(variant);
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out;
@@ -362,18 +436,19 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
   const float* const BP = bias_pad.data();  // (the worker threads' own thread_local buffers are other ones)
   if (k_size == 0) {  // no inputs: the bias alone
     for (int64_t r = 0; r < m; ++r) std::copy(bias_pad.begin(), bias_pad.begin() + n, Y + r * n);
-    if (gelu_tanh)
-      for (int64_t r = 0; r < m; ++r)
-        for (int64_t j = 0; j < n; ++j) {
-          const float b = Y[r * n + j], u = 0.7978845608028654f * (b + 0.044715f * b * b * b);
-          Y[r * n + j] = 0.5f * b * (1.0f + std::tanh(u));
-        }
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const float b = Y[r * n + j], u = 0.7978845608028654f * (b + 0.044715f * b * b * b);
+        Y[r * n + j] = (gelu_tanh ? 0.5f * b * (1.0f + std::tanh(u)) : b) + (R ? R[r * ldr + j] : 0.0f);
+      }
     return out;
   }
   const int64_t groups = (m + 15) / 16;
   xt_buffer.resize(static_cast<size_t>(groups * k_size * 16));  // lanes of rows past M are never read
   float* const XT = xt_buffer.data();
-  transpose_rows(x.data_ptr<float>(), m > 1 ? x.stride(0) : k_size, m, k_size, XT);
+  const int64_t lda = m > 1 ? x.stride(0) : k_size;
+  if (fused.eps >= 0.0) row_moments(x.data_ptr<float>(), lda, m, k_size, fused.eps, norm);
+  transpose_rows(x.data_ptr<float>(), lda, m, k_size, XT, norm);
   const float* const PW = panels.data_ptr<float>();
   const int64_t pass = v.max_rows;
   // Over at most one tile's rows: the whole of K per tile, the sums never leave the registers. Otherwise K in
@@ -407,6 +482,11 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
         tile(XT + (g * k_size + k0) * 16 + s, PW + (p * k_size + k0) * kPanel, k_size * kPanel, kc, c, ldc,
              first ? BP + kPanel * p : nullptr);
         if (last && gelu_tanh) gelu_tanh_rows(c, ldc, mr, np * kPanel);
+        if (last && R)
+          for (int r = 0; r < mr; ++r) {
+            const float* res = R + (16 * g + s + r) * ldr + kPanel * p;
+            for (int64_t j = 0; j < cols; ++j) c[r * ldc + j] += res[j];
+          }
         if (partial)
           for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));
       }
@@ -428,6 +508,11 @@ at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std
         }
   });
   return out;
+}
+
+at::Tensor panel_linear(const at::Tensor& x, const at::Tensor& panels, const std::optional<at::Tensor>& bias,
+                        int64_t n, bool gelu_tanh, const std::string& variant) {
+  return panel_linear_fused(x, panels, bias, n, gelu_tanh, variant, Fused{});
 }
 
 }  // namespace

@@ -35,3 +35,17 @@ def location_variable_conv_reference(x: torch.Tensor, kernel: torch.Tensor, bias
     taps = windows.unfold(3, ksize, 1)  # (b, in, frames, hop, k)
     y = torch.einsum("bifsk,biokf->bofs", taps, kernel) + bias.unsqueeze(-1)
     return y.reshape(b, out_channels, frames * hop)
+
+
+def gpt_block_decode_reference(x, norms, weights, k_cache, v_cache, position, prefix_k, prefix_v, heads, eps=1e-5):
+    """What gpt_block_decode computes, from PyTorch's LayerNorm, linears and GELU around the decode attention kernel
+    (`torch.ops.hare.decode_attention_qkv`, checked on its own): x (batch, dim); norms: (ln1 weight, ln1 bias, ln2
+    weight, ln2 bias); weights: the (weight, bias) pairs of qkv, attn_out, fc and proj. Writes the new key and value
+    at `position` of the caches, as the kernel does."""
+    dim = x.shape[1]
+    qkv = F.linear(F.layer_norm(x, (dim,), norms[0], norms[1], eps), *weights[0])
+    h = torch.ops.hare.decode_attention_qkv(qkv, k_cache, v_cache, position, prefix_k, prefix_v, heads,
+                                            (dim // heads) ** -0.5)
+    x1 = x + F.linear(h, *weights[1])
+    m = F.gelu(F.linear(F.layer_norm(x1, (dim,), norms[2], norms[3], eps), *weights[2]), approximate="tanh")
+    return x1 + F.linear(m, *weights[3])

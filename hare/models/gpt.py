@@ -159,6 +159,32 @@ def _decode_step_attention(qkv: torch.Tensor, cache: KVCache, layer: int, heads:
     return h.view(b, 1, width // 3)
 
 
+def _decode_step_block(block: "Block", x: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor | None:
+    """A whole block's decode step in one call of Hare's CPU kernel (`hare.kernels.gpt_block_decode`): what
+    `Block.forward` computes (to float rounding: the norms and residuals fused into the linears), without the
+    thirty-odd operations and the Python between them. x: (batch, 1, dim) -> (batch, 1, dim); None where it
+    cannot run (another device or dtype, autograd, the linears not packed for the few-row kernel, hooks on the
+    block's layers, no kernels)."""
+    linears = (block.qkv, block.attn_out, block.fc, block.proj)
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or cache.k.dtype != torch.float32
+            or kernels.autograd_records(x)
+            or not all(isinstance(m, PackedLinear) and m.layout == "panels" for m in linears)):
+        return None
+    norms = (block.ln1, block.ln2)
+    if any(m._forward_hooks or m._forward_pre_hooks for m in (*linears, *norms)) or block.ln1.eps != block.ln2.eps:
+        return None
+    op = kernels.gpt_block_decode()
+    if op is None:
+        return None
+    b, _, d = x.shape
+    pk, pv = cache.prefix(layer)
+    y = op(x.reshape(b, d), block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, block.ln1.eps,
+           block.qkv.packed, block.qkv.bias, block.attn_out.packed, block.attn_out.bias, block.fc.packed,
+           block.fc.bias, block.proj.packed, block.proj.bias, cache.k[layer], cache.v[layer],
+           cache.length - cache.prefix_length, pk[0], pv[0], block.heads)
+    return y.view(b, 1, d)
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: causal self-attention, then a 4x GELU-tanh MLP."""
 
@@ -181,11 +207,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         # x: (batch, seq, dim); with a cache, x holds the positions from cache.length on (their keys/values are stored)
         b, s, d = x.shape
+        decode = cache is not None and s == 1 and cache.length > 0 and not self.record_qk and not self.training
+        if decode and (y := _decode_step_block(self, x, cache, layer)) is not None:
+            return y
         qkv = self.qkv(self.ln1(x))
         drop = self.dropout if self.training else 0.0
-        h = None
-        if cache is not None and s == 1 and cache.length > 0 and not self.record_qk:  # a decode step
-            h = _decode_step_attention(qkv, cache, layer, self.heads)
+        h = _decode_step_attention(qkv, cache, layer, self.heads) if decode else None
         if h is None:
             h = self._attention(qkv, cache, layer, drop)
         a = self.attn_out(h)
