@@ -1,12 +1,12 @@
 """One autoregressive decode step of the official-size GPT (random weights), taken apart: where its time goes, and
-how far it is from the memory roof, for two ways of packing the linears measured in the same run.
+how far it is from the memory roof, for three ways of packing the linears measured in the same run.
 
     python bench/ar_step.py [--rows 16] [--position 50] [--repeat 7] [--threads N] [--json runs/ar_step.json]
 
 Loads the official-size GPT (30 layers, 1024 wide) from the random official weights bench/pipeline.py uses
-(bench/.cache/official/autoregressive.pth, written if missing), packs two copies of it: `onednn` (every linear
-on oneDNN's packed weights: the baseline) and `hare` (`pack_linears`' default: the decode-step linears on Hare's
-few-row kernel where it is available), runs the shared prompt for `--rows` candidates and fills the KV cache
+(bench/.cache/official/autoregressive.pth, written if missing), packs three copies of it: `onednn` (every linear
+on oneDNN's packed weights: the baseline), `hare` (`pack_linears`' default: the decode-step linears on Hare's
+few-row kernel where it is available) and `hare-int8` (every linear on Hare's int8 panels, the fast path's GPT), runs the shared prompt for `--rows` candidates and fills the KV cache
 with `--position` codes' worth of (random) keys and values, then times, interleaved over `--repeat` rounds (the
 fastest round of each is kept, so that other work on the machine disturbs the comparison less):
 
@@ -48,9 +48,11 @@ def build(rows: int, position: int, seed: int = 0):
     folder = write_all(HERE / ".cache" / "official", files=("autoregressive.pth",))
     state = torch.load(folder / "autoregressive.pth", map_location="cpu", weights_only=True)
     models = {}
-    for name, few_rows in (("onednn", False), ("hare", True)):
+    for name, few_rows, int8 in (("onednn", False, False), ("hare", True, False), ("hare-int8", True, True)):
+        if int8 and kernels.panel_linear_int8() is None:
+            continue
         gpt = checkpoints.convert("autoregressive", state)  # (the plain weights are the state dict's tensors)
-        pack_linears(gpt, few_rows=few_rows)
+        pack_linears(gpt, few_rows=few_rows, int8=int8)
         models[name] = gpt
     del state
     g = torch.Generator().manual_seed(seed)
@@ -153,18 +155,24 @@ def main(argv=None) -> int:
     # what the rest of the step costs: the step minus its measured parts
     rest = {n: best["decode_step"][n] - sum(best[p][n] for p in best if p not in ("decode_step", "sampling"))
             for n in names}
-    weight_bytes = {"qkv 1024x3072": 30 * 1024 * 3072 * 4, "attn_out 1024x1024": 30 * 1024 * 1024 * 4,
-                    "fc+gelu 1024x4096": 30 * 1024 * 4096 * 4, "proj 4096x1024": 30 * 4096 * 1024 * 4,
-                    "mel_head 1024x8194": 1024 * 8194 * 4}
+    def layer_bytes(gpt, part):  # the weight bytes the part's linears read per step, as packed
+        attr = part.split()[0].split("+")[0]
+        if attr == "mel_head":
+            return gpt.mel_head.weight_bytes
+        return sum(getattr(b, attr).weight_bytes for b in gpt.blocks) if hasattr(gpt.blocks[0], attr) else None
+
+    linear_parts = [p for p in best if layer_bytes(models["hare"], p) is not None]
     print(f"\n{'component (ms per step)':<24}" + "".join(f"{n:>10}" for n in names)
-          + f"{'x faster':>10}{'roof':>8}{'hare GB/s':>11}")
+          + f"{'x faster':>10}" + "".join(f"{n + ' GB/s':>15}" for n in names if n != "onednn"))
     for part in best:
         cells = "".join(f"{best[part][n] * 1e3:>10.2f}" for n in names)
         ratio = best[part]["onednn"] / best[part]["hare"]
-        roof = weight_bytes.get(part)
-        extra = f"{roof / bandwidth * 1e3:>8.2f}{roof / best[part]['hare'] / 1e9:>11.1f}" if roof else ""
+        extra = "".join(f"{layer_bytes(models[n], part) / best[part][n] / 1e9:>15.1f}" for n in names
+                        if n != "onednn") if part in linear_parts else ""
         print(f"{part:<24}{cells}{ratio:>10.2f}{extra}")
     print(f"{'rest (step - parts)':<24}" + "".join(f"{rest[n] * 1e3:>10.2f}" for n in names))
+    print(f"(x faster: onednn / hare; GB/s: the layers' weight bytes over their time; the memory reads "
+          f"{bandwidth / 1e9:.1f} GB/s)")
     step_bytes = {n: ar_step_bytes(m) for n, m in models.items()}
     for n in names:
         roof = step_bytes[n] / bandwidth

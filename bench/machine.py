@@ -47,9 +47,10 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
 
 def ar_step_bytes(gpt) -> int:
     """Bytes of GPT weights one autoregressive decode step reads: every transformer layer, the final norm and the
-    code head once, as loaded (float, oneDNN-packed or dynamic int8); not the embedding and position tables (a
-    step reads one row of each), nor the conditioning encoder or the text head (a step never runs them). Over
-    the memory bandwidth this is the step's roof: no batch-16 step can be faster than reading its weights."""
+    code head once, as loaded (float, oneDNN-packed, int8 panels or dynamic int8); not the embedding and
+    position tables (a step reads one row of each), nor the conditioning encoder or the text head (a step never
+    runs them). Over the memory bandwidth this is the step's roof: no batch-16 step can be faster than reading
+    its weights."""
     total = 0
     for name, module in gpt.named_modules():
         if not name or any(part in name for part in ("emb", "pos", "cond", "text_head")):
@@ -60,8 +61,8 @@ def ar_step_bytes(gpt) -> int:
             w, b = module.weight(), module.bias()
             total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
             continue
-        if hasattr(module, "packed") and hasattr(module, "in_features"):  # hare.models.packed.PackedLinear
-            total += module.in_features * module.out_features * 4
+        if hasattr(module, "weight_bytes"):  # hare.models.packed.PackedLinear (float32 or int8 panels, oneDNN)
+            total += module.weight_bytes
         for p in module.parameters(recurse=False):
             total += p.numel() * p.element_size()
         for b in module.buffers(recurse=False):

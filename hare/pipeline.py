@@ -141,7 +141,7 @@ class TextToSpeech:
         self.dtype = dtype
         self.quantize = quantize
         if quantize is not None:
-            self._quantize(quantize)
+            self._quantize(quantize, panels=pack)
         self.packed = pack and self._pack()
         if self.device.type == "cpu":  # build (once per machine) or load Hare's CPU kernels now, not mid-synthesis
             from hare import kernels
@@ -162,10 +162,14 @@ class TextToSpeech:
             targets += [self.gpt, self.clvp]
         return sum(pack_linears(m) for m in targets) > 0
 
-    def _quantize(self, mode: str) -> None:
-        """Dynamic int8 weights for the GPT's and CLVP's linear layers (CPU only; activations stay float).
+    def _quantize(self, mode: str, panels: bool = True) -> None:
+        """int8 weights for the GPT's and CLVP's linear layers (CPU only; activations are quantised per call).
 
-        The modules are converted in place (no float copy is kept: that would cost memory).
+        The GPT's go on Hare's int8 panels (`hare.kernels.panel_linear_int8`: one scale per output column, each
+        row quantised on the fly, exact integer sums; its decode step one fused kernel call per block) where the
+        kernels are available (and `panels`: the model is packed), else on PyTorch's dynamic int8 linears; the
+        CLVP's (many rows, once per call) on PyTorch's. The modules are converted in place (no float copy is
+        kept: that would cost memory).
         """
         if mode != "int8":
             raise SettingsError(f"quantize must be 'int8' (got {mode!r})")
@@ -173,9 +177,15 @@ class TextToSpeech:
             raise SettingsError("int8 dynamic quantisation runs on the CPU; on a GPU use dtype='fp16' or 'bf16'")
         from torch.ao.quantization import quantize_dynamic
 
+        from hare import kernels
+        from hare.models.packed import pack_linears
+
         with warnings.catch_warnings():  # torch announces the move of this API to torchao; it still works
             warnings.simplefilter("ignore")
-            self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            if panels and self.device.type == "cpu" and kernels.panel_linear_int8() is not None:
+                pack_linears(self.gpt, int8=True)
+            else:
+                self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
             self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
     def _autocast(self):

@@ -111,15 +111,15 @@ def test_decode_attention_qkv_rejects_bad_inputs():
         op(qkv.double(), cache, cache.clone(), 0, prefix, prefix, 2, 1.0)
 
 
-def _tiny_gpt(packed=False):
+def _tiny_gpt(packed=False, int8=False):
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(dim=64, heads=4, layers=2, text_vocab=64, start_text_token=64, mel_vocab=120,
                         start_mel_token=118, stop_mel_token=119, max_text_tokens=30, max_mel_tokens=22,
                         cond_attn_blocks=1, n_mels=16)).eval()
-    if packed:
+    if packed or int8:
         from hare.models.packed import pack_linears
 
-        pack_linears(gpt)
+        pack_linears(gpt, int8=int8)
     return gpt
 
 
@@ -377,13 +377,14 @@ needs_panels = pytest.mark.skipif(kernels.panel_linear() is None, reason="no C++
 PANEL_VARIANTS = {"avx512": "avx512f", "avx2": "avx2", "generic": None}  # variant -> the CPU flag it needs
 
 
-def _runs_variant(variant):
+def _runs_variant(variant, kernel=kernels.panel_linear, variants=kernels.panel_linear_variants,
+                  flags=PANEL_VARIANTS):
     """pytest.param of `variant`, skipped with the reason where this CPU (or the build) cannot run it."""
-    if kernels.panel_linear() is None:
+    if kernel() is None:
         return pytest.param(variant, marks=pytest.mark.skip(reason="no C++ compiler: no Hare kernels"))
-    if variant not in kernels.panel_linear_variants():
-        flag = PANEL_VARIANTS[variant]
-        return pytest.param(variant, marks=pytest.mark.skip(reason=f"this CPU lacks {flag}: no {variant} variant"))
+    if variant not in variants():
+        return pytest.param(variant, marks=pytest.mark.skip(reason=f"this CPU lacks {flags[variant]}: no {variant} "
+                                                                   "variant"))
     return pytest.param(variant)
 
 
@@ -520,7 +521,7 @@ def test_gpt_block_decode_matches_its_parts(batch, heads, d, shared, position):
                for o, i in ((3 * dim, dim), (dim, dim), (4 * dim, dim), (dim, 4 * dim))]
     caches = [torch.randn(position + 2, batch, heads, d, generator=g) for _ in range(2)]
     prefix = [torch.randn(heads, shared, d, generator=g) for _ in range(2)]
-    packed = [t for w, b in weights for t in (torch.ops.hare.panel_pack(w), b)]
+    packed = [t for w, b in weights for t in ([torch.ops.hare.panel_pack(w)], b)]
     mine = [c.clone() for c in caches]
     got = kernels.gpt_block_decode()(x, *norms, 1e-5, *packed, *mine, position, *prefix, heads)
     _assert_close_relative(got, gpt_block_decode_reference(x, norms, weights, *caches, position, *prefix, heads))
@@ -546,3 +547,121 @@ def test_packed_gpt_decode_step_runs_each_block_in_one_call(monkeypatch):
     per_operation = _decode_tiny(gpt)
     torch.testing.assert_close(one_call, per_operation, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hooked, per_operation, atol=1e-5, rtol=1e-5)
+
+
+# -- the int8 few-row linear kernel (panel_int8.cpp): every variant against its PyTorch reference ---------------
+INT8_VARIANTS = {"avx512-vnni": "avx512_vnni", "avx2": "avx2", "generic": None}
+needs_int8 = pytest.mark.skipif(kernels.panel_linear_int8() is None, reason="no C++ compiler: no Hare kernels")
+
+ALL_INT8_VARIANTS = [_runs_variant(v, kernels.panel_linear_int8, kernels.panel_int8_variants, INT8_VARIANTS)
+                     for v in INT8_VARIANTS]
+
+
+@pytest.mark.parametrize("variant", ALL_INT8_VARIANTS)
+@pytest.mark.parametrize("rows, k, n", [(1, 64, 16), (3, 20, 37), (8, 1024, 48), (16, 33, 50), (17, 40, 48),
+                                        (33, 130, 70), (100, 1030, 35), (7, 3, 5)])
+def test_panel_linear_int8_matches_its_reference(variant, rows, k, n):
+    """Rows quantised per row, weights per column, exact integer sums: the reference's numbers to float rounding
+    (K tails of the 4-input groups, N tails of the panels, row tails of the tiles, the blocked many-row path), and
+    within int8's rounding of the float product."""
+    from hare.kernels.reference import panel_linear_int8_reference
+
+    pack, linear, unpack = kernels.panel_linear_int8()
+    x, w, b = _linear_case(rows, k, n, seed=rows + k)
+    panels, scales, sums = pack(w)
+    assert panels.shape == ((n + 15) // 16, (k + 3) // 4, 16, 4) and panels.dtype == torch.int8
+    assert scales.shape == sums.shape == ((n + 15) // 16 * 16,)
+    for bias, gelu in ((b, False), (None, False), (b, True)):
+        got = linear(x, panels, scales, sums, bias, n, gelu, variant)
+        _assert_close_relative(got, panel_linear_int8_reference(x, w, bias, gelu))
+        exact = torch.nn.functional.linear(x, w, bias)
+        exact = torch.nn.functional.gelu(exact, approximate="tanh") if gelu else exact
+        assert (got - exact).norm() <= 0.03 * exact.norm()  # int8's rounding: ~1 % on Gaussian inputs
+    dequantised = unpack(panels, scales, n, k)
+    assert dequantised.shape == (n, k)
+    assert (dequantised - w).abs().max() <= scales[:n].max() / 2 + 1e-6  # half a step of each column's scale
+
+
+@needs_int8
+def test_panel_int8_variants_agree_and_the_default_is_the_best():
+    _, linear, _ = kernels.panel_linear_int8()
+    variants = kernels.panel_int8_variants()
+    assert variants and variants[-1] == "generic"
+    x, w, b = _linear_case(21, 300, 90, seed=3)
+    packed = kernels.panel_linear_int8()[0](w)
+    outputs = {v: linear(x, *packed, b, 90, True, v) for v in variants}
+    for v in variants[1:]:  # the same integer sums: equal to the float scaling's rounding
+        _assert_close_relative(outputs[v], outputs[variants[0]])
+    assert torch.equal(linear(x, *packed, b, 90, True, ""), outputs[variants[0]])
+    assert kernels.targets()["panel_int8"] == variants
+
+
+@needs_int8
+def test_panel_linear_int8_edges_and_bad_inputs():
+    pack, linear, _ = kernels.panel_linear_int8()
+    x, w, b = _linear_case(4, 24, 20, seed=5)
+    packed = pack(w)
+    x[1] = 0.0  # an all-zero row: the bias alone
+    x[2, 3] = float("nan")  # a non-finite value: its row NaN, as a float product's, the others untouched
+    y = linear(x, *packed, b, 20, False, "")
+    torch.testing.assert_close(y[1], b)
+    assert torch.isnan(y[2]).all() and torch.isfinite(y[[0, 1, 3]]).all()
+    assert linear(x[:0], *packed, b, 20, False, "").shape == (0, 20)
+    w0 = w.clone()
+    w0[4] = 0.0  # an all-zero weight column
+    assert (linear(x[[0]], *pack(w0), None, 20, False, "")[0, 4] == 0).item()
+    with pytest.raises(RuntimeError, match="features"):
+        linear(torch.randn(4, 9), *packed, b, 20, False, "")
+    with pytest.raises(RuntimeError, match="does not fit"):
+        linear(x, *packed, b, 33, False, "")
+    with pytest.raises(RuntimeError, match="float32"):
+        linear(x.double(), *packed, b, 20, False, "")
+    with pytest.raises(RuntimeError, match="scales"):
+        linear(x, packed[0], packed[1][:16], packed[2], b, 20, False, "")
+    with pytest.raises(RuntimeError, match="variant"):
+        linear(x, *packed, b, 20, False, "no-such-variant")
+    with pytest.raises(RuntimeError, match="not finite"):
+        pack(torch.full((3, 4), float("inf")))
+
+
+@needs_int8
+def test_int8_packed_linear_layer():
+    """PackedLinear(int8=True): the kernel's numbers for 2-D and 3-D inputs, any row count, GELU fused, the
+    weight's bytes a quarter of float32's; it refuses inputs that need gradients."""
+    from hare.kernels.reference import panel_linear_int8_reference
+    from hare.models.packed import PackedLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(40, 24)
+    layer = PackedLinear(lin, int8=True)
+    assert layer.layout == "int8" and layer.weight_bytes == 40 * 24 and "layout=int8" in repr(layer)
+    x = torch.randn(2, 300, 40)  # many rows too: the int8 layer never unpacks
+    with torch.no_grad():
+        _assert_close_relative(layer(x), panel_linear_int8_reference(x.reshape(-1, 40), lin.weight,
+                                                                     lin.bias).view(2, 300, 24))
+        _assert_close_relative(layer(x[0], gelu_tanh=True),
+                               panel_linear_int8_reference(x[0], lin.weight, lin.bias, gelu_tanh=True))
+    with pytest.raises(RuntimeError, match="inference"):
+        layer(torch.randn(3, 40, requires_grad=True))
+
+
+@needs_int8
+def test_int8_gpt_block_decode_and_decoding(monkeypatch):
+    """An int8-packed GPT (`pack_linears(int8=True)`: every linear on int8 panels) decodes each block in one
+    kernel call, with the per-operation path's logits to int8's rounding of the normed inputs; both near the
+    float GPT's."""
+    from hare.models import gpt as gpt_module
+    from hare.models.packed import PackedLinear
+
+    gpt = _tiny_gpt(int8=True)
+    assert all(isinstance(m, PackedLinear) and m.layout == "int8" for m in (gpt.blocks[0].qkv, gpt.mel_head))
+    calls = _count_takes(monkeypatch, "_decode_step_block")
+    one_call = _decode_tiny(gpt)
+    assert calls and all(calls) and len(calls) == 2 * 6
+    monkeypatch.setattr(gpt_module, "_decode_step_block", lambda *args: None)
+    per_operation = _decode_tiny(gpt)
+    spread = float(per_operation.std())
+    assert (one_call - per_operation).abs().max() <= 0.02 * spread  # a rounding flip of an int8 input at most
+    exact = _decode_tiny(_tiny_gpt())
+    assert (one_call - exact).abs().mean() <= 0.02 * float(exact.std())
+    assert (one_call - exact).abs().max() <= 0.15 * float(exact.std())

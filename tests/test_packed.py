@@ -167,10 +167,18 @@ def test_pipeline_packs_only_when_asked_and_float32(tmp_path, monkeypatch):
     plain, packed = make(), make(pack=True)
     assert not plain.packed and packed.packed
     assert isinstance(packed.gpt.blocks[0].qkv, PackedLinear)
-    int8 = make(pack=True, quantize="int8")  # the quantised GPT keeps its int8 layers; the diffusion is packed
-    assert not isinstance(int8.gpt.blocks[0].qkv, (PackedLinear, torch.nn.Linear))
+    int8 = make(pack=True, quantize="int8")  # the GPT's linears on int8 panels; the diffusion is packed
+    if kernels.panel_linear_int8() is not None:
+        assert isinstance(int8.gpt.blocks[0].qkv, PackedLinear) and int8.gpt.blocks[0].qkv.layout == "int8"
+        assert int8.gpt.mel_head.layout == "int8"
+    else:  # without the kernels: PyTorch's dynamic int8 linears
+        assert not isinstance(int8.gpt.blocks[0].qkv, (PackedLinear, torch.nn.Linear))
+    assert "quantized" in type(int8.clvp.text_encoder.layers[0].attn.to_q).__module__  # CLVP: PyTorch's int8
     assert isinstance(int8.gpt.cond_blocks[0].qkv, PackedLinear)  # a 1x1 conv, left in float by quantisation
+    assert int8.gpt.cond_blocks[0].qkv.layout != "int8"
     assert isinstance(int8.diffusion.time_in, PackedLinear)
+    unpacked8 = make(pack=False, quantize="int8")  # pack=False: no Hare layout anywhere, PyTorch's int8
+    assert not isinstance(unpacked8.gpt.blocks[0].qkv, (PackedLinear, torch.nn.Linear))
     bf16 = make(pack=True, dtype="bf16")  # autocast runs the GPT and CLVP: they stay plain
     assert isinstance(bf16.gpt.blocks[0].qkv, torch.nn.Linear) and isinstance(bf16.diffusion.time_in, PackedLinear)
     from hare.voices import VoiceLibrary

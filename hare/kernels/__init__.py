@@ -14,7 +14,10 @@
 - `panel_linear()`: `torch.ops.hare.panel_pack` / `panel_linear` / `panel_unpack`, float32 linear layers over
   few rows (the GPT's decode step) on weights packed once into 16-column panels, streamed once per call
   (`panel_linear.cpp`); its instruction-set variant (AVX-512, AVX2 or portable) is picked at run time from what
-  the CPU reports (`panel_linear_variants()`).
+  the CPU reports (`panel_linear_variants()`);
+- `panel_linear_int8()`: `torch.ops.hare.panel_pack_int8` / `panel_linear_int8` / `panel_unpack_int8`, the same
+  with int8 weights (a scale per output column) and rows quantised on the fly, exact int32 sums (the fast
+  path's GPT, `panel_int8.cpp`); variants AVX-512-VNNI, AVX2 or portable (`panel_int8_variants()`).
 
 Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
 the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
@@ -233,8 +236,24 @@ def _check_panel_linear() -> None:
     _check_gpt_block(g)
 
 
-def _check_gpt_block(g: torch.Generator) -> None:
-    """gpt_block_decode against its parts (checked above) in PyTorch: LayerNorm, the linears, the attention."""
+def _check_panel_int8() -> None:
+    from hare.kernels.reference import panel_linear_int8_reference
+
+    g = torch.Generator().manual_seed(0)
+    ops = torch.ops.hare
+    for variant in ops.panel_int8_variants():
+        for rows, k, n, bias, gelu in ((3, 20, 37, True, False), (16, 33, 50, False, True), (40, 300, 20, True, True),
+                                       (1, 3, 1, False, False)):
+            w, b, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(rows, k, generator=g)
+            packed = ops.panel_pack_int8(w)
+            got = ops.panel_linear_int8(x, *packed, b if bias else None, n, gelu, variant)
+            _compare(got, panel_linear_int8_reference(x, w, b if bias else None, gelu))
+    _check_gpt_block(g, int8=True)
+
+
+def _check_gpt_block(g: torch.Generator, int8: bool = False) -> None:
+    """gpt_block_decode against its parts (checked above) in PyTorch: LayerNorm, the linears, the attention; with
+    `int8`, every linear on int8 panels, within int8's rounding of the float block (5 % of its largest output)."""
     from hare.kernels.reference import gpt_block_decode_reference
 
     ops = torch.ops.hare
@@ -246,9 +265,14 @@ def _check_gpt_block(g: torch.Generator) -> None:
                for o, i in ((3 * dim, dim), (dim, dim), (4 * dim, dim), (dim, 4 * dim))]
     caches = [torch.randn(position + 1, batch, heads, d, generator=g) for _ in range(2)]
     prefix = [torch.randn(heads, shared, d, generator=g) for _ in range(2)]
-    packed = [t for w, b in weights for t in (ops.panel_pack(w), b)]
+    pack = (lambda w: list(ops.panel_pack_int8(w))) if int8 else (lambda w: [ops.panel_pack(w)])
+    packed = [t for w, b in weights for t in (pack(w), b)]
     got = ops.gpt_block_decode(x, *norms, 1e-5, *packed, *[c.clone() for c in caches], position, *prefix, heads)
-    _compare(got, gpt_block_decode_reference(x, norms, weights, *caches, position, *prefix, heads))
+    want = gpt_block_decode_reference(x, norms, weights, *caches, position, *prefix, heads)
+    if not int8:
+        _compare(got, want)
+    elif not torch.allclose(got, want, atol=0.05 * want.abs().max().item(), rtol=0):
+        raise RuntimeError(f"kernel check failed: int8 block, max difference {(got - want).abs().max().item()}")
 
 
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -259,7 +283,7 @@ def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
 
 _CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd,
            "group_norm": _check_group_norm, "location_variable_conv": _check_location_variable_conv,
-           "panel_linear": _check_panel_linear}
+           "panel_linear": _check_panel_linear, "panel_int8": _check_panel_int8}
 
 
 def _summary(exc: BaseException) -> str:
@@ -310,7 +334,8 @@ def targets() -> dict[str, object]:
     - `pytorch`: the ISA PyTorch's CPU kernels dispatch to at run time (`torch.backends.cpu`), which the
       packed linears (oneDNN) and int8 layers (fbgemm/oneDNN) also pick for themselves.
     - `panel_linear`: the instruction-set variants of the few-row linear kernel this CPU runs, best first (the
-      first is used; each is picked by what the CPU reports at run time), or None without the kernels.
+      first is used; each is picked by what the CPU reports at run time), or None without the kernels;
+      `panel_int8` the same for its int8 kernel (the fast path's GPT).
     - `bf16_matmul`: whether the CPU has bf16 matrix hardware (AMX tiles or AVX-512-bf16): only then is
       `dtype="bf16"` a speed option on a CPU; elsewhere bf16 is emulated and slower than fp32.
     """
@@ -329,7 +354,8 @@ def targets() -> dict[str, object]:
         capability = "unknown"
     flags = set(_cpu_identity().split())
     return {"kernels": found if cxx else None, "compiler": cxx, "pytorch": capability,
-            "panel_linear": panel_linear_variants() or None, "bf16_matmul": bool({"amx_bf16", "avx512_bf16"} & flags)}
+            "panel_linear": panel_linear_variants() or None, "panel_int8": panel_int8_variants() or None,
+            "bf16_matmul": bool({"amx_bf16", "avx512_bf16"} & flags)}
 
 
 def status() -> dict[str, bool]:
@@ -405,7 +431,8 @@ def location_variable_conv():
 def gpt_block_decode():
     """`torch.ops.hare.gpt_block_decode(x, ln1_weight, ln1_bias, ln2_weight, ln2_bias, eps, qkv_panels, qkv_bias,
     out_panels, out_bias, fc_panels, fc_bias, proj_panels, proj_bias, k_cache, v_cache, position, prefix_k,
-    prefix_v, heads)`, or None when unavailable (it needs the few-row linear kernel and the decode attention).
+    prefix_v, heads)`, or None when unavailable (it needs the few-row linear kernels and the decode attention).
+    Each `*_panels` is a list: [panels] (float32, `panel_linear`) or [panels, scales, sums] (`panel_linear_int8`).
 
     One decode step of a pre-LayerNorm GPT-2 block for every row: x (batch, dim) -> x1 + proj(GELU-tanh(fc(ln2(x1))))
     with x1 = x + attn_out(attention(qkv(ln1(x)))); the linears panel-packed (`panel_linear`; the norms and the
@@ -430,6 +457,31 @@ def panel_linear():
     if not enabled() or not _load("panel_linear"):
         return None
     return torch.ops.hare.panel_pack, torch.ops.hare.panel_linear, torch.ops.hare.panel_unpack
+
+
+def panel_linear_int8():
+    """(`torch.ops.hare.panel_pack_int8`, `torch.ops.hare.panel_linear_int8`, `torch.ops.hare.panel_unpack_int8`),
+    or None when unavailable.
+
+    panel_pack_int8(weight): weight (N, K) float32 -> (panels (ceil(N / 16), ceil(K / 4), 16, 4) int8, scales
+    (P * 16,) float32, sums (P * 16,) int32): each output column's weights as int8 with one symmetric scale
+    (max |w| / 127), 16 columns per panel, 4 inputs per 4-byte group. panel_linear_int8(x, panels, scales, sums,
+    bias, N, gelu_tanh, variant): x (M, K) float32 -> (M, N), each row quantised symmetrically to int8 and the
+    products summed exactly in int32, then scaled back (`reference.panel_linear_int8_reference`); `variant` ""
+    picks the best this CPU runs, or names one of `panel_int8_variants()`. panel_unpack_int8(panels, scales, N,
+    K) -> the dequantised (N, K) weight.
+    """
+    if not enabled() or not _load("panel_int8"):
+        return None
+    return torch.ops.hare.panel_pack_int8, torch.ops.hare.panel_linear_int8, torch.ops.hare.panel_unpack_int8
+
+
+def panel_int8_variants() -> list[str]:
+    """The int8 few-row linear kernel's variants this CPU runs, best first ("avx512-vnni", "avx2", "generic";
+    the first is the one used), from what the CPU reports at run time; [] without the kernels."""
+    if panel_linear_int8() is None:
+        return []
+    return list(torch.ops.hare.panel_int8_variants())
 
 
 def panel_linear_variants() -> list[str]:

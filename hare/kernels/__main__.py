@@ -15,14 +15,15 @@ if info["kernels"] is None:
 else:
     print(f"compiled kernels: built with -march=native by {info['compiler']} for "
           f"{', '.join(info['kernels']) or 'the baseline ISA'} (what this CPU offers)")
-print(f"PyTorch CPU kernels, packed and int8 linears: {info['pytorch']} (PyTorch's run-time dispatch)")
+print(f"PyTorch CPU kernels, oneDNN-packed and dynamic int8 linears: {info['pytorch']} (PyTorch's run-time dispatch)")
 print("bf16 matrix hardware (AMX / AVX-512-bf16): " + ("yes: dtype bf16 is a speed option" if info["bf16_matmul"]
       else "no: bf16 would be emulated, fp32 or int8 is faster here"))
 ready = kernels.status()
 for name, ok in ready.items():
     detail = ""
-    if ok and name == "panel_linear":
-        variants = info["panel_linear"] or kernels.panel_linear_variants()
+    if ok and name in ("panel_linear", "panel_int8"):
+        variants = info[name] or (kernels.panel_linear_variants() if name == "panel_linear"
+                                  else kernels.panel_int8_variants())
         detail = (f" ({variants[0]}: the best variant this CPU reports support for"
                   + (f"; it also runs {', '.join(variants[1:])}" if len(variants) > 1 else "") + ")")
     print(f"{name}: {'ready' + detail if ok else 'unavailable (PyTorch kernels are used instead)'}")

@@ -6,4 +6,5 @@
 #include "winograd.cpp"
 #include "lvc.cpp"
 #include "panel_linear.cpp"
+#include "panel_int8.cpp"
 #include "gpt_block.cpp"

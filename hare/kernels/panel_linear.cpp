@@ -47,6 +47,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <utility>
@@ -68,23 +69,23 @@ constexpr int64_t kMaxPanels = 3;        // panels per tile, at most
 typedef void (*TileFn)(const float* xt, const float* w, int64_t panel_stride, int64_t kc, float* c, int64_t ldc,
                        const float* init);
 
-// a variant's tiles: [prefetch][np - 1][mr - 1]
-template <int MaxRows>
-using TileTable = std::array<std::array<std::array<TileFn, MaxRows>, kMaxPanels>, 2>;
+// a variant's tiles (functions of type Fn): [prefetch][np - 1][mr - 1]
+template <typename Fn, int MaxRows>
+using TileTable = std::array<std::array<std::array<Fn, MaxRows>, kMaxPanels>, 2>;
 
 // tables of Tile<MR, NP, PF>::run for MR = 1 .. MaxRows, NP = 1 .. MaxPanels (tiles past MaxPanels repeat it)
-template <template <int, int, bool> class Tile, int MaxRows, int MaxPanels>
+template <typename Fn, template <int, int, bool> class Tile, int MaxRows, int MaxPanels>
 struct Tables {
   template <int NP, bool PF, size_t... I>
-  static constexpr std::array<TileFn, MaxRows> rows(std::index_sequence<I...>) {
+  static constexpr std::array<Fn, MaxRows> rows(std::index_sequence<I...>) {
     return {&Tile<static_cast<int>(I) + 1, NP, PF>::run...};
   }
   template <bool PF>
-  static constexpr std::array<std::array<TileFn, MaxRows>, kMaxPanels> panels() {
+  static constexpr std::array<std::array<Fn, MaxRows>, kMaxPanels> panels() {
     constexpr auto seq = std::make_index_sequence<MaxRows>{};
     return {rows<1, PF>(seq), rows<std::min(2, MaxPanels), PF>(seq), rows<std::min(3, MaxPanels), PF>(seq)};
   }
-  static constexpr TileTable<MaxRows> value = {panels<false>(), panels<true>()};
+  static constexpr TileTable<Fn, MaxRows> value = {panels<false>(), panels<true>()};
 };
 
 // -- generic: GCC/Clang vector extensions (one 16-float vector per row and panel) ----------------------------
@@ -111,7 +112,7 @@ struct GenericTile {
   }
 };
 constexpr int kGenericRows = 6;  // 6 x 16-float accumulators: within 16 AVX2 or 32 NEON registers
-using GenericTables = Tables<GenericTile, kGenericRows, 1>;
+using GenericTables = Tables<TileFn, GenericTile, kGenericRows, 1>;
 
 #if HARE_X86
 // -- AVX-512: one register per row and panel; 8 rows x 3 panels = 24 accumulators, 3 weight registers and a
@@ -139,7 +140,7 @@ struct Avx512Tile {
   }
 };
 constexpr int kAvx512Rows = 8;
-using Avx512Tables = Tables<Avx512Tile, kAvx512Rows, 3>;
+using Avx512Tables = Tables<TileFn, Avx512Tile, kAvx512Rows, 3>;
 
 // -- AVX2 + FMA: two 8-float registers per row of one panel; 6 rows = 12 accumulators of 16 registers (where
 // the library is built for an AVX-512 CPU, the compiler may still encode these 8-wide operations with AVX-512's
@@ -166,7 +167,7 @@ struct Avx2Tile {
   }
 };
 constexpr int kAvx2Rows = 6;
-using Avx2Tables = Tables<Avx2Tile, kAvx2Rows, 1>;
+using Avx2Tables = Tables<TileFn, Avx2Tile, kAvx2Rows, 1>;
 #endif
 
 struct Variant {
@@ -179,23 +180,29 @@ struct Variant {
   }
 };
 
+// whether this CPU runs a kernel variant (the few-row kernels' names; also panel_int8.cpp's), from what it reports
 bool runnable(const std::string& name) {
   if (name == "generic") return true;
 #if HARE_X86
   __builtin_cpu_init();
   if (name == "avx512") return __builtin_cpu_supports("avx512f");
+  if (name == "avx512-vnni")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   return false;
 }
 
-// the variants this CPU can run, best first
-std::vector<std::string> panel_linear_variants() {
+// those of `names` (best first) this CPU can run
+std::vector<std::string> runnable_of(std::initializer_list<const char*> names) {
   std::vector<std::string> out;
-  for (const char* name : {"avx512", "avx2", "generic"})
+  for (const char* name : names)
     if (runnable(name)) out.emplace_back(name);
   return out;
 }
+
+std::vector<std::string> panel_linear_variants() { return runnable_of({"avx512", "avx2", "generic"}); }
 
 Variant pick(const std::string& name) {
   if (name.empty()) {  // the best, decided once per process
@@ -203,7 +210,9 @@ Variant pick(const std::string& name) {
     return best;
   }
   const std::string& chosen = name;
-  TORCH_CHECK(runnable(chosen), "panel_linear variant '", chosen, "' is unknown or this CPU cannot run it");
+  const std::vector<std::string> all = panel_linear_variants();
+  TORCH_CHECK(std::find(all.begin(), all.end(), chosen) != all.end(), "panel_linear variant '", chosen,
+              "' is unknown or this CPU cannot run it");
 #if HARE_X86
   if (chosen == "avx512") return {"avx512", Avx512Tables::value[0][0].data(), kAvx512Rows, 3};
   if (chosen == "avx2") return {"avx2", Avx2Tables::value[0][0].data(), kAvx2Rows, 1};
@@ -385,25 +394,52 @@ struct Fused {
   const at::Tensor* residual = nullptr;
 };
 
-at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, const std::optional<at::Tensor>& bias,
-                              int64_t n, bool gelu_tanh, const std::string& variant, const Fused& fused) {
-  check_cpu_float(x, "x");
-  check_cpu_float(panels, "panels");
-  TORCH_CHECK(x.dim() == 2, "x must be (rows, in_features)");
-  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous(),
-              "panels must be a contiguous (panels, in_features, 16) tensor from panel_pack");
-  const int64_t m = x.size(0), k_size = x.size(1), n_panels = panels.size(0);
-  TORCH_CHECK(panels.size(1) == k_size, "x has ", k_size, " features, the panels ", panels.size(1));
+// The order in which a thread runs `tiles(p, np, k0, kc, g, prefetch)` over its panels p0 .. p1 - 1 (np at a time,
+// at most max_panels), the K range in slices of kc_block and the groups of 16 rows: with up to 32 rows, each
+// tile of panels over every slice and row group before the next (the weights read from memory once, in order;
+// the first row group prefetches them); with more, GotoBLAS's order: per K slice, blocks of 4 row groups whose
+// slices stay in L2 while every panel passes.
+template <typename TilesFn>
+void walk_tiles(int64_t p0, int64_t p1, int64_t max_panels, int64_t k_size, int64_t kc_block, int64_t m,
+                int64_t groups, TilesFn& tiles) {
+  if (m <= 32) {
+    for (int64_t p = p0; p < p1; p += max_panels) {
+      const int64_t np = std::min<int64_t>(max_panels, p1 - p);
+      for (int64_t k0 = 0; k0 < k_size; k0 += kc_block)
+        for (int64_t g = 0; g < groups; ++g) tiles(p, np, k0, std::min(kc_block, k_size - k0), g, g == 0);
+    }
+    return;
+  }
+  constexpr int64_t group_block = 4;
+  for (int64_t k0 = 0; k0 < k_size; k0 += kc_block)
+    for (int64_t g0 = 0; g0 < groups; g0 += group_block)
+      for (int64_t p = p0; p < p1; p += max_panels) {
+        const int64_t np = std::min<int64_t>(max_panels, p1 - p);
+        for (int64_t g = g0; g < std::min(groups, g0 + group_block); ++g)
+          tiles(p, np, k0, std::min(kc_block, k_size - k0), g, false);
+      }
+}
+
+// A product's bias (N,) or nullptr, its residual (M, N) or nullptr (row stride ldr), each checked, and `norm` set
+// to the fused LayerNorm's weight and bias (its moments cleared; eps >= 0 asks the caller to compute them).
+struct FusedArgs {
+  const float* bias = nullptr;
+  const float* residual = nullptr;
+  int64_t ldr = 0;
+};
+
+FusedArgs check_fused(const at::Tensor& x, int64_t n, int64_t n_panels, const std::optional<at::Tensor>& bias,
+                      const Fused& fused, RowNorm& norm) {
+  const int64_t m = x.size(0), k_size = x.size(1);
   TORCH_CHECK(n >= 0 && (n + kPanel - 1) / kPanel == n_panels, "out_features ", n, " does not fit ", n_panels,
               " panels");
   TORCH_CHECK(k_size <= 1 || x.stride(1) == 1, "x's rows must be contiguous");
-  const float* B = nullptr;
+  FusedArgs out;
   if (bias.has_value() && bias->defined()) {
     check_cpu_float(*bias, "bias");
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be (out_features,)");
-    B = bias->data_ptr<float>();
+    out.bias = bias->data_ptr<float>();
   }
-  thread_local RowNorm norm;  // per calling thread, reused (as the buffers below)
   norm.mean.clear();
   norm.weight = norm.bias = nullptr;
   for (const at::Tensor* t : {fused.norm_weight, fused.norm_bias})
@@ -414,16 +450,31 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
     }
   if (fused.norm_weight && fused.norm_weight->defined()) norm.weight = fused.norm_weight->data_ptr<float>();
   if (fused.norm_bias && fused.norm_bias->defined()) norm.bias = fused.norm_bias->data_ptr<float>();
-  const float* R = nullptr;
-  int64_t ldr = 0;
   if (fused.residual) {
     check_cpu_float(*fused.residual, "residual");
     TORCH_CHECK(fused.residual->dim() == 2 && fused.residual->size(0) == m && fused.residual->size(1) == n &&
                     (n <= 1 || fused.residual->stride(1) == 1),
                 "the residual must be (rows, out_features), rows contiguous");
-    R = fused.residual->data_ptr<float>();
-    ldr = m > 1 ? fused.residual->stride(0) : n;
+    out.residual = fused.residual->data_ptr<float>();
+    out.ldr = m > 1 ? fused.residual->stride(0) : n;
   }
+  return out;
+}
+
+at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, const std::optional<at::Tensor>& bias,
+                              int64_t n, bool gelu_tanh, const std::string& variant, const Fused& fused) {
+  check_cpu_float(x, "x");
+  check_cpu_float(panels, "panels");
+  TORCH_CHECK(x.dim() == 2, "x must be (rows, in_features)");
+  TORCH_CHECK(panels.dim() == 3 && panels.size(2) == kPanel && panels.is_contiguous(),
+              "panels must be a contiguous (panels, in_features, 16) tensor from panel_pack");
+  const int64_t m = x.size(0), k_size = x.size(1), n_panels = panels.size(0);
+  TORCH_CHECK(panels.size(1) == k_size, "x has ", k_size, " features, the panels ", panels.size(1));
+  thread_local RowNorm norm;  // per calling thread, reused (as the buffers below)
+  const FusedArgs args = check_fused(x, n, n_panels, bias, fused, norm);
+  const float* const B = args.bias;
+  const float* const R = args.residual;
+  const int64_t ldr = args.ldr;
   const Variant v = pick(variant);
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out;
@@ -457,7 +508,6 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
   // reads stay sequential, every weight read from memory once); with more, in blocks of 64 rows whose
   // transposed slices stay in L2 while every panel passes (GotoBLAS's order).
   const int64_t kc_block = m <= pass ? k_size : std::min<int64_t>(k_size, 384 / v.max_panels);
-  const int64_t group_block = 4;
   // at least ~256 KB of weights per thread: smaller products run on the calling thread alone
   const int64_t grain = std::max<int64_t>(1, (256 << 10) / (k_size * kPanel * 4));
   at::parallel_for(0, n_panels, grain, [&](int64_t p0, int64_t p1) {
@@ -491,21 +541,7 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
           for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));
       }
     };
-    if (m <= 32) {
-      for (int64_t p = p0; p < p1; p += v.max_panels) {
-        const int64_t np = std::min<int64_t>(v.max_panels, p1 - p);
-        for (int64_t k0 = 0; k0 < k_size; k0 += kc_block)
-          for (int64_t g = 0; g < groups; ++g) tiles(p, np, k0, std::min(kc_block, k_size - k0), g, g == 0);
-      }
-      return;
-    }
-    for (int64_t k0 = 0; k0 < k_size; k0 += kc_block)
-      for (int64_t g0 = 0; g0 < groups; g0 += group_block)
-        for (int64_t p = p0; p < p1; p += v.max_panels) {
-          const int64_t np = std::min<int64_t>(v.max_panels, p1 - p);
-          for (int64_t g = g0; g < std::min(groups, g0 + group_block); ++g)
-            tiles(p, np, k0, std::min(kc_block, k_size - k0), g, false);
-        }
+    walk_tiles(p0, p1, v.max_panels, k_size, kc_block, m, groups, tiles);
   });
   return out;
 }

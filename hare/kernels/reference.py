@@ -49,3 +49,27 @@ def gpt_block_decode_reference(x, norms, weights, k_cache, v_cache, position, pr
     x1 = x + F.linear(h, *weights[1])
     m = F.gelu(F.linear(F.layer_norm(x1, (dim,), norms[2], norms[3], eps), *weights[2]), approximate="tanh")
     return x1 + F.linear(m, *weights[3])
+
+
+def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row, as the int8 panel kernel quantises weights (per output column) and inputs (per
+    row): x (rows, k) float32 -> (values (rows, k) float32 holding integers in [-127, 127], scales (rows,)),
+    scale = max |x| / 127 (1 for an all-zero row), values = round-half-even(x * (1 / scale))."""
+    amax = x.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    return torch.round(x * torch.reciprocal(scale)[:, None]).clamp(-127, 127), scale
+
+
+def panel_linear_int8_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                                gelu_tanh: bool = False) -> torch.Tensor:
+    """What `panel_linear_int8` computes, in PyTorch: x (rows, k) and the float weight (n, k) each quantised
+    (`quantize_int8_rows`; the weight's values as `panel_pack_int8` rounds them: w / scale), their integer
+    product exact (float64), scaled back in float32, plus the bias, GELU-tanh of it with `gelu_tanh`."""
+    qx, sx = quantize_int8_rows(x.float())
+    amax = weight.float().abs().amax(dim=1)
+    sw = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    qw = torch.round(weight.float() / sw[:, None]).clamp(-127, 127)
+    y = (sx[:, None] * sw[None, :]) * (qx.double() @ qw.double().T).float()
+    if bias is not None:
+        y = y + bias
+    return F.gelu(y, approximate="tanh") if gelu_tanh else y

@@ -163,12 +163,12 @@ def _decode_step_block(block: "Block", x: torch.Tensor, cache: KVCache, layer: i
     """A whole block's decode step in one call of Hare's CPU kernel (`hare.kernels.gpt_block_decode`): what
     `Block.forward` computes (to float rounding: the norms and residuals fused into the linears), without the
     thirty-odd operations and the Python between them. x: (batch, 1, dim) -> (batch, 1, dim); None where it
-    cannot run (another device or dtype, autograd, the linears not packed for the few-row kernel, hooks on the
-    block's layers, no kernels)."""
+    cannot run (another device or dtype, autograd, the linears not packed for the few-row kernels — float32 or
+    int8 panels —, hooks on the block's layers, no kernels)."""
     linears = (block.qkv, block.attn_out, block.fc, block.proj)
     if (x.device.type != "cpu" or x.dtype != torch.float32 or cache.k.dtype != torch.float32
             or kernels.autograd_records(x)
-            or not all(isinstance(m, PackedLinear) and m.layout == "panels" for m in linears)):
+            or not all(isinstance(m, PackedLinear) and m.layout in ("panels", "int8") for m in linears)):
         return None
     norms = (block.ln1, block.ln2)
     if any(m._forward_hooks or m._forward_pre_hooks for m in (*linears, *norms)) or block.ln1.eps != block.ln2.eps:
@@ -179,8 +179,9 @@ def _decode_step_block(block: "Block", x: torch.Tensor, cache: KVCache, layer: i
     b, _, d = x.shape
     pk, pv = cache.prefix(layer)
     y = op(x.reshape(b, d), block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, block.ln1.eps,
-           block.qkv.packed, block.qkv.bias, block.attn_out.packed, block.attn_out.bias, block.fc.packed,
-           block.fc.bias, block.proj.packed, block.proj.bias, cache.k[layer], cache.v[layer],
+           block.qkv.kernel_weights(), block.qkv.bias, block.attn_out.kernel_weights(), block.attn_out.bias,
+           block.fc.kernel_weights(), block.fc.bias, block.proj.kernel_weights(), block.proj.bias, cache.k[layer],
+           cache.v[layer],
            cache.length - cache.prefix_length, pk[0], pv[0], block.heads)
     return y.view(b, 1, d)
 

@@ -75,12 +75,16 @@ def packing_available() -> bool:
 
 class PackedLinear(nn.Module):
     """Inference-only stand-in for an `nn.Linear` (float32, CPU), its weight packed for oneDNN, or with
-    `few_rows` (when Hare's kernels are available) into 16-column panels for `hare.kernels.panel_linear`.
+    `few_rows` (when Hare's kernels are available) into 16-column panels for `hare.kernels.panel_linear`, or with
+    `int8` into int8 panels for `hare.kernels.panel_linear_int8` (one scale per output column, the inputs
+    quantised per row on the fly: the fast path's GPT; raises if that kernel is unavailable).
 
-    `layout` says which: "onednn" or "panels"; `packed` holds the packed weight either way (the only copy).
+    `layout` says which: "onednn", "panels" or "int8"; `packed` holds the packed weight either way (the only
+    copy); an int8 layer also holds its column `scales` and `sums` (buffers).
     """
 
-    def __init__(self, linear: nn.Linear | nn.Conv1d, batch_hint: int = 16, few_rows: bool = False):
+    def __init__(self, linear: nn.Linear | nn.Conv1d, batch_hint: int = 16, few_rows: bool = False,
+                 int8: bool = False):
         super().__init__()
         if linear.weight.device.type != "cpu":
             raise ValueError("only CPU linear layers can be packed")
@@ -90,19 +94,47 @@ class PackedLinear(nn.Module):
                 raise ValueError("only 1x1 convolutions (no padding, stride, dilation or groups) can be packed")
             weight = weight[..., 0]
         self.out_features, self.in_features = weight.shape
+        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
+        self.register_buffer("bias", bias, persistent=False)
+        if int8:
+            ops8 = kernels.panel_linear_int8()
+            if ops8 is None:
+                raise RuntimeError("int8 panels need Hare's CPU kernels (a C++ compiler), which are unavailable")
+            self.layout = "int8"
+            self.packed, scales, sums = ops8[0](weight.detach().float())
+            self.register_buffer("scales", scales, persistent=False)
+            self.register_buffer("sums", sums, persistent=False)
+            return
         ops = kernels.panel_linear() if few_rows else None
         self.layout = "onednn" if ops is None else "panels"
         # a plain attribute: oneDNN's opaque layout, or the panels (panels, in_features, 16)
         self.packed = _pack(weight, batch_hint) if ops is None else ops[0](weight.detach().float())
-        bias = None if linear.bias is None else linear.bias.detach().float().contiguous()
-        self.register_buffer("bias", bias, persistent=False)
+
+    def kernel_weights(self) -> list[torch.Tensor]:
+        """The packed weight as the compiled kernels take it: [panels] ("panels"), [panels, scales, sums]
+        ("int8"); not for the oneDNN layout."""
+        if self.layout == "panels":
+            return [self.packed]
+        if self.layout == "int8":
+            return [self.packed, self.scales, self.sums]
+        raise ValueError("a oneDNN-packed linear has no panel weights")
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weight matrix one call reads, float32 or int8 (not its buffers: bias, scales, sums)."""
+        return self.in_features * self.out_features * (1 if self.layout == "int8" else 4)
 
     def forward(self, x: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
         """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul."""
         if not (x.is_cpu and x.dtype == torch.float32) or kernels.autograd_records(x):
             _check_inference_input(x, "linear layer")  # raises
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if self.layout == "onednn":
+        if self.layout == "int8":  # every row count: the int8 products are exact, the kernel blocks large ones
+            if x2.stride(-1) != 1:
+                x2 = x2.contiguous()
+            y = torch.ops.hare.panel_linear_int8(x2, self.packed, self.scales, self.sums, self.bias,
+                                                 self.out_features, gelu_tanh, "")
+        elif self.layout == "onednn":
             y = _packed_linear(x2, self.packed, self.bias, gelu_tanh)
         elif x2.shape[0] <= PANEL_MAX_ROWS:
             if x2.stride(-1) != 1:
@@ -116,7 +148,7 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-                + (", layout=panels" if self.layout == "panels" else ""))
+                + (f", layout={self.layout}" if self.layout != "onednn" else ""))
 
 
 # Winograd F(4,3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): the filter
@@ -199,8 +231,11 @@ def _pointwise(conv: nn.Conv1d) -> bool:
             and conv.padding in ((0,), "valid"))
 
 
-def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True) -> int:
+def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True, int8: bool = False) -> int:
     """Replace every float32 CPU `nn.Linear` inside `module` (in place) by a `PackedLinear`; returns how many.
+
+    With `int8`, every `nn.Linear` gets int8 panels (`PackedLinear(int8=True)`: the fast path's weights, a
+    quarter of float32's bytes; it needs Hare's kernels) and the convolutions below stay float32.
 
     Subclasses of `nn.Linear` (quantised or otherwise special layers) are left alone. A module that lists
     linear children in `FEW_ROWS_PACKABLE` (layers that mostly run over few rows, such as the GPT's in its
@@ -231,7 +266,8 @@ def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True)
     for parent, name, cls in slots:
         child = getattr(parent, name)
         panels = few_rows and name in getattr(parent, "FEW_ROWS_PACKABLE", ())
-        setattr(parent, name, PackedLinear(child, batch_hint, panels) if cls is PackedLinear else cls(child))
+        quantise = int8 and type(child) is nn.Linear
+        setattr(parent, name, PackedLinear(child, batch_hint, panels, quantise) if cls is PackedLinear else cls(child))
     return len(slots)
 
 
