@@ -1,6 +1,6 @@
 """Hare against the reference on the same official-size (random) weights, settings and machine, in one run.
 
-    python bench/pipeline.py [--skip-reference] [--out runs/bench_pipeline.json]
+    python bench/pipeline.py [--skip-reference] [--repeat N] [--only NAME] [--out runs/bench_pipeline.json]
 
 Builds random official-size weights in the official file layout once (bench/.cache/official), a
 two-clip synthetic voice, then runs, each in its own process (so peak memory is per run):
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_pipeline.json")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each configuration N times (interleaved) and keep each one's fastest run")
+    ap.add_argument("--only", action="append", default=None, metavar="NAME",
+                    help="run only these configurations (reference, hare_exact, hare_fast, hare_bf16); repeatable")
     args = ap.parse_args(argv)
 
     from machine import describe, line as machine_line
@@ -85,6 +87,11 @@ def main(argv=None) -> int:
     if {"amx_bf16", "avx512_bf16"} & set(info["flags"]):
         configs["hare_bf16"] = (Path(sys.executable), "_run_hare.py",
                                 common + ["--sampler", "dpm++2m", "--steps", "10", "--quantize", "int8", "--dtype", "bf16"])
+    if args.only:
+        unknown = set(args.only) - set(configs)
+        if unknown:
+            ap.error(f"--only: no configuration {', '.join(sorted(unknown))} here (have {', '.join(configs)})")
+        configs = {name: c for name, c in configs.items() if name in args.only}
     results: dict[str, dict] = {}
     for round_ in range(args.repeat):
         for name, (python, script, cmd) in configs.items():

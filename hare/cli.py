@@ -43,7 +43,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_precision_options(p: argparse.ArgumentParser) -> None:
     """The load-time speed options (shared by `speak`, `serve` and `eval`)."""
-    p.add_argument("--quantize", choices=("int8",), help="int8 GPT and CLVP linears (CPU; fast path): the GPT on Hare's int8 kernel, the CLVP on PyTorch's")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="int8 weights (CPU; fast path): the GPT and diffusion decoder on Hare's int8 kernel, "
+                        "the CLVP on PyTorch's dynamic int8")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs)")
 

@@ -95,7 +95,8 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
     The default model, `hare-mini`, ships inside the package; `tortoise-v2` is downloaded once from the
     Hugging Face hub. `pack` (on a CPU): pre-pack the float32 linear layers for oneDNN
     (`hare.models.packed`), same results to float rounding, several times faster on CPUs where the default
-    BLAS is slow.
+    BLAS is slow. `quantize="int8"` (CPU): int8 weights for the GPT, the CLVP and (when packed) the diffusion
+    decoder, the fast path; `dtype`: "fp32" (exact), "bf16" or "fp16" for the AR, rerank and latent stages.
     """
     from tqdm.auto import tqdm
 

@@ -150,20 +150,25 @@ class TextToSpeech:
         _return_freed_memory(self.device)  # what loading and packing left behind
 
     def _pack(self) -> bool:
-        """oneDNN-packed float32 linears on the CPU (`hare.models.packed`), in place: the diffusion decoder
-        (always float32), and the GPT and CLVP when they run float32 (after int8 quantisation, what is left
-        in float: the attention blocks' 1x1 convolutions). False when nothing was packed."""
+        """Packed linears and convolutions on the CPU (`hare.models.packed`), in place: the diffusion decoder
+        (float32, or with `quantize="int8"` on Hare's int8 kernel where it is available), and the GPT and CLVP
+        when they run float32 (after int8 quantisation, what is left in float: the attention blocks' 1x1
+        convolutions). False when nothing was packed."""
+        from hare import kernels
         from hare.models.packed import pack_linears, packing_available
 
         if self.device.type != "cpu" or not packing_available():
             return False
-        targets = [self.diffusion]
+        int8 = (self.quantize == "int8" and kernels.panel_linear_int8() is not None
+                and kernels.winograd() is not None)
+        packed = pack_linears(self.diffusion, int8=int8, int8_convolutions=int8)
         if self.dtype == "fp32":
-            targets += [self.gpt, self.clvp]
-        return sum(pack_linears(m) for m in targets) > 0
+            packed += sum(pack_linears(m) for m in (self.gpt, self.clvp))
+        return packed > 0
 
     def _quantize(self, mode: str, panels: bool = True) -> None:
-        """int8 weights for the GPT's and CLVP's linear layers (CPU only; activations are quantised per call).
+        """int8 weights for the GPT's and CLVP's linear layers (CPU only; activations are quantised per call);
+        the diffusion decoder's follow when it is packed (`_pack`).
 
         The GPT's go on Hare's int8 panels (`hare.kernels.panel_linear_int8`: one scale per output column, each
         row quantised on the fly, exact integer sums; its decode step one fused kernel call per block) where the

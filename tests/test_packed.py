@@ -97,6 +97,31 @@ def test_winograd_conv_matches_conv(frames, bias, compiled, monkeypatch):
     assert changed.tolist() == [i >= frames - 2 for i in range(frames)]
 
 
+@pytest.mark.skipif(kernels.panel_linear_int8() is None or kernels.winograd() is None,
+                    reason="no C++ compiler: no Hare kernels")
+@pytest.mark.parametrize("frames", [1, 7, 40])
+def test_int8_winograd_conv_and_resblock_near_float(frames):
+    """WinogradConv1d(int8=True): the six products on int8 panels, within int8's rounding of the convolution (a
+    few % of the output's spread); a ResBlock packed with int8_convolutions near the float block."""
+    torch.manual_seed(frames)
+    conv = nn.Conv1d(48, 40, 3, padding=1)
+    x = torch.randn(2, 48, frames) * 3
+    with torch.no_grad():
+        expected = conv(x)
+        layer = WinogradConv1d(conv, int8=True)
+        got = layer(x)
+    assert got.shape == expected.shape and "int8" in repr(layer)
+    assert (got - expected).pow(2).mean().sqrt() < 0.03 * expected.std()
+    block = ResBlock(32, dropout=0.0).eval()
+    x, emb = torch.randn(2, 32, frames), torch.randn(2, 32)
+    with torch.no_grad():
+        want = block(x, emb)
+        assert pack_linears(block, int8=True, int8_convolutions=True) == 3
+        assert block.conv_in.layout == "int8" and block.emb.layout == "int8" and block.conv_out.int8
+        got = block(x, emb)
+    assert (got - want).pow(2).mean().sqrt() < 0.03 * want.std()
+
+
 def test_winograd_conv_refuses_what_it_cannot_compute():
     for conv in (nn.Conv1d(4, 4, 3), nn.Conv1d(4, 4, 3, padding=1, stride=2), nn.Conv1d(4, 4, 5, padding=2),
                  nn.Conv1d(4, 4, 3, padding=1, dilation=2), nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect")):
@@ -177,6 +202,11 @@ def test_pipeline_packs_only_when_asked_and_float32(tmp_path, monkeypatch):
     assert isinstance(int8.gpt.cond_blocks[0].qkv, PackedLinear)  # a 1x1 conv, left in float by quantisation
     assert int8.gpt.cond_blocks[0].qkv.layout != "int8"
     assert isinstance(int8.diffusion.time_in, PackedLinear)
+    if kernels.panel_linear_int8() is not None:  # the fast path's diffusion decoder on int8 too
+        block = next(m for m in int8.diffusion.modules() if isinstance(m, ResBlock))
+        assert block.conv_in.layout == "int8" and isinstance(block.conv_out, WinogradConv1d) and block.conv_out.int8
+    assert not any(getattr(m, "int8", False) or getattr(m, "layout", "") == "int8"
+                   for m in packed.diffusion.modules())  # the exact path's stays float32
     unpacked8 = make(pack=False, quantize="int8")  # pack=False: no Hare layout anywhere, PyTorch's int8
     assert not isinstance(unpacked8.gpt.blocks[0].qkv, (PackedLinear, torch.nn.Linear))
     bf16 = make(pack=True, dtype="bf16")  # autocast runs the GPT and CLVP: they stay plain

@@ -16,6 +16,7 @@ from tiny_models import tiny_models, write_voice
 INT8_LOGIT_TOL = (0.10, 0.02)  # (max, mean) |int8 - fp32| GPT logits / std(fp32 logits)
 INT8_CLVP_TOL = 0.05  # max |int8 - fp32| CLVP scores / (max - min of fp32 scores + 1)
 BF16_LOGIT_TOL = (0.10, 0.01)
+INT8_DIFFUSION_TOL = 0.05  # rms |int8 - fp32| of a denoising step's output / its std (tiny model)
 
 
 def _close(a, b, tol):
@@ -53,6 +54,25 @@ def test_int8_gpt_and_clvp_within_tolerance(models):
     assert (s1 - s2).abs().max() / (s1.max() - s1.min() + 1) < INT8_CLVP_TOL
     assert isinstance(exact.gpt.blocks[0].qkv, torch.nn.Linear)
     assert not isinstance(fast.gpt.blocks[0].qkv, torch.nn.Linear)  # converted in place, no float copy kept
+
+
+def test_int8_diffusion_decoder_within_tolerance(models):
+    """quantize="int8" runs the diffusion decoder on int8 too (packed): one denoising step's output within a few %
+    of the float decoder's spread."""
+    from hare import kernels
+
+    if kernels.panel_linear_int8() is None:
+        pytest.skip("no C++ compiler: the diffusion decoder stays float32 without Hare's int8 kernel")
+    fast = _tts(copy.deepcopy(models), quantize="int8", pack=True)  # (packing is in place: copies first)
+    exact = _tts(copy.deepcopy(models), pack=True)
+    g = torch.Generator().manual_seed(4)
+    latents, voice = torch.randn(1, 12, 32, generator=g), torch.randn(1, 2 * exact.diffusion.config.channels,
+                                                                       generator=g)
+    x = torch.randn(1, exact.diffusion.config.in_channels, 48, generator=g)
+    with torch.no_grad():
+        out = [tts.diffusion(x, torch.tensor([300]), tts.diffusion.aligned_conditioning(latents, voice, 48))
+               for tts in (exact, fast)]
+    assert (out[0] - out[1]).pow(2).mean().sqrt() < INT8_DIFFUSION_TOL * out[0].std()
 
 
 def test_bf16_autocast_within_tolerance(models):

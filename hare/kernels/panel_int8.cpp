@@ -22,7 +22,8 @@
 // integer sums, so the same outputs to the rounding of the final float scaling:
 //   "avx512-vnni": vpdpbusd, 4 products of an unsigned and a signed byte summed into each int32 lane: the row's
 //                  values are stored as u + 128 (unsigned) and 128 sum_k q is taken off the sums afterwards;
-//                  tiles of up to 8 rows x 3 panels (24 accumulators);
+//                  tiles of up to 16 rows x 1 panel over at most 16 rows, else 8 rows x 3 panels (24
+//                  accumulators);
 //   "avx2":        vpmaddwd on the bytes widened to int16 (no saturation: AVX2's byte multiply-add,
 //                  vpmaddubsw, saturates its int16 pairs at full 8-bit range), tiles of up to 3 rows x 1 panel;
 //   "generic":     plain loops on int32 (any CPU, the compiler's vectoriser), up to 4 rows x 1 panel.
@@ -131,6 +132,10 @@ struct VnniTile {
 };
 constexpr int kVnniRows = 8;
 using VnniTables = Int8Tables<VnniTile, kVnniRows, 3>;
+// up to 16 rows (a decode step): one panel at a time for all of them, so that each weight line is loaded once,
+// from memory, for 16 vpdpbusd (8 x 3 tiles make a second pass over rows 8-15 from L2: ~15 % slower here)
+constexpr int kVnniFewRows = 16;
+using VnniFewRowTables = Int8Tables<VnniTile, kVnniFewRows, 1>;
 
 // -- AVX2: each 16-byte quarter of a quad's line (4 columns x 4 inputs) widened to int16 and multiplied with the
 // row's 4 int16 values (broadcast) by vpmaddwd: lanes 2c and 2c + 1 hold column c's two partial sums --------------
@@ -359,7 +364,11 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   thread_local RowNorm norm;
   const FusedArgs args = check_fused(x, n, n_panels, bias, fused, norm);  // (R, ldr: the residual)
   const float* const R = args.residual;
-  const Int8Variant v = pick_int8(variant);
+  Int8Variant v = pick_int8(variant);
+#if HARE_X86
+  if (v.code == RowCode::kUnsignedBytes && m <= kVnniFewRows)
+    v = {v.name, VnniFewRowTables::value[0][0].data(), kVnniFewRows, 1, v.code};
+#endif
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out;
   float* const Y = out.data_ptr<float>();

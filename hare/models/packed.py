@@ -162,16 +162,27 @@ class WinogradConv1d(nn.Module):
     three of T rows, half the multiplications. The same result to float rounding (about 4e-6 relative here;
     `tests/test_packed.py` checks it against `nn.Conv1d`); about 1.7x faster than PyTorch's convolution for the
     diffusion decoder's 1024-channel convolutions on the benchmark machine.
+
+    With `int8` the six products run on Hare's int8 kernel instead (`hare.kernels.panel_linear_int8`: each
+    transformed filter as int8 with a scale per output channel, each transformed input tile quantised on the
+    fly; the fast path's diffusion decoder; it needs the compiled kernels).
     """
 
-    def __init__(self, conv: nn.Conv1d):
+    def __init__(self, conv: nn.Conv1d, int8: bool = False):
         super().__init__()
         if conv.weight.device.type != "cpu":
             raise ValueError("only CPU convolutions can be packed")
         if not _same3(conv):
             raise ValueError("only 3-wide, stride-1, padding-1, undilated, ungrouped, zero-padded convolutions")
         self.out_channels, self.in_channels = conv.weight.shape[:2]
-        self.packed = [_pack(f, 128) for f in winograd_filters(conv.weight)]
+        self.int8 = int8
+        if int8:
+            ops8 = kernels.panel_linear_int8()
+            if ops8 is None or kernels.winograd() is None:
+                raise RuntimeError("int8 convolutions need Hare's CPU kernels (a C++ compiler), which are unavailable")
+            self.packed = [ops8[0](f) for f in winograd_filters(conv.weight)]  # (panels, scales, sums) each
+        else:
+            self.packed = [_pack(f, 128) for f in winograd_filters(conv.weight)]
         bias = None if conv.bias is None else conv.bias.detach().float().contiguous()
         self.register_buffer("bias", bias, persistent=False)
 
@@ -183,7 +194,11 @@ class WinogradConv1d(nn.Module):
         ops = kernels.winograd()
         if ops is not None:  # the transforms as two compiled passes over time-major rows
             v = ops[0](_time_major(x))
-            m = [_packed_linear(v[i], p, None) for i, p in enumerate(self.packed)]
+            if self.int8:
+                n = self.out_channels
+                m = [torch.ops.hare.panel_linear_int8(v[i], *p, None, n, False, "") for i, p in enumerate(self.packed)]
+            else:
+                m = [_packed_linear(v[i], p, None) for i, p in enumerate(self.packed)]
             res = None if residual is None else _time_major(residual)
             return ops[1](m, self.bias, res, b, t).transpose(1, 2)
         n = (t + 3) // 4
@@ -212,7 +227,8 @@ class WinogradConv1d(nn.Module):
         return y if residual is None else y + residual
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size=3, padding=1, bias={self.bias is not None}"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size=3, padding=1, bias={self.bias is not None}"
+                + (", int8" if self.int8 else ""))
 
 
 def _time_major(x: torch.Tensor) -> torch.Tensor:
@@ -231,11 +247,13 @@ def _pointwise(conv: nn.Conv1d) -> bool:
             and conv.padding in ((0,), "valid"))
 
 
-def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True, int8: bool = False) -> int:
+def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True, int8: bool = False,
+                 int8_convolutions: bool = False) -> int:
     """Replace every float32 CPU `nn.Linear` inside `module` (in place) by a `PackedLinear`; returns how many.
 
     With `int8`, every `nn.Linear` gets int8 panels (`PackedLinear(int8=True)`: the fast path's weights, a
-    quarter of float32's bytes; it needs Hare's kernels) and the convolutions below stay float32.
+    quarter of float32's bytes; it needs Hare's kernels); with `int8_convolutions` too, so do the 1x1 and the
+    Winograd convolutions below (the fast path's diffusion decoder); otherwise they stay float32.
 
     Subclasses of `nn.Linear` (quantised or otherwise special layers) are left alone. A module that lists
     linear children in `FEW_ROWS_PACKABLE` (layers that mostly run over few rows, such as the GPT's in its
@@ -266,8 +284,9 @@ def pack_linears(module: nn.Module, batch_hint: int = 16, few_rows: bool = True,
     for parent, name, cls in slots:
         child = getattr(parent, name)
         panels = few_rows and name in getattr(parent, "FEW_ROWS_PACKABLE", ())
-        quantise = int8 and type(child) is nn.Linear
-        setattr(parent, name, PackedLinear(child, batch_hint, panels, quantise) if cls is PackedLinear else cls(child))
+        quantise = int8 and (type(child) is nn.Linear or int8_convolutions)
+        setattr(parent, name, PackedLinear(child, batch_hint, panels, quantise) if cls is PackedLinear
+                else cls(child, int8=quantise))
     return len(slots)
 
 
