@@ -193,9 +193,10 @@ class TextToSpeech:
                 self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
             self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
-    def _autocast(self):
-        """Reduced precision for the AR, rerank and latent stages when asked (diffusion and vocoder stay fp32)."""
-        if self.dtype == "fp32":
+    def _autocast(self, stage: str = ""):
+        """Reduced precision for the AR, rerank and latent stages when asked (diffusion and vocoder stay fp32).
+        With int8 weights the rerank stays float32: PyTorch's dynamic int8 CLVP layers take float32 only."""
+        if self.dtype == "fp32" or (stage == "rerank" and self.quantize == "int8"):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
@@ -441,7 +442,7 @@ class TextToSpeech:
         if settings.num_candidates == 1:  # nothing to rank: the fix-up alone (api_fast does the same)
             best = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         else:
-            with timer("rerank"), self._autocast():
+            with timer("rerank"), self._autocast("rerank"):
                 best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent)
         if settings.decoder == "hifigan":
             return self._hifigan_audio(text, best, ar_latent, settings, timer)

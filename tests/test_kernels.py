@@ -643,6 +643,9 @@ def test_int8_packed_linear_layer():
                                panel_linear_int8_reference(x[0], lin.weight, lin.bias, gelu_tanh=True))
     with pytest.raises(RuntimeError, match="inference"):
         layer(torch.randn(3, 40, requires_grad=True))
+    with torch.no_grad():  # bf16 inputs (autocast with quantize="int8"): quantised from float32, float32 out
+        x16 = torch.randn(5, 40).bfloat16()
+        torch.testing.assert_close(layer(x16), layer(x16.float()))
 
 
 @needs_int8

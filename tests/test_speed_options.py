@@ -81,12 +81,13 @@ def test_bf16_autocast_within_tolerance(models):
     assert _close(a, b, BF16_LOGIT_TOL)
 
 
-def test_fast_path_end_to_end(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: bench/pipeline.py's hare_bf16 (AMX machines)
+def test_fast_path_end_to_end(models, tmp_path, monkeypatch, dtype):
     monkeypatch.setenv("HARE_HOME", str(tmp_path))
     write_voice(tmp_path / "v" / "alice")
     from hare.voices import VoiceLibrary
 
-    tts = _tts(copy.deepcopy(models), quantize="int8")
+    tts = _tts(copy.deepcopy(models), quantize="int8", dtype=dtype, pack=True)
     tts.voices = VoiceLibrary([tmp_path / "v"])
     out = tts.tts("Fast path.", voice="alice", preset="ultra_fast", sampler="dpm++2m", diffusion_steps=5,
                   num_candidates=2, max_codes=20, seed=0)

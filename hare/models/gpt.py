@@ -122,6 +122,8 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> 
         return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
     k, v = cache.own(layer, end)
     pk, pv = cache.prefix(layer)
+    if q.dtype != k.dtype:  # int8 linears (float32 out) beside a bfloat16 cache under autocast
+        q = q.to(k.dtype)
     inference = not kernels.autograd_records(q)  # the kernel has no gradient
     op = kernels.decode_attention() if inference and q.dtype == k.dtype == torch.float32 else None
     if op is not None:

@@ -125,7 +125,11 @@ class PackedLinear(nn.Module):
         return self.in_features * self.out_features * (1 if self.layout == "int8" else 4)
 
     def forward(self, x: torch.Tensor, gelu_tanh: bool = False) -> torch.Tensor:
-        """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul."""
+        """y = x W^T + b, or with `gelu_tanh` GELU(tanh approximation) of it, fused into the matmul. An int8
+        layer also takes bfloat16/float16 inputs (under autocast: `dtype="bf16"` with `quantize="int8"`): they
+        are quantised from float32, and y is float32."""
+        if self.layout == "int8" and x.is_cpu and x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()
         if not (x.is_cpu and x.dtype == torch.float32) or kernels.autograd_records(x):
             _check_inference_input(x, "linear layer")  # raises
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
