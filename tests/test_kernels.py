@@ -610,6 +610,8 @@ def test_panel_linear_int8_edges_and_bad_inputs():
     w0 = w.clone()
     w0[4] = 0.0  # an all-zero weight column
     assert (linear(x[[0]], *pack(w0), None, 20, False, "")[0, 4] == 0).item()
+    empty = pack(torch.zeros(20, 0))  # no inputs: the bias alone
+    torch.testing.assert_close(linear(torch.zeros(3, 0), *empty, b, 20, False, ""), b.expand(3, 20))
     with pytest.raises(RuntimeError, match="features"):
         linear(torch.randn(4, 9), *packed, b, 20, False, "")
     with pytest.raises(RuntimeError, match="does not fit"):

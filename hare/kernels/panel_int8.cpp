@@ -372,6 +372,15 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out;
   float* const Y = out.data_ptr<float>();
+  if (k_size == 0) {  // no inputs: the bias alone (then GELU, the residual)
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        const float b = args.bias ? args.bias[j] : 0.0f;
+        const float y = gelu_tanh ? 0.5f * b * (1.0f + std::tanh(0.7978845608028654f * (b + 0.044715f * b * b * b))) : b;
+        Y[r * n + j] = R ? y + R[r * args.ldr + j] : y;
+      }
+    return out;
+  }
   const int64_t lda = m > 1 ? x.stride(0) : k_size;
   if (fused.eps >= 0.0) row_moments(x.data_ptr<float>(), lda, m, k_size, fused.eps, norm);
   thread_local std::vector<uint8_t> xq_buffer;
