@@ -1,9 +1,10 @@
-// Hare's CPU kernel for int8 linear layers over few rows (the GPT's decode step on the fast path): y = x W^T + b
-// with W stored as int8, one float scale per output column, and x quantised per row on the fly.
+// Hare's CPU kernel for int8 linear layers (the fast path's GPT, above all its decode step over few rows, and its
+// diffusion decoder): y = x W^T + b with W stored as int8, one float scale per output column, and x quantised
+// per row on the fly.
 //
 // At 16 rows a decode-step linear reads each weight once, so int8 weights take a quarter of float32's time
-// from memory. PyTorch's dynamic int8 linear (fbgemm / oneDNN) gets there only at many rows; at 16 it runs
-// about 4x slower than its weights' roof here. This kernel keeps panel_linear.cpp's plan — the weight packed
+// from memory. PyTorch's dynamic int8 linear (fbgemm / oneDNN) reaches about half of the memory's bandwidth
+// there on this project's Xeon (11 of 23 GB/s). This kernel keeps panel_linear.cpp's plan — the weight packed
 // once into 16-column panels, streamed once per call in one sequential run per thread, register tiles of rows
 // x panels — with int8 arithmetic:
 //
