@@ -287,7 +287,7 @@ void quantize_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, const
   }
 }
 
-void check_panels_int8(const at::Tensor& panels, const at::Tensor& scales, const at::Tensor& sums) {
+void check_panels_int8(const at::Tensor& panels, const at::Tensor& scales, const at::Tensor* sums) {
   TORCH_CHECK(panels.device().is_cpu() && panels.scalar_type() == at::kChar && panels.dim() == 4 &&
                   panels.size(2) == kPanel && panels.size(3) == kQuad && panels.is_contiguous(),
               "panels must be a contiguous (panels, quads, 16, 4) int8 tensor from panel_pack_int8");
@@ -295,8 +295,8 @@ void check_panels_int8(const at::Tensor& panels, const at::Tensor& scales, const
   TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == at::kFloat && scales.dim() == 1 &&
                   scales.size(0) == cols && scales.is_contiguous(),
               "scales must be the (panels * 16,) float32 tensor from panel_pack_int8");
-  TORCH_CHECK(sums.device().is_cpu() && sums.scalar_type() == at::kInt && sums.dim() == 1 && sums.size(0) == cols &&
-                  sums.is_contiguous(),
+  TORCH_CHECK(!sums || (sums->device().is_cpu() && sums->scalar_type() == at::kInt && sums->dim() == 1 &&
+                        sums->size(0) == cols && sums->is_contiguous()),
               "sums must be the (panels * 16,) int32 tensor from panel_pack_int8");
 }
 
@@ -336,8 +336,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> panel_pack_int8(const at::Tensor&
 }
 
 at::Tensor panel_unpack_int8(const at::Tensor& panels, const at::Tensor& scales, int64_t n, int64_t k_size) {
-  const at::Tensor sums = at::zeros({scales.size(0)}, scales.options().dtype(at::kInt));
-  check_panels_int8(panels, scales, sums);
+  check_panels_int8(panels, scales, nullptr);
   TORCH_CHECK(n >= 0 && (n + kPanel - 1) / kPanel == panels.size(0), "out_features ", n, " does not fit ",
               panels.size(0), " panels");
   TORCH_CHECK(k_size >= 0 && (k_size + kQuad - 1) / kQuad == panels.size(1), "in_features ", k_size,
@@ -358,7 +357,7 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
                                    const at::Tensor& sums, const std::optional<at::Tensor>& bias, int64_t n,
                                    bool gelu_tanh, const std::string& variant, const Fused& fused) {
   check_cpu_float(x, "x");
-  check_panels_int8(panels, scales, sums);
+  check_panels_int8(panels, scales, &sums);
   TORCH_CHECK(x.dim() == 2, "x must be (rows, in_features)");
   const int64_t m = x.size(0), k_size = x.size(1), n_panels = panels.size(0), quads = panels.size(1);
   TORCH_CHECK((k_size + kQuad - 1) / kQuad == quads, "x has ", k_size, " features, the panels ", quads, " quads");
@@ -374,12 +373,7 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   if (m == 0 || n == 0) return out;
   float* const Y = out.data_ptr<float>();
   if (k_size == 0) {  // no inputs: the bias alone (then GELU, the residual)
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) {
-        const float b = args.bias ? args.bias[j] : 0.0f;
-        const float y = gelu_tanh ? 0.5f * b * (1.0f + std::tanh(0.7978845608028654f * (b + 0.044715f * b * b * b))) : b;
-        Y[r * n + j] = R ? y + R[r * args.ldr + j] : y;
-      }
+    bias_alone(Y, m, n, args.bias, gelu_tanh, R, args.ldr);
     return out;
   }
   const int64_t lda = m > 1 ? x.stride(0) : k_size;
@@ -394,10 +388,7 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   const int32_t* const Z = sums.data_ptr<int32_t>();
   const int8_t* const PW = panels.data_ptr<int8_t>();
   const int32_t offset = v.code == RowCode::kUnsignedBytes ? 128 : 0;  // the inputs' shift, taken off per column
-  thread_local std::vector<float> bias_pad;  // the bias, zero past N (and without one)
-  bias_pad.assign(static_cast<size_t>(n_panels * kPanel), 0.0f);
-  if (args.bias) std::copy(args.bias, args.bias + n, bias_pad.begin());
-  const float* const BP = bias_pad.data();
+  const float* const BP = padded_bias(args.bias, n, n_panels);
   const int64_t panel_bytes = quads * kQuadBytes;
   const int64_t groups = (m + 15) / 16, pass = v.max_rows;
   // as panel_linear: the whole of K per tile over few rows, else K in slices whose tile of panels stays in L1
@@ -406,44 +397,28 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   at::parallel_for(0, n_panels, grain, [&](int64_t p0, int64_t p1) {
     alignas(64) int32_t tmp[16 * kPanel * kMaxPanels];  // tiles that reach past N
     auto tiles = [&](int64_t p, int64_t np, int64_t q0, int64_t qc, int64_t g, bool prefetch) {
-      const int64_t cols = std::min(np * kPanel, n - kPanel * p), rows = std::min<int64_t>(16, m - 16 * g);
-      const bool first = q0 == 0, last = q0 + qc == quads, partial = cols < np * kPanel;
-      for (int64_t s = 0; s < rows; s += pass) {
-        const int mr = static_cast<int>(std::min(pass, rows - s));
-        float* const dst = Y + (16 * g + s) * n + kPanel * p;
-        // the int32 sums live in the output's own memory until the last slice turns them into floats
-        int32_t* c = reinterpret_cast<int32_t*>(dst);
-        int64_t ldc = n;
-        if (partial) {
-          c = tmp;
-          ldc = kPanel * kMaxPanels;
-          if (!first)
-            for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, dst + r * n, cols * sizeof(float));
-        }
+      const bool first = q0 == 0, last = q0 + qc == quads;
+      // the int32 sums live in the output's own memory until the last slice turns them into floats
+      row_tiles(Y, n, m, p, np, g, pass, first, tmp, [&](int32_t* c, int64_t ldc, int64_t s, int mr, int64_t cols) {
         const Int8TileFn tile = v.tile(mr, static_cast<int>(np), prefetch && s == 0);
         tile(XQ + ((g * quads + q0) * 16 + s) * row_bytes, PW + p * panel_bytes + q0 * kQuadBytes, panel_bytes, qc, c,
              ldc, first);
-        if (last)  // the sums to floats in place, 16 columns at a time (the tile's width: c holds them all)
-          for (int r = 0; r < mr; ++r) {
-            const int64_t row = 16 * g + s + r;
-            const float t = TS[row];
-            for (int64_t j = 0; j < np * kPanel; j += 16) {
-              const int64_t col = kPanel * p + j;
-              i16v sum, zero_point;
-              std::memcpy(&sum, c + r * ldc + j, sizeof(sum));
-              std::memcpy(&zero_point, Z + col, sizeof(zero_point));
-              v16 y = (t * load(S + col)) * __builtin_convertvector(sum - offset * zero_point, v16) + load(BP + col);
-              if (gelu_tanh) y = y * sigmoid((y + y * y * y * 0.044715f) * 1.5957691216057308f);  // x sigmoid(2u)
-              std::memcpy(c + r * ldc + j, &y, sizeof(y));
-            }
-            if (R) {
-              float* yr = reinterpret_cast<float*>(c + r * ldc);
-              for (int64_t j = 0; j < cols; ++j) yr[j] += R[row * args.ldr + kPanel * p + j];
-            }
+        if (!last) return;
+        for (int r = 0; r < mr; ++r) {  // the sums to floats in place, 16 columns at a time (c holds the tile's width)
+          const float t = TS[16 * g + s + r];
+          for (int64_t j = 0; j < np * kPanel; j += 16) {
+            const int64_t col = kPanel * p + j;
+            i16v sum, zero_point;
+            std::memcpy(&sum, c + r * ldc + j, sizeof(sum));
+            std::memcpy(&zero_point, Z + col, sizeof(zero_point));
+            const v16 y = (t * load(S + col)) * __builtin_convertvector(sum - offset * zero_point, v16) + load(BP + col);
+            std::memcpy(c + r * ldc + j, &y, sizeof(y));
           }
-        if (partial)
-          for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));
-      }
+        }
+        float* const cf = reinterpret_cast<float*>(c);  // floats from here on
+        if (gelu_tanh) gelu_tanh_rows(cf, ldc, mr, np * kPanel);
+        if (R) add_residual_rows(cf, ldc, mr, cols, R + (16 * g + s) * args.ldr + kPanel * p, args.ldr);
+      });
     };
     walk_tiles(p0, p1, v.max_panels, quads, qc_block, m, groups, tiles);  // (K in quads)
   });

@@ -420,6 +420,60 @@ void walk_tiles(int64_t p0, int64_t p1, int64_t max_panels, int64_t k_size, int6
       }
 }
 
+// The bias (N,) zero-padded to whole panels (zero throughout without one), in a buffer of the calling thread
+// reused from call to call (a decode step makes over a hundred calls: allocations would cost more than the
+// smallest products). Valid until the thread's next call.
+const float* padded_bias(const float* bias, int64_t n, int64_t n_panels) {
+  thread_local std::vector<float> pad;
+  pad.assign(static_cast<size_t>(n_panels * kPanel), 0.0f);
+  if (bias) std::copy(bias, bias + n, pad.begin());
+  return pad.data();
+}
+
+// A product with no inputs (K = 0): y (M, N) = the bias alone (0 without one), GELU-tanh of it with `gelu_tanh`,
+// plus the residual (row stride ldr) when given.
+void bias_alone(float* y, int64_t m, int64_t n, const float* bias, bool gelu_tanh, const float* residual,
+                int64_t ldr) {
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t j = 0; j < n; ++j) {
+      const float b = bias ? bias[j] : 0.0f, u = 0.7978845608028654f * (b + 0.044715f * b * b * b);
+      y[r * n + j] = (gelu_tanh ? 0.5f * b * (1.0f + std::tanh(u)) : b) + (residual ? residual[r * ldr + j] : 0.0f);
+    }
+}
+
+// c (mr rows of `cols` values, row stride ldc) += the residual's matching rows (row stride ldr).
+void add_residual_rows(float* c, int64_t ldc, int mr, int64_t cols, const float* residual, int64_t ldr) {
+  for (int r = 0; r < mr; ++r)
+    for (int64_t j = 0; j < cols; ++j) c[r * ldc + j] += residual[r * ldr + j];
+}
+
+// The row tiles of one `tiles` call of walk_tiles: rows 16g .. 16g + 15 of panels p .. p + np - 1, `pass` rows at
+// a time. `body(c, ldc, s, mr, cols)` sums rows 16g + s .. + mr - 1 into c (row stride ldc): the output's own
+// rows, or `tmp` where the tile reaches past N (copied in unless `first`, and back out after). T is the sums'
+// 4-byte type (float, or int32 sums held in the float output's memory until they are scaled).
+template <typename T, typename Body>
+void row_tiles(float* y, int64_t n, int64_t m, int64_t p, int64_t np, int64_t g, int64_t pass, bool first, T* tmp,
+               Body&& body) {
+  static_assert(sizeof(T) == sizeof(float), "4-byte sums");
+  const int64_t cols = std::min(np * kPanel, n - kPanel * p), rows = std::min<int64_t>(16, m - 16 * g);
+  const bool partial = cols < np * kPanel;
+  for (int64_t s = 0; s < rows; s += pass) {
+    const int mr = static_cast<int>(std::min(pass, rows - s));
+    float* const dst = y + (16 * g + s) * n + kPanel * p;
+    T* c = reinterpret_cast<T*>(dst);
+    int64_t ldc = n;
+    if (partial) {
+      c = tmp;
+      ldc = kPanel * kMaxPanels;
+      if (!first)
+        for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, dst + r * n, cols * sizeof(float));
+    }
+    body(c, ldc, s, mr, cols);
+    if (partial)
+      for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));
+  }
+}
+
 // A product's bias (N,) or nullptr, its residual (M, N) or nullptr (row stride ldr), each checked, and `norm` set
 // to the fused LayerNorm's weight and bias (its moments cleared; eps >= 0 asks the caller to compute them).
 struct FusedArgs {
@@ -479,21 +533,13 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out;
   float* const Y = out.data_ptr<float>();
-  // the bias, zero past N (and without one); per calling thread, reused from call to call (a decode step makes
-  // over a hundred calls: allocations would cost more than the smallest products)
-  thread_local std::vector<float> bias_pad, xt_buffer;
-  bias_pad.assign(static_cast<size_t>(n_panels * kPanel), 0.0f);
-  if (B) std::copy(B, B + n, bias_pad.begin());
-  const float* const BP = bias_pad.data();  // (the worker threads' own thread_local buffers are other ones)
   if (k_size == 0) {  // no inputs: the bias alone
-    for (int64_t r = 0; r < m; ++r) std::copy(bias_pad.begin(), bias_pad.begin() + n, Y + r * n);
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < n; ++j) {
-        const float b = Y[r * n + j], u = 0.7978845608028654f * (b + 0.044715f * b * b * b);
-        Y[r * n + j] = (gelu_tanh ? 0.5f * b * (1.0f + std::tanh(u)) : b) + (R ? R[r * ldr + j] : 0.0f);
-      }
+    bias_alone(Y, m, n, B, gelu_tanh, R, ldr);
     return out;
   }
+  // (the worker threads read the calling thread's buffers: their own thread_local ones are other ones)
+  const float* const BP = padded_bias(B, n, n_panels);
+  thread_local std::vector<float> xt_buffer;  // per calling thread, reused from call to call
   const int64_t groups = (m + 15) / 16;
   xt_buffer.resize(static_cast<size_t>(groups * k_size * 16));  // lanes of rows past M are never read
   float* const XT = xt_buffer.data();
@@ -514,32 +560,15 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
     alignas(64) float tmp[16 * kPanel * kMaxPanels];  // tiles that reach past N
     // rows 16g.. of panels p .. p + np - 1, inputs k0 .. k0 + kc - 1
     auto tiles = [&](int64_t p, int64_t np, int64_t k0, int64_t kc, int64_t g, bool prefetch) {
-      const int64_t cols = std::min(np * kPanel, n - kPanel * p), rows = std::min<int64_t>(16, m - 16 * g);
-      const bool first = k0 == 0, last = k0 + kc == k_size, partial = cols < np * kPanel;
-      for (int64_t s = 0; s < rows; s += pass) {
-        const int mr = static_cast<int>(std::min(pass, rows - s));
-        float* const dst = Y + (16 * g + s) * n + kPanel * p;
-        float* c = dst;
-        int64_t ldc = n;
-        if (partial) {
-          c = tmp;
-          ldc = kPanel * kMaxPanels;
-          if (!first)
-            for (int r = 0; r < mr; ++r) std::memcpy(c + r * ldc, dst + r * n, cols * sizeof(float));
-        }
+      const bool first = k0 == 0, last = k0 + kc == k_size;
+      row_tiles(Y, n, m, p, np, g, pass, first, tmp, [&](float* c, int64_t ldc, int64_t s, int mr, int64_t cols) {
         // the first tile over these weights prefetches them (they come from memory); the others find them cached
         const TileFn tile = v.tile(mr, static_cast<int>(np), prefetch && s == 0);
         tile(XT + (g * k_size + k0) * 16 + s, PW + (p * k_size + k0) * kPanel, k_size * kPanel, kc, c, ldc,
              first ? BP + kPanel * p : nullptr);
         if (last && gelu_tanh) gelu_tanh_rows(c, ldc, mr, np * kPanel);
-        if (last && R)
-          for (int r = 0; r < mr; ++r) {
-            const float* res = R + (16 * g + s + r) * ldr + kPanel * p;
-            for (int64_t j = 0; j < cols; ++j) c[r * ldc + j] += res[j];
-          }
-        if (partial)
-          for (int r = 0; r < mr; ++r) std::memcpy(dst + r * n, c + r * ldc, cols * sizeof(float));
-      }
+        if (last && R) add_residual_rows(c, ldc, mr, cols, R + (16 * g + s) * ldr + kPanel * p, ldr);
+      });
     };
     walk_tiles(p0, p1, v.max_panels, k_size, kc_block, m, groups, tiles);
   });

@@ -196,6 +196,8 @@ class WinogradConv1d(nn.Module):
         _check_inference_input(x, "convolution")
         b, c, t = x.shape
         ops = kernels.winograd()
+        if ops is None and self.int8:  # (HARE_KERNELS turned off after packing)
+            raise RuntimeError("an int8 convolution needs Hare's CPU kernels, which are now unavailable")
         if ops is not None:  # the transforms as two compiled passes over time-major rows
             v = ops[0](_time_major(x))
             if self.int8:
