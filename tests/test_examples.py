@@ -56,3 +56,11 @@ def test_main_excludes_lists_and_their_phrases(wordnet, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and set(out) <= {"The dog barked all night long.", "A cat sat on the warm mat by the door.",
                                           "Please make the check out to me?"}
+
+
+def test_main_unreadable_exclude_list_is_a_clear_error(wordnet, tmp_path, capsys):
+    assert examples.main(["--wordnet", str(wordnet), "--exclude", str(tmp_path / "missing.txt")]) == 2
+    captured = capsys.readouterr()
+    assert "cannot read sentences file" in captured.err and captured.out == ""
+    assert examples.main(["--wordnet", str(tmp_path / "no-wordnet")]) == 2
+    assert "wordnet-base" in capsys.readouterr().err

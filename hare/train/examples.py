@@ -85,12 +85,23 @@ def main(argv=None) -> int:
                    help="also drop sentences sharing a run of N words with an --exclude list (0: off)")
     p.add_argument("--wordnet", type=Path, default=WORDNET)
     a = p.parse_args(argv)
-    lines = [ln.strip() for f in a.exclude for ln in Path(f).read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = []
+    if a.exclude:  # the corpus tools' reader (comments, blank lines, a clear error); it imports torch
+        from hare.train import TrainingError
+        from hare.train.synth import read_sentences
+        try:
+            lines = [s for f in a.exclude for s in read_sentences(f)]
+        except TrainingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     excluded = {ln.lower() for ln in lines}
     runs = set().union(*(_runs(ln, a.overlap) for ln in lines)) if a.overlap > 0 else set()
-    pool = [s for s in examples(a.wordnet)
-            if s.lower() not in excluded and not (runs and _runs(s, a.overlap) & runs)]
+    try:
+        found = examples(a.wordnet)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pool = [s for s in found if s.lower() not in excluded and not (runs and _runs(s, a.overlap) & runs)]
     random.Random(a.seed).shuffle(pool)
     chosen = pool[:a.count] if a.count else pool
     print(f"# WordNet 3.0 usage examples (python -m hare.train.examples --count {a.count} --seed {a.seed}): "
