@@ -550,7 +550,7 @@ def test_packed_gpt_decode_step_runs_each_block_in_one_call(monkeypatch):
 
 
 # -- the int8 few-row linear kernel (panel_int8.cpp): every variant against its PyTorch reference ---------------
-INT8_VARIANTS = {"avx512-vnni": "avx512_vnni", "avx2": "avx2", "generic": None}
+INT8_VARIANTS = {"amx-int8": "amx_int8", "avx512-vnni": "avx512_vnni", "avx2": "avx2", "generic": None}
 needs_int8 = pytest.mark.skipif(kernels.panel_linear_int8() is None, reason="no C++ compiler: no Hare kernels")
 
 ALL_INT8_VARIANTS = [_runs_variant(v, kernels.panel_linear_int8, kernels.panel_int8_variants, INT8_VARIANTS)

@@ -17,7 +17,7 @@
   the CPU reports (`panel_linear_variants()`);
 - `panel_linear_int8()`: `torch.ops.hare.panel_pack_int8` / `panel_linear_int8` / `panel_unpack_int8`, the same
   with int8 weights (a scale per output column) and rows quantised on the fly, exact int32 sums (the fast
-  path's GPT, `panel_int8.cpp`); variants AVX-512-VNNI, AVX2 or portable (`panel_int8_variants()`).
+  path's GPT, `panel_int8.cpp`); variants AMX-int8, AVX-512-VNNI, AVX2 or portable (`panel_int8_variants()`).
 
 Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
 the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
@@ -477,7 +477,7 @@ def panel_linear_int8():
 
 
 def panel_int8_variants() -> list[str]:
-    """The int8 few-row linear kernel's variants this CPU runs, best first ("avx512-vnni", "avx2", "generic";
+    """The int8 few-row linear kernel's variants this CPU runs, best first ("amx-int8", "avx512-vnni", "avx2", "generic";
     the first is the one used), from what the CPU reports at run time; [] without the kernels."""
     if panel_linear_int8() is None:
         return []

@@ -21,6 +21,11 @@
 //
 // Variants, picked at run time from what the CPU reports (or named, for the tests); all give the same
 // integer sums, so the same outputs to the rounding of the final float scaling:
+//   "amx-int8":    AMX's tiles (where built with -march=native on a CPU that has them and Linux grants their
+//                  use): tdpbusd, the same unsigned x signed byte products as vpdpbusd, 16 rows x 64 inputs x
+//                  16 columns per instruction; tiles of up to 16 rows x 3 panels, the rows stored row-major in
+//                  blocks of 64 inputs. At 16 rows it streams the weights at the memory's pace (vpdpbusd's
+//                  arithmetic does not keep up there), over many rows it does ~1.5-2x vpdpbusd's work per second;
 //   "avx512-vnni": vpdpbusd, 4 products of an unsigned and a signed byte summed into each int32 lane: the row's
 //                  values are stored as u + 128 (unsigned) and 128 sum_k q is taken off the sums afterwards;
 //                  tiles of up to 16 rows x 1 panel over at most 16 rows, else 8 rows x 3 panels (24
@@ -60,7 +65,10 @@ constexpr int64_t kMaxK8 = 65000;                    // int32 sums stay exact up
 // The rows' quantised values, k-major in groups of 16 rows as panel_linear's transposed x: element
 // (g Q + quad) 16 + r holds row 16g + r's quad of inputs. For "avx512-vnni" a uint32 of four bytes u + 128,
 // otherwise a uint64 of four int16 u. Lanes of rows past M are never read.
-enum class RowCode { kUnsignedBytes, kInt16 };
+// For "amx-int8" (kAmxBlocks) the bytes u + 128, row-major in blocks of 16 quads (64 inputs): block b of group g
+// is one 16 x 64-byte tile at byte (g QP + 16 b) 64, row r's 64 inputs at + 64 r, where QP is the quads rounded
+// up to whole blocks.
+enum class RowCode { kUnsignedBytes, kInt16, kAmxBlocks };
 
 // One tile: MR rows times NP consecutive panels over `quads` quads. `xq` points at this tile's first row in its
 // group's (first quad's) line, `w` at the first panel's first quad (the next panels every `panel_stride`
@@ -138,6 +146,90 @@ using VnniTables = Int8Tables<VnniTile, kVnniRows, 3>;
 constexpr int kVnniFewRows = 16;
 using VnniFewRowTables = Int8Tables<VnniTile, kVnniFewRows, 1>;
 
+#if defined(__AMX_INT8__) && defined(__linux__)
+// -- AMX int8 tiles: per block of 64 inputs, one tile of the rows' bytes (MR x 64, RowCode::kAmxBlocks) times each
+// panel's 16 quads x 16 columns (a panel's 1 KB block is a tile of 16 rows of 64 bytes as it is stored), tdpbusd
+// adding into an MR x 16 int32 tile per panel: the same unsigned x signed byte products as vpdpbusd, so the same
+// sums. Tiles 0-2: the sums, 3: the rows, 4-6: the panels. The tile shapes are set per call (a block of fewer
+// than 16 quads at the end of K gets its own).
+struct AmxConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+template <int MR, int NP, bool PF>
+struct AmxTile {
+  __attribute__((target("amx-tile,amx-int8"))) static void configure(int64_t quads) {
+    AmxConfig cfg;
+    for (int j = 0; j < NP; ++j) {
+      cfg.rows[j] = MR, cfg.colsb[j] = 64;
+      cfg.rows[4 + j] = static_cast<uint8_t>(quads), cfg.colsb[4 + j] = 64;
+    }
+    cfg.rows[3] = MR, cfg.colsb[3] = static_cast<uint16_t>(4 * quads);
+    alignas(64) AmxConfig now;
+    _tile_storeconfig(&now);
+    if (std::memcmp(&now, &cfg, sizeof(cfg)) != 0) _tile_loadconfig(&cfg);
+  }
+  __attribute__((target("amx-tile,amx-int8"))) static void load_sums(const int32_t* c, int64_t ldc, bool zero) {
+    const int64_t stride = ldc * 4;
+    if (zero) {
+      _tile_zero(0);
+      if constexpr (NP >= 2) _tile_zero(1);
+      if constexpr (NP >= 3) _tile_zero(2);
+    } else {
+      _tile_loadd(0, c, stride);
+      if constexpr (NP >= 2) _tile_loadd(1, c + 16, stride);
+      if constexpr (NP >= 3) _tile_loadd(2, c + 32, stride);
+    }
+  }
+  __attribute__((target("amx-tile,amx-int8"))) static void store_sums(int32_t* c, int64_t ldc) {
+    const int64_t stride = ldc * 4;
+    _tile_stored(0, c, stride);
+    if constexpr (NP >= 2) _tile_stored(1, c + 16, stride);
+    if constexpr (NP >= 3) _tile_stored(2, c + 32, stride);
+  }
+  __attribute__((target("amx-tile,amx-int8"))) static void block(const uint8_t* a, const int8_t* w, int64_t ps) {
+    _tile_loadd(3, a, 64);
+    _tile_loadd(4, w, 64);
+    _tile_dpbusd(0, 3, 4);
+    if constexpr (NP >= 2) {
+      _tile_loadd(5, w + ps, 64);
+      _tile_dpbusd(1, 3, 5);
+    }
+    if constexpr (NP >= 3) {
+      _tile_loadd(6, w + 2 * ps, 64);
+      _tile_dpbusd(2, 3, 6);
+    }
+  }
+  __attribute__((target("amx-tile,amx-int8"))) static void run(const void* xq_, const int8_t* w, int64_t ps,
+                                                             int64_t quads, int32_t* c, int64_t ldc, bool first) {
+    const uint8_t* xq = static_cast<const uint8_t*>(xq_);
+    const int64_t blocks = quads / 16, tail = quads % 16;
+    constexpr int64_t kBlockBytes = 16 * kQuadBytes;  // 1 KB: a block of 16 quads, of the rows or of a panel
+    if (blocks > 0) {
+      configure(16);
+      load_sums(c, ldc, first);
+      for (int64_t b = 0; b < blocks; ++b) {
+        if (PF)
+          for (int j = 0; j < NP; ++j)
+            for (int64_t line = 0; line < 16; line += 4)
+              _mm_prefetch(reinterpret_cast<const char*>(w + j * ps + (b + 2) * kBlockBytes + 64 * line), _MM_HINT_T0);
+        block(xq + b * kBlockBytes, w + b * kBlockBytes, ps);
+      }
+      store_sums(c, ldc);
+    }
+    if (tail > 0) {
+      configure(tail);
+      load_sums(c, ldc, first && blocks == 0);
+      block(xq + blocks * kBlockBytes, w + blocks * kBlockBytes, ps);
+      store_sums(c, ldc);
+    }
+  }
+};
+using AmxTables = Int8Tables<AmxTile, 16, 3>;
+#endif
+
 // -- AVX2: each 16-byte quarter of a quad's line (4 columns x 4 inputs) widened to int16 and multiplied with the
 // row's 4 int16 values (broadcast) by vpmaddwd: lanes 2c and 2c + 1 hold column c's two partial sums --------------
 template <int MR, int NP, bool PF>
@@ -189,7 +281,7 @@ struct Int8Variant {
   }
 };
 
-std::vector<std::string> panel_int8_variants() { return runnable_of({"avx512-vnni", "avx2", "generic"}); }
+std::vector<std::string> panel_int8_variants() { return runnable_of({"amx-int8", "avx512-vnni", "avx2", "generic"}); }
 
 Int8Variant pick_int8(const std::string& name) {
   if (name.empty()) {
@@ -199,6 +291,9 @@ Int8Variant pick_int8(const std::string& name) {
   const std::vector<std::string> all = panel_int8_variants();
   TORCH_CHECK(std::find(all.begin(), all.end(), name) != all.end(), "panel_linear_int8 variant '", name, "' is unknown or this CPU cannot run it");
 #if HARE_X86
+#if defined(__AMX_INT8__) && defined(__linux__)
+  if (name == "amx-int8") return {"amx-int8", AmxTables::value[0][0].data(), 16, 3, RowCode::kAmxBlocks};
+#endif
   if (name == "avx512-vnni") return {"avx512-vnni", VnniTables::value[0][0].data(), kVnniRows, 3, RowCode::kUnsignedBytes};
   if (name == "avx2") return {"avx2", Avx2Int8Tables::value[0][0].data(), kAvx2Int8Rows, 1, RowCode::kInt16};
 #endif
@@ -211,80 +306,88 @@ Int8Variant pick_int8(const std::string& name) {
 void quantize_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, const RowNorm& norm, RowCode code,
                    std::vector<uint8_t>& buffer, std::vector<float>& row_scale) {
   const int64_t quads = (k_size + kQuad - 1) / kQuad, groups = (m + 15) / 16;
-  const int64_t width = code == RowCode::kUnsignedBytes ? 4 : 8;  // bytes per row and quad
-  const int64_t padded = (k_size + 15) / 16 * 16;
-  buffer.resize(static_cast<size_t>(groups * quads * 16 * width));
+  const int64_t width = code == RowCode::kInt16 ? 8 : 4;  // bytes per row and quad
+  const int64_t padded = (k_size + 15) / 16 * 16, block_quads = (quads + 15) / 16 * 16;
+  buffer.resize(static_cast<size_t>(groups * (code == RowCode::kAmxBlocks ? block_quads : quads) * 16 * width));
   row_scale.resize(static_cast<size_t>(m));
   const bool normed = !norm.mean.empty();
-  thread_local std::vector<float> row_buffer;
-  thread_local std::vector<int32_t> values;
-  row_buffer.assign(static_cast<size_t>(padded), 0.0f);
-  values.resize(static_cast<size_t>(padded));
-  float* const row = row_buffer.data();
   const v16 infinity = splat(INFINITY);
-  for (int64_t r = 0; r < m; ++r) {
-    const float* src = x + r * lda;
-    std::memcpy(row, src, k_size * sizeof(float));
-    v16 amax{};
-    i16v bad{};
-    for (int64_t k = 0; k < padded; k += 16) {
-      v16 v = load(row + k);
-      if (normed) {
-        v = (v - norm.mean[r]) * norm.rstd[r];
-        if (norm.weight) {
-          v16 w{};
-          std::memcpy(&w, norm.weight + k, std::min<int64_t>(16, k_size - k) * sizeof(float));
-          v = v * w;
+  // rows in parallel when there are many (the diffusion decoder's products: hundreds of rows, done once each)
+  at::parallel_for(0, m, 32, [&](int64_t r_begin, int64_t r_end) {
+    thread_local std::vector<float> row_buffer;
+    thread_local std::vector<int32_t> values;
+    row_buffer.assign(static_cast<size_t>(padded), 0.0f);
+    values.resize(static_cast<size_t>(padded));
+    float* const row = row_buffer.data();
+    for (int64_t r = r_begin; r < r_end; ++r) {
+      const float* src = x + r * lda;
+      std::memcpy(row, src, k_size * sizeof(float));
+      v16 amax{};
+      i16v bad{};
+      for (int64_t k = 0; k < padded; k += 16) {
+        v16 v = load(row + k);
+        if (normed) {
+          v = (v - norm.mean[r]) * norm.rstd[r];
+          if (norm.weight) {
+            v16 w{};
+            std::memcpy(&w, norm.weight + k, std::min<int64_t>(16, k_size - k) * sizeof(float));
+            v = v * w;
+          }
+          if (norm.bias) {
+            v16 b{};
+            std::memcpy(&b, norm.bias + k, std::min<int64_t>(16, k_size - k) * sizeof(float));
+            v = v + b;
+          }
+          if (k + 16 > k_size)  // lanes past K: zero (the norm's shift would make them nonzero)
+            for (int64_t i = k_size - k; i < 16; ++i) v[i] = 0.0f;
+          store(row + k, v);
         }
-        if (norm.bias) {
-          v16 b{};
-          std::memcpy(&b, norm.bias + k, std::min<int64_t>(16, k_size - k) * sizeof(float));
-          v = v + b;
+        const v16 a = v < 0.0f ? -v : v;
+        bad |= (v != v) | (a == infinity);
+        amax = a > amax ? a : amax;
+      }
+      float top = 0.0f;
+      bool finite = true;
+      for (int i = 0; i < 16; ++i) {
+        top = std::max(top, amax[i]);
+        finite = finite && bad[i] == 0;
+      }
+      const float scale = finite && top > 0.0f ? top / 127.0f : 1.0f;
+      row_scale[r] = finite ? scale : NAN;
+      const float inverse = 1.0f / scale;
+      const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds |v| < 2^22 to an integer
+      for (int64_t k = 0; k < padded; k += 16) {
+        v16 v = load(row + k) * inverse;
+        v = v > 127.0f ? splat(127.0f) : v;
+        v = v < -127.0f ? splat(-127.0f) : v;
+        v = v == v ? v : splat(0.0f);
+        const v16 rounded = (v + magic) - magic;
+        const i16v q = __builtin_convertvector(rounded, i16v);
+        std::memcpy(values.data() + k, &q, sizeof(q));
+      }
+      uint8_t* base = buffer.data() + ((r / 16) * quads * 16 + r % 16) * width;
+      const int32_t* qv = values.data();
+      if (code == RowCode::kAmxBlocks) {
+        uint8_t* row_base = buffer.data() + (r / 16) * block_quads * 64 + (r % 16) * 64;
+        for (int64_t k0 = 0; k0 < 4 * quads; k0 += 64)  // each block's 64 inputs side by side
+          for (int64_t i = 0; i < std::min<int64_t>(64, 4 * quads - k0); ++i)
+            row_base[k0 * 16 + i] = static_cast<uint8_t>(qv[k0 + i] + 128);
+      } else if (code == RowCode::kUnsignedBytes) {
+        for (int64_t q = 0; q < quads; ++q) {
+          const uint32_t packed = static_cast<uint32_t>(qv[4 * q] + 128) | static_cast<uint32_t>(qv[4 * q + 1] + 128) << 8 |
+                                  static_cast<uint32_t>(qv[4 * q + 2] + 128) << 16 |
+                                  static_cast<uint32_t>(qv[4 * q + 3] + 128) << 24;
+          std::memcpy(base + q * 16 * width, &packed, 4);
         }
-        if (k + 16 > k_size)  // lanes past K: zero (the norm's shift would make them nonzero)
-          for (int64_t i = k_size - k; i < 16; ++i) v[i] = 0.0f;
-        store(row + k, v);
-      }
-      const v16 a = v < 0.0f ? -v : v;
-      bad |= (v != v) | (a == infinity);
-      amax = a > amax ? a : amax;
-    }
-    float top = 0.0f;
-    bool finite = true;
-    for (int i = 0; i < 16; ++i) {
-      top = std::max(top, amax[i]);
-      finite = finite && bad[i] == 0;
-    }
-    const float scale = finite && top > 0.0f ? top / 127.0f : 1.0f;
-    row_scale[r] = finite ? scale : NAN;
-    const float inverse = 1.0f / scale;
-    const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds |v| < 2^22 to an integer
-    for (int64_t k = 0; k < padded; k += 16) {
-      v16 v = load(row + k) * inverse;
-      v = v > 127.0f ? splat(127.0f) : v;
-      v = v < -127.0f ? splat(-127.0f) : v;
-      v = v == v ? v : splat(0.0f);
-      const v16 rounded = (v + magic) - magic;
-      const i16v q = __builtin_convertvector(rounded, i16v);
-      std::memcpy(values.data() + k, &q, sizeof(q));
-    }
-    uint8_t* base = buffer.data() + ((r / 16) * quads * 16 + r % 16) * width;
-    const int32_t* qv = values.data();
-    if (code == RowCode::kUnsignedBytes) {
-      for (int64_t q = 0; q < quads; ++q) {
-        const uint32_t packed = static_cast<uint32_t>(qv[4 * q] + 128) | static_cast<uint32_t>(qv[4 * q + 1] + 128) << 8 |
-                                static_cast<uint32_t>(qv[4 * q + 2] + 128) << 16 |
-                                static_cast<uint32_t>(qv[4 * q + 3] + 128) << 24;
-        std::memcpy(base + q * 16 * width, &packed, 4);
-      }
-    } else {
-      for (int64_t q = 0; q < quads; ++q) {
-        const int16_t four[4] = {static_cast<int16_t>(qv[4 * q]), static_cast<int16_t>(qv[4 * q + 1]),
-                                 static_cast<int16_t>(qv[4 * q + 2]), static_cast<int16_t>(qv[4 * q + 3])};
-        std::memcpy(base + q * 16 * width, four, 8);
+      } else {
+        for (int64_t q = 0; q < quads; ++q) {
+          const int16_t four[4] = {static_cast<int16_t>(qv[4 * q]), static_cast<int16_t>(qv[4 * q + 1]),
+                                   static_cast<int16_t>(qv[4 * q + 2]), static_cast<int16_t>(qv[4 * q + 3])};
+          std::memcpy(base + q * 16 * width, four, 8);
+        }
       }
     }
-  }
+  });
 }
 
 void check_panels_int8(const at::Tensor& panels, const at::Tensor& scales, const at::Tensor* sums) {
@@ -383,16 +486,19 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   quantize_rows(x.data_ptr<float>(), lda, m, k_size, norm, v.code, xq_buffer, row_scale);
   const uint8_t* const XQ = xq_buffer.data();
   const float* const TS = row_scale.data();
-  const int64_t row_bytes = v.code == RowCode::kUnsignedBytes ? 4 : 8;
+  const int64_t row_bytes = v.code == RowCode::kInt16 ? 8 : 4;
+  const bool amx = v.code == RowCode::kAmxBlocks;
+  const int64_t block_quads = (quads + 15) / 16 * 16;
   const float* const S = scales.data_ptr<float>();
   const int32_t* const Z = sums.data_ptr<int32_t>();
   const int8_t* const PW = panels.data_ptr<int8_t>();
-  const int32_t offset = v.code == RowCode::kUnsignedBytes ? 128 : 0;  // the inputs' shift, taken off per column
+  const int32_t offset = v.code == RowCode::kInt16 ? 0 : 128;  // the inputs' shift, taken off per column
   const float* const BP = padded_bias(args.bias, n, n_panels);
   const int64_t panel_bytes = quads * kQuadBytes;
   const int64_t groups = (m + 15) / 16, pass = v.max_rows;
   // as panel_linear: the whole of K per tile over few rows, else K in slices whose tile of panels stays in L1
-  const int64_t qc_block = m <= pass ? quads : std::min<int64_t>(quads, 256 / v.max_panels);
+  // (AMX: slices of whole 64-input blocks, 128 quads x 3 panels = 24 KB of weights)
+  const int64_t qc_block = m <= pass ? quads : std::min<int64_t>(quads, amx ? 128 : 256 / v.max_panels);
   const int64_t grain = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, panel_bytes));
   at::parallel_for(0, n_panels, grain, [&](int64_t p0, int64_t p1) {
     alignas(64) int32_t tmp[16 * kPanel * kMaxPanels];  // tiles that reach past N
@@ -401,8 +507,8 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
       // the int32 sums live in the output's own memory until the last slice turns them into floats
       row_tiles(Y, n, m, p, np, g, pass, first, tmp, [&](int32_t* c, int64_t ldc, int64_t s, int mr, int64_t cols) {
         const Int8TileFn tile = v.tile(mr, static_cast<int>(np), prefetch && s == 0);
-        tile(XQ + ((g * quads + q0) * 16 + s) * row_bytes, PW + p * panel_bytes + q0 * kQuadBytes, panel_bytes, qc, c,
-             ldc, first);
+        const uint8_t* xq = amx ? XQ + (g * block_quads + q0) * 64 : XQ + ((g * quads + q0) * 16 + s) * row_bytes;
+        tile(xq, PW + p * panel_bytes + q0 * kQuadBytes, panel_bytes, qc, c, ldc, first);
         if (!last) return;
         for (int r = 0; r < mr; ++r) {  // the sums to floats in place, 16 columns at a time (c holds the tile's width)
           const float t = TS[16 * g + s + r];

@@ -37,7 +37,12 @@
 #include "vec.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define HARE_X86 1
 #else
 #define HARE_X86 0
@@ -180,6 +185,25 @@ struct Variant {
   }
 };
 
+#if HARE_X86 && defined(__AMX_INT8__) && defined(__linux__)
+// AMX's int8 tiles: the CPU reports AMX-TILE and AMX-INT8 (CPUID leaf 7), the OS saves their state (XCR0 bits 17
+// and 18) and grants this process their use (Linux asks for it once: arch_prctl ARCH_REQ_XCOMP_PERM for
+// XTILEDATA; without it the first tile instruction faults). Decided once per process.
+bool amx_int8_ready() {
+  static const bool ready = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE: xgetbv is usable
+    unsigned lo = 0, hi = 0;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return ready;
+}
+#endif
+
 // whether this CPU runs a kernel variant (the few-row kernels' names; also panel_int8.cpp's), from what it reports
 bool runnable(const std::string& name) {
   if (name == "generic") return true;
@@ -190,6 +214,9 @@ bool runnable(const std::string& name) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vnni");
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if defined(__AMX_INT8__) && defined(__linux__)
+  if (name == "amx-int8") return amx_int8_ready();
+#endif
 #endif
   return false;
 }
