@@ -140,6 +140,7 @@ class TextToSpeech:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
         self.dtype = dtype
         self.quantize = quantize
+        self._gpt_int8_panels = False  # the GPT's linears on Hare's int8 panels (set by _quantize)
         if quantize is not None:
             self._quantize(quantize, panels=pack)
         self.packed = pack and self._pack()
@@ -189,14 +190,21 @@ class TextToSpeech:
             warnings.simplefilter("ignore")
             if panels and self.device.type == "cpu" and kernels.panel_linear_int8() is not None:
                 pack_linears(self.gpt, int8=True)
+                self._gpt_int8_panels = True
+                if self.dtype == "bf16":  # the panels read float32: bf16 goes where it saves bytes, the KV cache
+                    self.gpt.kv_cache_dtype = torch.bfloat16
             else:
                 self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
             self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
-    def _autocast(self, stage: str = ""):
+    def _autocast(self, stage: str):
         """Reduced precision for the AR, rerank and latent stages when asked (diffusion and vocoder stay fp32).
-        With int8 weights the rerank stays float32: PyTorch's dynamic int8 CLVP layers take float32 only."""
+        With int8 weights the rerank stays float32 (PyTorch's dynamic int8 CLVP layers take float32 only), and so
+        do the AR and latent stages where the GPT is on Hare's int8 panels (they read float32; its KV cache is
+        bfloat16 under dtype="bf16" instead)."""
         if self.dtype == "fp32" or (stage == "rerank" and self.quantize == "int8"):
+            return contextlib.nullcontext()
+        if stage in ("autoregressive", "latents") and self._gpt_int8_panels:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
 
@@ -433,7 +441,7 @@ class TextToSpeech:
         dev = self.device
         ar_latent, diff_latent = cond.ar, cond.diffusion
         text = self._text_tensor(tokens)
-        with timer("autoregressive"), self._autocast():
+        with timer("autoregressive"), self._autocast("autoregressive"):
             codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, settings.ar_batch_size,
                                  _sampling(settings), generator,
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
@@ -473,7 +481,7 @@ class TextToSpeech:
 
     def _picked_latents(self, text, best, ar_latent, settings, timer) -> torch.Tensor:
         """The picked candidates' GPT latents, teacher-forced on their codes (float32): (k, length, width)."""
-        with timer("latents"), self._autocast():
+        with timer("latents"), self._autocast("latents"):
             return self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
                                            best).float()
 
@@ -501,12 +509,12 @@ class TextToSpeech:
         gc = self.gpt.config
         stream = hifi.stream(cond.ar, settings.stream_first_codes, settings.stream_every_codes)
         calm = torch.full((1,), gc.calm_code, dtype=torch.long, device=self.device)
-        with timer("autoregressive"), self._autocast():
+        with timer("autoregressive"), self._autocast("autoregressive"):
             stepper = Stepper(self.gpt, cond.ar, self._text_tensor(tokens), 1, _sampling(settings), generator,
                               latents=True)
         stopped, run = False, 0
         while not stepper.full:
-            with timer("autoregressive"), self._autocast():
+            with timer("autoregressive"), self._autocast("autoregressive"):
                 code, latent = stepper.force(calm) if stopped else stepper.step()
             if not stopped and int(code[0]) == gc.stop_mel_token:  # from here on fix_candidates says calm
                 stopped = True

@@ -52,6 +52,37 @@ def test_decode_attention_matches_pytorch(batch, heads, d, shared, own, layout):
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch,heads,d,shared,own", [(16, 16, 64, 34, 100), (3, 5, 64, 0, 7), (2, 2, 32, 9, 0),
+                                                      (4, 2, 24, 6, 11)])
+def test_decode_attention_reads_a_bfloat16_cache(batch, heads, d, shared, own):
+    """A bfloat16 cache (the fast path's, half the bytes) with a float32 query: the float32 attention over the
+    cache's values widened exactly, vectorised and plain-loop head sizes alike."""
+    q, k, v, pk, pv = _inputs(batch, heads, d, shared, own, "position-major", seed=d + own)
+    k, v, pk, pv = (t.bfloat16() for t in (k, v, pk, pv))
+    got = op(q, k, v, pk[0], pv[0], d ** -0.5)
+    want = _reference_attention(q, k.float(), v.float(), pk.float(), pv.float(), d ** -0.5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        op(q, k, v.float(), pk[0], pv[0], 1.0)
+
+
+@needs_kernel
+def test_decode_attention_qkv_rounds_into_a_bfloat16_cache():
+    g = torch.Generator().manual_seed(3)
+    batch, heads, d, position = 4, 2, 32, 5
+    qkv = torch.randn(batch, 3 * heads * d, generator=g)
+    k_cache, v_cache = (torch.randn(position + 2, batch, heads, d, generator=g).bfloat16() for _ in range(2))
+    pk, pv = (torch.randn(heads, 3, d, generator=g).bfloat16() for _ in range(2))
+    got = kernels.decode_attention_qkv()(qkv, k_cache, v_cache, position, pk, pv, heads, d ** -0.5)
+    q, k, v = qkv.view(batch, 3, heads, d).unbind(1)
+    assert torch.equal(k_cache[position], k.bfloat16()) and torch.equal(v_cache[position], v.bfloat16())
+    own_k, own_v = (c[: position + 1].permute(1, 2, 0, 3).float() for c in (k_cache, v_cache))
+    want = _reference_attention(q, own_k, own_v, pk[None].float(), pv[None].float(), d ** -0.5)
+    torch.testing.assert_close(got, want.reshape(batch, heads * d), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 def test_decode_attention_softmax_edges():
     # scores far apart (weights that underflow to 0) and all equal (uniform weights): still exact
     q, k, v, pk, pv = _inputs(2, 2, 64, 3, 5, "position-major", seed=1)

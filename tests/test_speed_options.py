@@ -38,7 +38,7 @@ def _logits(tts):
     cond = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
     text = torch.tensor([[20, 2, 31, 40, 7, 0]])
     codes = torch.randint(0, 8192, (1, 15), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), tts._autocast():
+    with torch.no_grad(), tts._autocast("latents"):
         out = tts.gpt(cond, text, torch.tensor([6]), codes, torch.tensor([15 * 1024]), clip_inputs=False)
     return out.mel_logits.float()
 
@@ -101,6 +101,41 @@ def test_bad_speed_options(models):
         _tts(models, quantize="int4")
     with pytest.raises(SettingsError):
         _tts(models, dtype="fp8")
+
+
+def test_bfloat16_kv_cache_with_float32_compute(models):
+    """GPT.kv_cache_dtype = bfloat16 (the CPU fast path under dtype="bf16"): the cache is stored in bfloat16, the
+    decode step still computes in float32 (its logits float32), within bf16's tolerance of the float32 cache's."""
+    gpt = copy.deepcopy(models["autoregressive"])
+    cond, text = torch.randn(1, 32, generator=torch.Generator().manual_seed(4)), torch.tensor([[5, 9, 17]])
+    codes = torch.tensor([[1, 2, 3], [40, 50, 60]])
+    outs = []
+    for dtype in (None, torch.bfloat16):
+        gpt.kv_cache_dtype = dtype
+        with torch.no_grad():
+            _, cache = gpt.prefill(cond, text, 2, 5)
+            assert cache.k.dtype == (dtype or torch.float32) and cache.prefix_k.dtype == cache.k.dtype
+            steps = [gpt.decode_step(codes[:, i], i + 1, cache) for i in range(3)]
+        assert all(s.dtype == torch.float32 for s in steps)
+        outs.append(torch.stack(steps))
+    assert not torch.equal(outs[0], outs[1])  # the cache really was rounded
+    assert _close(outs[0], outs[1], BF16_LOGIT_TOL)
+
+
+def test_bf16_with_int8_panels_keeps_the_gpt_float32_and_its_cache_bfloat16(models):
+    from hare import kernels
+
+    if kernels.panel_linear_int8() is None:
+        pytest.skip("no C++ compiler: the GPT is on PyTorch's int8 linears, under autocast")
+    fast = _tts(copy.deepcopy(models), quantize="int8", dtype="bf16", pack=True)
+    assert fast.gpt.kv_cache_dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+    with fast._autocast("autoregressive"), fast._autocast("latents"):
+        assert not torch.is_autocast_enabled("cpu")  # the int8 panels read float32
+    with fast._autocast("conditioning"):
+        assert torch.is_autocast_enabled("cpu")
+    plain = _tts(copy.deepcopy(models), quantize="int8", pack=True)
+    assert plain.gpt.kv_cache_dtype is None
 
 
 def test_bf16_cached_decode_within_tolerance(models):

@@ -6,6 +6,9 @@
 // value row. Decoding at a small batch is bound by reading the cache; PyTorch's general kernels spend most of
 // their time per (row, head) on set-up and single-lane reductions, so this one exists.
 //
+// The cache (keys and values, shared and own) is float32, or bfloat16 (half the bytes to read: the fast path's
+// cache), widened to float32 as it is read; the query, the scores, the softmax and the sums stay float32.
+//
 // Portable C++ with GCC/Clang vector extensions (16-float vectors: one AVX-512 register, two AVX2 ones, four
 // NEON ones) for head sizes that are multiples of 16 up to 128; other sizes take plain loops. Built on first use by
 // hare/kernels/__init__.py (the C++ compiler against the installed PyTorch, cached per machine) and registered
@@ -44,17 +47,26 @@ inline v16 transpose_sum(const v16* a) {
          __builtin_shufflevector(r3[0], r3[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-struct View {  // a float tensor's data and strides (elements), its last dimension contiguous
-  const float* data;
+// a cache element: float32, or bfloat16 held as its 16 bits
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t x) { return bf16_to_float(x); }
+inline v16 load_kv(const float* p) { return load(p); }
+inline v16 load_kv(const uint16_t* p) { return load_bf16(p); }
+
+template <typename T = float>
+struct View {  // a float32 (T = float) or bfloat16 (T = uint16_t) tensor's data and strides (elements), its last dimension contiguous
+  const T* data;
   std::vector<int64_t> stride;
-  explicit View(const at::Tensor& t) : data(t.data_ptr<float>()), stride(t.strides().vec()) {}
+  explicit View(const at::Tensor& t) : data(static_cast<const T*>(t.const_data_ptr())), stride(t.strides().vec()) {}
 };
 
 // Any head size, plain loops: one (row, head) item at a time, the shared positions then the own ones.
+template <typename T>
 void run_plain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pk,
                const at::Tensor& pv, double scale, at::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), d = q.size(2), own = k.size(2), shared = pk.size(1);
-  const View Q(q), K(k), V(v), PK(pk), PV(pv);
+  const View<float> Q(q);
+  const View<T> K(k), V(v), PK(pk), PV(pv);
   float* const O = out.data_ptr<float>();
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> w(static_cast<size_t>(shared + own));
@@ -71,9 +83,9 @@ void run_plain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
       };
       float m = -INFINITY;
       for (int64_t j = 0; j < shared + own; ++j) {
-        const float* kr = key(j);
+        const T* kr = key(j);
         float a = 0.0f;
-        for (int64_t i = 0; i < d; ++i) a += qp[i] * kr[i];
+        for (int64_t i = 0; i < d; ++i) a += qp[i] * to_float(kr[i]);
         w[j] = static_cast<float>(scale) * a;
         m = std::max(m, w[j]);
       }
@@ -82,8 +94,8 @@ void run_plain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
       float* o = O + item * d;
       std::fill(o, o + d, 0.0f);
       for (int64_t j = 0; j < shared + own; ++j) {
-        const float* vr = value(j);
-        for (int64_t i = 0; i < d; ++i) o[i] += w[j] * vr[i];
+        const T* vr = value(j);
+        for (int64_t i = 0; i < d; ++i) o[i] += w[j] * to_float(vr[i]);
       }
       for (int64_t i = 0; i < d; ++i) o[i] /= total;
     }
@@ -98,12 +110,13 @@ constexpr int64_t kAhead = 1;
 // position-major (every row's and head's key of one position side by side, as Hare's KV cache is), each
 // thread reads it in long contiguous runs. A thread takes groups of 16 (row, head) items, row-major, one item
 // per vector lane for the scores and the softmax; any strides work, other layouts just read less smoothly.
-template <int NV>
+template <int NV, typename T>
 void run_position_major(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pk,
                         const at::Tensor& pv, double scale, at::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), d = q.size(2), own = k.size(2), shared = pk.size(1);
   const int64_t items = batch * heads, groups = (items + 15) / 16, n = shared + own;
-  const View Q(q), K(k), V(v), PK(pk), PV(pv);
+  const View<float> Q(q);
+  const View<T> K(k), V(v), PK(pk), PV(pv);
   float* const O = out.data_ptr<float>();
   const float s = static_cast<float>(scale);
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
@@ -122,15 +135,15 @@ void run_position_major(const at::Tensor& q, const at::Tensor& k, const at::Tens
       for (int c = 0; c < NV; ++c) qs[i * NV + c] = load(Q.data + q_off[i] + 16 * c);
     std::vector<float> wt(static_cast<size_t>(n * lanes));  // weights, position-major: wt[j * lanes + lane]
     // scores of position j for every lane: rows at base + offsets[lane]
-    auto scores = [&](const float* base, const int64_t* offsets, float* dst, int64_t ahead) {
+    auto scores = [&](const T* base, const int64_t* offsets, float* dst, int64_t ahead) {
       for (int64_t i0 = 0; i0 < lanes; i0 += 16) {
         v16 dots[16];
         for (int r = 0; r < 16; ++r) {
-          const float* row = base + offsets[i0 + r];
+          const T* row = base + offsets[i0 + r];
           if (ahead) for (int c = 0; c < NV; ++c) __builtin_prefetch(row + ahead + 16 * c, 0, 1);
           const v16* qv = &qs[(i0 + r) * NV];
-          v16 a = qv[0] * load(row);
-          for (int c = 1; c < NV; ++c) a += qv[c] * load(row + 16 * c);
+          v16 a = qv[0] * load_kv(row);
+          for (int c = 1; c < NV; ++c) a += qv[c] * load_kv(row + 16 * c);
           dots[r] = a;
         }
         store(dst + i0, transpose_sum(dots) * s);
@@ -158,13 +171,13 @@ void run_position_major(const at::Tensor& q, const at::Tensor& k, const at::Tens
       for (int64_t j = 0; j < n; ++j) store(&wt[j * lanes + i0], load(&wt[j * lanes + i0]) * inv);
     }
     // weighted sums of the values, position by position
-    auto accumulate = [&](const float* base, const int64_t* offsets, const float* w, int64_t ahead) {
+    auto accumulate = [&](const T* base, const int64_t* offsets, const float* w, int64_t ahead) {
       for (int64_t i = 0; i < lanes; ++i) {
-        const float* row = base + offsets[i];
+        const T* row = base + offsets[i];
         if (ahead) for (int c = 0; c < NV; ++c) __builtin_prefetch(row + ahead + 16 * c, 0, 1);
         const v16 wi = splat(w[i]);
         v16* a = &acc[i * NV];
-        for (int c = 0; c < NV; ++c) a[c] += wi * load(row + 16 * c);
+        for (int c = 0; c < NV; ++c) a[c] += wi * load_kv(row + 16 * c);
       }
     };
     for (int64_t j = 0; j < shared; ++j) accumulate(PV.data + j * PV.stride[1], p_off.data(), &wt[j * lanes], 0);
@@ -174,10 +187,27 @@ void run_position_major(const at::Tensor& q, const at::Tensor& k, const at::Tens
   });
 }
 
-void check(const at::Tensor& t, int64_t dims, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor");
+void check(const at::Tensor& t, int64_t dims, const char* name, bool bf16_ok = false) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kFloat || (bf16_ok && t.scalar_type() == at::kBFloat16)),
+              name, bf16_ok ? " must be a float32 or bfloat16 CPU tensor" : " must be a float32 CPU tensor");
   TORCH_CHECK(t.dim() == dims, name, " must have ", dims, " dimensions, got ", t.dim());
   TORCH_CHECK(t.numel() == 0 || t.stride(dims - 1) == 1, name, "'s last dimension must be contiguous");
+}
+
+template <typename T>
+void dispatch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& prefix_k,
+              const at::Tensor& prefix_v, double scale, at::Tensor& out) {
+  switch (q.size(2)) {  // vectorised for head sizes that are multiples of 16 up to 128 (GPT-2-style models use 64)
+    case 16: run_position_major<1, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 32: run_position_major<2, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 48: run_position_major<3, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 64: run_position_major<4, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 80: run_position_major<5, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 96: run_position_major<6, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 112: run_position_major<7, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    case 128: run_position_major<8, T>(q, k, v, prefix_k, prefix_v, scale, out); break;
+    default: run_plain<T>(q, k, v, prefix_k, prefix_v, scale, out);
+  }
 }
 
 // q: (batch, heads, d); k, v: (batch, heads, own, d); prefix_k, prefix_v: (heads, shared, d), shared >= 0;
@@ -185,10 +215,14 @@ void check(const at::Tensor& t, int64_t dims, const char* name) {
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& prefix_k, const at::Tensor& prefix_v, double scale) {
   check(q, 3, "q");
-  check(k, 4, "k");
-  check(v, 4, "v");
-  check(prefix_k, 3, "prefix_k");
-  check(prefix_v, 3, "prefix_v");
+  check(k, 4, "k", true);
+  check(v, 4, "v", true);
+  check(prefix_k, 3, "prefix_k", true);
+  check(prefix_v, 3, "prefix_v", true);
+  const bool bf16 = k.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(v.scalar_type() == k.scalar_type() && prefix_k.scalar_type() == k.scalar_type() &&
+                  prefix_v.scalar_type() == k.scalar_type(),
+              "k, v, prefix_k and prefix_v must have one dtype (float32 or bfloat16)");
   const int64_t batch = q.size(0), heads = q.size(1), d = q.size(2);
   TORCH_CHECK(k.size(0) == batch && k.size(1) == heads && k.size(3) == d && v.sizes() == k.sizes(),
               "k and v must be (batch, heads, own, d) matching q");
@@ -197,17 +231,10 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(prefix_k.size(1) + k.size(2) > 0, "there must be at least one key");
   at::Tensor out = at::empty({batch, heads, d}, q.options());
   if (batch * heads == 0) return out;
-  switch (d) {  // vectorised for head sizes that are multiples of 16 up to 128 (GPT-2-style models use 64)
-    case 16: run_position_major<1>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 32: run_position_major<2>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 48: run_position_major<3>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 64: run_position_major<4>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 80: run_position_major<5>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 96: run_position_major<6>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 112: run_position_major<7>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    case 128: run_position_major<8>(q, k, v, prefix_k, prefix_v, scale, out); break;
-    default: run_plain(q, k, v, prefix_k, prefix_v, scale, out);
-  }
+  if (bf16)
+    dispatch<uint16_t>(q, k, v, prefix_k, prefix_v, scale, out);
+  else
+    dispatch<float>(q, k, v, prefix_k, prefix_v, scale, out);
   return out;
 }
 
@@ -220,8 +247,8 @@ at::Tensor decode_attention_qkv(const at::Tensor& qkv, const at::Tensor& k_cache
                                 int64_t position, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
                                 int64_t heads, double scale) {
   check(qkv, 2, "qkv");
-  check(k_cache, 4, "k_cache");
-  check(v_cache, 4, "v_cache");
+  check(k_cache, 4, "k_cache", true);
+  check(v_cache, 4, "v_cache", true);
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes(),
               "k_cache and v_cache must be contiguous (capacity, batch, heads, d) tensors of one shape");
   const int64_t batch = qkv.size(0), d = k_cache.size(3);

@@ -14,6 +14,20 @@ inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 x) { *reinterpret_cast<v16u*>(p) = x; }
 inline v16 splat(float x) { return v16{} + x; }
 
+// 16 bfloat16 values (the upper halves of float32s) widened to float32, exactly
+typedef uint16_t u16x16 __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+inline v16 load_bf16(const uint16_t* p) {
+  const u32x16 bits = __builtin_convertvector(*reinterpret_cast<const u16x16*>(p), u32x16) << 16;
+  return reinterpret_cast<const v16&>(bits);
+}
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 // exp(x) for x <= 0 (scores minus their maximum), 16 lanes at a time, within ~2 ulp of expf:
 // x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial, 2^n put into the exponent bits.
 typedef int32_t i16v __attribute__((vector_size(64)));

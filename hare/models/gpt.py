@@ -115,19 +115,22 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> 
 
     The same softmax attention as over the concatenated keys. On the CPU the prefix's keys and values are
     read once for all rows instead of once per row (decoding is memory-bound there): in one pass by Hare's
-    kernel (`hare.kernels.decode_attention`) when it is available and the cache is float32, else as two
+    kernel (`hare.kernels.decode_attention`) when it is available, the query float32 and the cache float32 or
+    bfloat16, else as two
     PyTorch attention parts merged by their log-sum-exp.
     """
     if q.device.type != "cpu":  # GPUs have the bandwidth: one fused call over the concatenated keys
         return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
     k, v = cache.own(layer, end)
     pk, pv = cache.prefix(layer)
-    if q.dtype != k.dtype:  # int8 linears (float32 out) beside a bfloat16 cache under autocast
-        q = q.to(k.dtype)
     inference = not kernels.autograd_records(q)  # the kernel has no gradient
-    op = kernels.decode_attention() if inference and q.dtype == k.dtype == torch.float32 else None
+    # the kernel: a float32 query over a float32 or bfloat16 cache
+    op = (kernels.decode_attention() if inference and q.dtype == torch.float32
+          and k.dtype in (torch.float32, torch.bfloat16) else None)
     if op is not None:
         return op(q[:, :, 0], k, v, pk[0], pv[0], q.shape[-1] ** -0.5).unsqueeze(2)
+    if q.dtype != k.dtype:  # int8 linears (float32 out) beside a bfloat16 cache under autocast
+        q = q.to(k.dtype)
     if not cache.prefix_length:
         return F.scaled_dot_product_attention(q, k, v)
     b, h, _, d = q.shape
@@ -149,7 +152,7 @@ def _decode_step_attention(qkv: torch.Tensor, cache: KVCache, layer: int, heads:
 
     The same result as storing, splitting and `_decode_attention`, without their dozen small operations per
     layer (a decode step is short enough for those to count)."""
-    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or cache.k.dtype != torch.float32:
+    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or cache.k.dtype not in (torch.float32, torch.bfloat16):
         return None
     op = None if kernels.autograd_records(qkv) else kernels.decode_attention_qkv()
     if op is None:
@@ -168,7 +171,7 @@ def _decode_step_block(block: "Block", x: torch.Tensor, cache: KVCache, layer: i
     cannot run (another device or dtype, autograd, the linears not packed for the few-row kernels — float32 or
     int8 panels —, hooks on the block's layers, no kernels)."""
     linears = (block.qkv, block.attn_out, block.fc, block.proj)
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or cache.k.dtype != torch.float32
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or cache.k.dtype not in (torch.float32, torch.bfloat16)
             or kernels.autograd_records(x)
             or not all(isinstance(m, PackedLinear) and m.layout in ("panels", "int8") for m in linears)):
         return None
@@ -247,7 +250,8 @@ class Block(nn.Module):
                 h = _decode_attention(q, cache, layer, end)
             else:  # a chunk: causal within itself, full view of what is cached before it
                 mask = torch.ones(s, end, dtype=torch.bool, device=qkv.device).tril(diagonal=start)
-                h = F.scaled_dot_product_attention(q, *cache.keys_values(layer, end), attn_mask=mask)
+                keys, values = (t.to(q.dtype) for t in cache.keys_values(layer, end))
+                h = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return h.transpose(1, 2).reshape(b, s, d)
 
 
@@ -310,6 +314,10 @@ class GPT(nn.Module):
         self.final_norm = nn.LayerNorm(c.dim)
         self.text_head = nn.Linear(c.dim, c.text_vocab + 1)
         self.mel_head = nn.Linear(c.dim, c.mel_vocab)
+        # the KV cache's dtype when decoding (None: the compute dtype). torch.bfloat16 with float32 compute halves
+        # the bytes a decode step reads from the cache (the CPU fast path's reduced-precision option): keys and
+        # values are rounded to bfloat16 as they are stored, everything else stays float32
+        self.kv_cache_dtype: torch.dtype | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -545,7 +553,8 @@ class GPT(nn.Module):
         start = torch.full((1, 1), c.start_mel_token, dtype=torch.long, device=text_tokens.device)
         x = torch.cat([cond_latent.unsqueeze(1).to(self.text_pos.weight.dtype),
                        self._text_embeddings(text_in), self._mel_embeddings(start)], dim=1)
-        cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, self._compute_dtype(), x.device)
+        cache = KVCache(c.layers, 1, c.heads, x.shape[1], c.dim // c.heads, self.kv_cache_dtype or self._compute_dtype(),
+                        x.device)
         latent = self.final_norm(self._stack(x, cache)[:, -1])
         logits = self.mel_head(latent).expand(batch, -1)
         cache = cache.expand(batch, x.shape[1] + max_codes)
