@@ -174,7 +174,8 @@ class TextToSpeech:
         The GPT's go on Hare's int8 panels (`hare.kernels.panel_linear_int8`: one scale per output column, each
         row quantised on the fly, exact integer sums; its decode step one fused kernel call per block) where the
         kernels are available (and `panels`: the model is packed), else on PyTorch's dynamic int8 linears; the
-        CLVP's (many rows, once per call) on PyTorch's. The modules are converted in place (no float copy is
+        CLVP's (many rows, once per call) on PyTorch's, except where the int8 kernel runs on AMX tiles (there
+        Hare's panels are the faster over many rows too). The modules are converted in place (no float copy is
         kept: that would cost memory).
         """
         if mode != "int8":
@@ -195,7 +196,10 @@ class TextToSpeech:
                     self.gpt.kv_cache_dtype = torch.bfloat16
             else:
                 self.gpt = quantize_dynamic(self.gpt, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-            self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            if panels and kernels.panel_int8_variants()[:1] == ["amx-int8"]:  # AMX: Hare's beat PyTorch's here too
+                pack_linears(self.clvp, int8=True)
+            else:
+                self.clvp = quantize_dynamic(self.clvp, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
     def _autocast(self, stage: str):
         """Reduced precision for the AR, rerank and latent stages when asked (diffusion and vocoder stay fp32).

@@ -590,7 +590,8 @@ ALL_INT8_VARIANTS = [_runs_variant(v, kernels.panel_linear_int8, kernels.panel_i
 
 @pytest.mark.parametrize("variant", ALL_INT8_VARIANTS)
 @pytest.mark.parametrize("rows, k, n", [(1, 64, 16), (3, 20, 37), (8, 1024, 48), (16, 33, 50), (17, 40, 48),
-                                        (33, 130, 70), (100, 1030, 35), (7, 3, 5)])
+                                        (33, 130, 70), (100, 1030, 35), (7, 3, 5), (40, 256, 70), (17, 64, 16),
+                                        (100, 1024, 50)])
 def test_panel_linear_int8_matches_its_reference(variant, rows, k, n):
     """Rows quantised per row, weights per column, exact integer sums: the reference's numbers to float rounding
     (K tails of the 4-input groups, N tails of the panels, row tails of the tiles, the blocked many-row path), and

@@ -228,6 +228,75 @@ struct AmxTile {
   }
 };
 using AmxTables = Int8Tables<AmxTile, 16, 3>;
+
+// Over many rows (more than one group of 16) with K a whole number of 64-input blocks: 2 x 2 tiles of sums (32 rows
+// x 32 columns) held in the tile registers over all of K, two row tiles and two panel tiles loaded per block for
+// four tdpbusd (the few-row tiles load 4 for 3, and slice K). Each thread takes pairs of panels; a pair's weights
+// (2 x K bytes x 16) stay in cache while every pair of row groups passes. Then the sums to floats (as the other
+// variants: t_r s_n (sum - 128 z_n) + b_n), GELU, the residual. XQ: the rows as quantize_rows' kAmxBlocks.
+__attribute__((target("amx-tile,amx-int8"))) void amx_many_rows(
+    const uint8_t* XQ, const int8_t* PW, int64_t quads, int64_t m, int64_t n, int64_t n_panels, const float* TS,
+    const float* S, const int32_t* Z, const float* BP, bool gelu_tanh, const float* R, int64_t ldr, float* Y) {
+  const int64_t groups = (m + 15) / 16, blocks = quads / 16, panel_bytes = quads * kQuadBytes;
+  at::parallel_for(0, (n_panels + 1) / 2, 1, [&](int64_t pair0, int64_t pair1) {
+    AmxConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+    alignas(64) int32_t sums[32 * 32];
+    alignas(64) float tile[32 * 32];
+    for (int64_t pair = pair0; pair < pair1; ++pair) {
+      const int64_t p = 2 * pair;
+      const bool two_panels = p + 1 < n_panels;
+      const int8_t* w0 = PW + p * panel_bytes;
+      const int8_t* w1 = w0 + panel_bytes;
+      for (int64_t g = 0; g < groups; g += 2) {
+        const bool two_groups = g + 1 < groups;
+        const uint8_t* a0 = XQ + g * quads * 64;
+        const uint8_t* a1 = a0 + quads * 64;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t b = 0; b < blocks; ++b) {
+          const int64_t at = b * 1024;
+          _tile_loadd(4, a0 + at, 64);
+          _tile_loadd(6, w0 + at, 64);
+          _tile_dpbusd(0, 4, 6);
+          if (two_panels) {
+            _tile_loadd(7, w1 + at, 64);
+            _tile_dpbusd(1, 4, 7);
+          }
+          if (two_groups) {
+            _tile_loadd(5, a1 + at, 64);
+            _tile_dpbusd(2, 5, 6);
+            if (two_panels) _tile_dpbusd(3, 5, 7);
+          }
+        }
+        _tile_stored(0, sums, 128);
+        _tile_stored(1, sums + 16, 128);
+        _tile_stored(2, sums + 16 * 32, 128);
+        _tile_stored(3, sums + 16 * 32 + 16, 128);
+        const int64_t rows = std::min<int64_t>(32, m - 16 * g), cols = std::min<int64_t>(32, n - kPanel * p);
+        const int64_t width = two_panels ? 32 : 16;  // whole panels: the padded bias, scales and sums cover them
+        for (int64_t r = 0; r < rows; ++r) {
+          const float t = TS[16 * g + r];
+          for (int64_t j = 0; j < width; j += 16) {
+            const int64_t col = kPanel * p + j;
+            i16v sum, zero_point;
+            std::memcpy(&sum, sums + r * 32 + j, sizeof(sum));
+            std::memcpy(&zero_point, Z + col, sizeof(zero_point));
+            store(tile + r * 32 + j, (t * load(S + col)) * __builtin_convertvector(sum - 128 * zero_point, v16) +
+                                         load(BP + col));
+          }
+        }
+        if (gelu_tanh) gelu_tanh_rows(tile, 32, rows, width);
+        if (R) add_residual_rows(tile, 32, static_cast<int>(rows), cols, R + 16 * g * ldr + kPanel * p, ldr);
+        for (int64_t r = 0; r < rows; ++r)
+          std::memcpy(Y + (16 * g + r) * n + kPanel * p, tile + r * 32, cols * sizeof(float));
+      }
+    }
+  });
+}
 #endif
 
 // -- AVX2: each 16-byte quarter of a quad's line (4 columns x 4 inputs) widened to int16 and multiplied with the
@@ -353,6 +422,7 @@ void quantize_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, const
         finite = finite && bad[i] == 0;
       }
       const float scale = finite && top > 0.0f ? top / 127.0f : 1.0f;
+      uint8_t* const amx_row = buffer.data() + (r / 16) * block_quads * 64 + (r % 16) * 64;  // (kAmxBlocks)
       row_scale[r] = finite ? scale : NAN;
       const float inverse = 1.0f / scale;
       const v16 magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds |v| < 2^22 to an integer
@@ -363,15 +433,18 @@ void quantize_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, const
         v = v == v ? v : splat(0.0f);
         const v16 rounded = (v + magic) - magic;
         const i16v q = __builtin_convertvector(rounded, i16v);
-        std::memcpy(values.data() + k, &q, sizeof(q));
+        if (code == RowCode::kAmxBlocks) {  // straight into the row's block: 16 bytes u + 128, side by side
+          typedef uint8_t u8x16 __attribute__((vector_size(16)));
+          const u8x16 bytes = __builtin_convertvector(q + 128, u8x16);
+          std::memcpy(amx_row + (k / 64) * 1024 + k % 64, &bytes, sizeof(bytes));
+        } else {
+          std::memcpy(values.data() + k, &q, sizeof(q));
+        }
       }
       uint8_t* base = buffer.data() + ((r / 16) * quads * 16 + r % 16) * width;
       const int32_t* qv = values.data();
       if (code == RowCode::kAmxBlocks) {
-        uint8_t* row_base = buffer.data() + (r / 16) * block_quads * 64 + (r % 16) * 64;
-        for (int64_t k0 = 0; k0 < 4 * quads; k0 += 64)  // each block's 64 inputs side by side
-          for (int64_t i = 0; i < std::min<int64_t>(64, 4 * quads - k0); ++i)
-            row_base[k0 * 16 + i] = static_cast<uint8_t>(qv[k0 + i] + 128);
+        // written above (16 inputs at a time; past K, up to the 16-input boundary, the bytes of zero: never read)
       } else if (code == RowCode::kUnsignedBytes) {
         for (int64_t q = 0; q < quads; ++q) {
           const uint32_t packed = static_cast<uint32_t>(qv[4 * q] + 128) | static_cast<uint32_t>(qv[4 * q + 1] + 128) << 8 |
@@ -494,6 +567,12 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   const int8_t* const PW = panels.data_ptr<int8_t>();
   const int32_t offset = v.code == RowCode::kInt16 ? 0 : 128;  // the inputs' shift, taken off per column
   const float* const BP = padded_bias(args.bias, n, n_panels);
+#if HARE_X86 && defined(__AMX_INT8__) && defined(__linux__)
+  if (amx && m > 16 && quads % 16 == 0) {
+    amx_many_rows(XQ, PW, quads, m, n, n_panels, TS, S, Z, BP, gelu_tanh, R, args.ldr, Y);
+    return out;
+  }
+#endif
   const int64_t panel_bytes = quads * kQuadBytes;
   const int64_t groups = (m + 15) / 16, pass = v.max_rows;
   // as panel_linear: the whole of K per tile over few rows, else K in slices whose tile of panels stays in L1
