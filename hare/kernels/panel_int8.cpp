@@ -213,7 +213,7 @@ struct AmxTile {
       for (int64_t b = 0; b < blocks; ++b) {
         if (PF)
           for (int j = 0; j < NP; ++j)
-            for (int64_t line = 0; line < 16; line += 4)
+            for (int64_t line = 0; line < 16; ++line)
               _mm_prefetch(reinterpret_cast<const char*>(w + j * ps + (b + 2) * kBlockBytes + 64 * line), _MM_HINT_T0);
         block(xq + b * kBlockBytes, w + b * kBlockBytes, ps);
       }
