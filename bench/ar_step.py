@@ -6,7 +6,8 @@ how far it is from the memory roof, for three ways of packing the linears measur
 Loads the official-size GPT (30 layers, 1024 wide) from the random official weights bench/pipeline.py uses
 (bench/.cache/official/autoregressive.pth, written if missing), packs three copies of it: `onednn` (every linear
 on oneDNN's packed weights: the baseline), `hare` (`pack_linears`' default: the decode-step linears on Hare's
-few-row kernel where it is available) and `hare-int8` (every linear on Hare's int8 panels, the fast path's GPT), runs the shared prompt for `--rows` candidates and fills the KV cache
+few-row kernel where it is available) and `hare-int8` (every linear on Hare's int8 panels, the fast path's GPT; and
+`int8-bf16kv`, the same model over a bfloat16 KV cache: the fast path under `dtype="bf16"`), runs the shared prompt for `--rows` candidates and fills the KV cache
 with `--position` codes' worth of (random) keys and values, then times, interleaved over `--repeat` rounds (the
 fastest round of each is kept, so that other work on the machine disturbs the comparison less):
 
@@ -55,12 +56,15 @@ def build(rows: int, position: int, seed: int = 0):
         pack_linears(gpt, few_rows=few_rows, int8=int8)
         models[name] = gpt
     del state
+    if "hare-int8" in models:  # the same int8 GPT over a bfloat16 KV cache (the fast path under dtype="bf16")
+        models["int8-bf16kv"] = models["hare-int8"]
     g = torch.Generator().manual_seed(seed)
     cond, text = torch.randn(1, 1024, generator=g), torch.randint(1, 250, (1, 30), generator=g)
     codes = torch.randint(0, 8192, (position + 1, rows), generator=g)
     states = {}
     with torch.no_grad():
         for name, gpt in models.items():
+            gpt.kv_cache_dtype = torch.bfloat16 if name == "int8-bf16kv" else None
             logits, cache = gpt.prefill(cond, text, rows, position + 200)
             # the first `position` codes' keys and values: random (what they hold does not change the timing)
             for t in (cache.k, cache.v):
@@ -162,15 +166,15 @@ def main(argv=None) -> int:
         return sum(getattr(b, attr).weight_bytes for b in gpt.blocks) if hasattr(gpt.blocks[0], attr) else None
 
     linear_parts = [p for p in best if layer_bytes(models["hare"], p) is not None]
-    print(f"\n{'component (ms per step)':<24}" + "".join(f"{n:>10}" for n in names)
-          + f"{'x faster':>10}" + "".join(f"{n + ' GB/s':>15}" for n in names if n != "onednn"))
+    print(f"\n{'component (ms per step)':<24}" + "".join(f"{n:>12}" for n in names)
+          + f"{'x faster':>10}" + "".join(f"{n + ' GB/s':>17}" for n in names if n != "onednn"))
     for part in best:
-        cells = "".join(f"{best[part][n] * 1e3:>10.2f}" for n in names)
+        cells = "".join(f"{best[part][n] * 1e3:>12.2f}" for n in names)
         ratio = best[part]["onednn"] / best[part]["hare"]
-        extra = "".join(f"{layer_bytes(models[n], part) / best[part][n] / 1e9:>15.1f}" for n in names
+        extra = "".join(f"{layer_bytes(models[n], part) / best[part][n] / 1e9:>17.1f}" for n in names
                         if n != "onednn") if part in linear_parts else ""
         print(f"{part:<24}{cells}{ratio:>10.2f}{extra}")
-    print(f"{'rest (step - parts)':<24}" + "".join(f"{rest[n] * 1e3:>10.2f}" for n in names))
+    print(f"{'rest (step - parts)':<24}" + "".join(f"{rest[n] * 1e3:>12.2f}" for n in names))
     print(f"(x faster: onednn / hare; GB/s: the layers' weight bytes over their time; the memory reads "
           f"{bandwidth / 1e9:.1f} GB/s)")
     step_bytes = {n: ar_step_bytes(m) for n, m in models.items()}
