@@ -72,6 +72,8 @@ def test_decode_attention_qkv_rounds_into_a_bfloat16_cache():
     g = torch.Generator().manual_seed(3)
     batch, heads, d, position = 4, 2, 32, 5
     qkv = torch.randn(batch, 3 * heads * d, generator=g)
+    width = heads * d  # ties between two bfloat16 values (round to the even one), and its largest finite values
+    qkv[0, width: width + 4] = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 3.3895e38])
     k_cache, v_cache = (torch.randn(position + 2, batch, heads, d, generator=g).bfloat16() for _ in range(2))
     pk, pv = (torch.randn(heads, 3, d, generator=g).bfloat16() for _ in range(2))
     got = kernels.decode_attention_qkv()(qkv, k_cache, v_cache, position, pk, pv, heads, d ** -0.5)

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -249,8 +250,9 @@ at::Tensor decode_attention_qkv(const at::Tensor& qkv, const at::Tensor& k_cache
   check(qkv, 2, "qkv");
   check(k_cache, 4, "k_cache", true);
   check(v_cache, 4, "v_cache", true);
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes(),
-              "k_cache and v_cache must be contiguous (capacity, batch, heads, d) tensors of one shape");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.sizes() == v_cache.sizes() &&
+                  k_cache.scalar_type() == v_cache.scalar_type(),
+              "k_cache and v_cache must be contiguous (capacity, batch, heads, d) tensors of one shape and dtype");
   const int64_t batch = qkv.size(0), d = k_cache.size(3);
   TORCH_CHECK(heads > 0 && k_cache.size(1) == batch && k_cache.size(2) == heads && qkv.size(1) == 3 * heads * d,
               "qkv must be (batch, 3 * heads * d) matching the cache");
@@ -258,8 +260,23 @@ at::Tensor decode_attention_qkv(const at::Tensor& qkv, const at::Tensor& k_cache
               k_cache.size(0), " positions");
   const int64_t width = heads * d;
   auto part = [&](int64_t i) { return qkv.narrow(1, i * width, width).view({batch, heads, d}); };
-  k_cache.select(0, position).copy_(part(1));
-  v_cache.select(0, position).copy_(part(2));
+  // the new key and value into the cache's slot `position` (contiguous: batch rows of heads * d), converted to
+  // bfloat16 there as torch does (nearest, ties to even); in place of two copy_ calls, whose dispatch costs more
+  // than the copy at a decode step's size
+  const float* const src = qkv.const_data_ptr<float>();
+  const int64_t ld = qkv.stride(0);
+  for (int w = 1; w <= 2; ++w) {
+    at::Tensor& cache = const_cast<at::Tensor&>(w == 1 ? k_cache : v_cache);
+    for (int64_t b = 0; b < batch; ++b) {
+      const float* from = src + b * ld + w * width;
+      if (cache.scalar_type() == at::kFloat) {
+        std::memcpy(cache.data_ptr<float>() + (position * batch + b) * width, from, width * sizeof(float));
+      } else {
+        uint16_t* to = static_cast<uint16_t*>(cache.data_ptr()) + (position * batch + b) * width;
+        for (int64_t i = 0; i < width; ++i) to[i] = float_to_bf16(from[i]);
+      }
+    }
+  }
   const at::Tensor k = k_cache.narrow(0, 0, position + 1).permute({1, 2, 0, 3});
   const at::Tensor v = v_cache.narrow(0, 0, position + 1).permute({1, 2, 0, 3});
   return decode_attention(part(0), k, v, prefix_k, prefix_v, scale).view({batch, width});

@@ -21,6 +21,13 @@ inline v16 load_bf16(const uint16_t* p) {
   const u32x16 bits = __builtin_convertvector(*reinterpret_cast<const u16x16*>(p), u32x16) << 16;
   return reinterpret_cast<const v16&>(bits);
 }
+// float32 -> bfloat16 bits, to nearest with ties to even (NaN stays a quiet NaN), as torch converts
+inline uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
 inline float bf16_to_float(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;
