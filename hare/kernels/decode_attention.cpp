@@ -266,7 +266,7 @@ at::Tensor decode_attention_qkv(const at::Tensor& qkv, const at::Tensor& k_cache
   const float* const src = qkv.const_data_ptr<float>();
   const int64_t ld = qkv.stride(0);
   for (int w = 1; w <= 2; ++w) {
-    at::Tensor& cache = const_cast<at::Tensor&>(w == 1 ? k_cache : v_cache);
+    const at::Tensor& cache = w == 1 ? k_cache : v_cache;  // (Tensor(a!): written through its data pointer)
     for (int64_t b = 0; b < batch; ++b) {
       const float* from = src + b * ld + w * width;
       if (cache.scalar_type() == at::kFloat) {

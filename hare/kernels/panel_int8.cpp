@@ -62,6 +62,17 @@ constexpr int64_t kQuadBytes = kPanel * kQuad;       // one quad of one panel: 6
 constexpr int64_t kPrefetchBytes = 64 * 32;          // each panel's stream is asked for 32 lines ahead
 constexpr int64_t kMaxK8 = 65000;                    // int32 sums stay exact up to this many inputs
 
+// 16 outputs from their int32 sums (16 values at `sum`), columns col .. col + 15: t_r s_n (sum - offset z_n) + b_n,
+// t the row's scale, offset the inputs' shift (128 for unsigned bytes), z the columns' weight sums. Every variant
+// scales its sums with this, so that the same sums give the same floats.
+inline v16 dequantize(const int32_t* sum, float t, int64_t col, const float* S, const int32_t* Z, int32_t offset,
+                      const float* BP) {
+  i16v sums, zero_point;
+  std::memcpy(&sums, sum, sizeof(sums));
+  std::memcpy(&zero_point, Z + col, sizeof(zero_point));
+  return (t * load(S + col)) * __builtin_convertvector(sums - offset * zero_point, v16) + load(BP + col);
+}
+
 // The rows' quantised values, k-major in groups of 16 rows as panel_linear's transposed x: element
 // (g Q + quad) 16 + r holds row 16g + r's quad of inputs. For "avx512-vnni" a uint32 of four bytes u + 128,
 // otherwise a uint64 of four int16 u. Lanes of rows past M are never read.
@@ -146,7 +157,7 @@ using VnniTables = Int8Tables<VnniTile, kVnniRows, 3>;
 constexpr int kVnniFewRows = 16;
 using VnniFewRowTables = Int8Tables<VnniTile, kVnniFewRows, 1>;
 
-#if defined(__AMX_INT8__) && defined(__linux__)
+#if HARE_AMX_INT8
 // -- AMX int8 tiles: per block of 64 inputs, one tile of the rows' bytes (MR x 64, RowCode::kAmxBlocks) times each
 // panel's 16 quads x 16 columns (a panel's 1 KB block is a tile of 16 rows of 64 bytes as it is stored), tdpbusd
 // adding into an MR x 16 int32 tile per panel: the same unsigned x signed byte products as vpdpbusd, so the same
@@ -280,14 +291,8 @@ __attribute__((target("amx-tile,amx-int8"))) void amx_many_rows(
         const int64_t width = two_panels ? 32 : 16;  // whole panels: the padded bias, scales and sums cover them
         for (int64_t r = 0; r < rows; ++r) {
           const float t = TS[16 * g + r];
-          for (int64_t j = 0; j < width; j += 16) {
-            const int64_t col = kPanel * p + j;
-            i16v sum, zero_point;
-            std::memcpy(&sum, sums + r * 32 + j, sizeof(sum));
-            std::memcpy(&zero_point, Z + col, sizeof(zero_point));
-            store(tile + r * 32 + j, (t * load(S + col)) * __builtin_convertvector(sum - 128 * zero_point, v16) +
-                                         load(BP + col));
-          }
+          for (int64_t j = 0; j < width; j += 16)
+            store(tile + r * 32 + j, dequantize(sums + r * 32 + j, t, kPanel * p + j, S, Z, 128, BP));
         }
         if (gelu_tanh) gelu_tanh_rows(tile, 32, rows, width);
         if (R) add_residual_rows(tile, 32, static_cast<int>(rows), cols, R + 16 * g * ldr + kPanel * p, ldr);
@@ -360,7 +365,7 @@ Int8Variant pick_int8(const std::string& name) {
   const std::vector<std::string> all = panel_int8_variants();
   TORCH_CHECK(std::find(all.begin(), all.end(), name) != all.end(), "panel_linear_int8 variant '", name, "' is unknown or this CPU cannot run it");
 #if HARE_X86
-#if defined(__AMX_INT8__) && defined(__linux__)
+#if HARE_AMX_INT8
   if (name == "amx-int8") return {"amx-int8", AmxTables::value[0][0].data(), 16, 3, RowCode::kAmxBlocks};
 #endif
   if (name == "avx512-vnni") return {"avx512-vnni", VnniTables::value[0][0].data(), kVnniRows, 3, RowCode::kUnsignedBytes};
@@ -441,18 +446,18 @@ void quantize_rows(const float* x, int64_t lda, int64_t m, int64_t k_size, const
           std::memcpy(values.data() + k, &q, sizeof(q));
         }
       }
+      // (kAmxBlocks: written above, 16 inputs at a time; past K, up to the 16-input boundary, the bytes of zero,
+      // never read)
       uint8_t* base = buffer.data() + ((r / 16) * quads * 16 + r % 16) * width;
       const int32_t* qv = values.data();
-      if (code == RowCode::kAmxBlocks) {
-        // written above (16 inputs at a time; past K, up to the 16-input boundary, the bytes of zero: never read)
-      } else if (code == RowCode::kUnsignedBytes) {
+      if (code == RowCode::kUnsignedBytes) {
         for (int64_t q = 0; q < quads; ++q) {
           const uint32_t packed = static_cast<uint32_t>(qv[4 * q] + 128) | static_cast<uint32_t>(qv[4 * q + 1] + 128) << 8 |
                                   static_cast<uint32_t>(qv[4 * q + 2] + 128) << 16 |
                                   static_cast<uint32_t>(qv[4 * q + 3] + 128) << 24;
           std::memcpy(base + q * 16 * width, &packed, 4);
         }
-      } else {
+      } else if (code == RowCode::kInt16) {
         for (int64_t q = 0; q < quads; ++q) {
           const int16_t four[4] = {static_cast<int16_t>(qv[4 * q]), static_cast<int16_t>(qv[4 * q + 1]),
                                    static_cast<int16_t>(qv[4 * q + 2]), static_cast<int16_t>(qv[4 * q + 3])};
@@ -567,7 +572,7 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
   const int8_t* const PW = panels.data_ptr<int8_t>();
   const int32_t offset = v.code == RowCode::kInt16 ? 0 : 128;  // the inputs' shift, taken off per column
   const float* const BP = padded_bias(args.bias, n, n_panels);
-#if HARE_X86 && defined(__AMX_INT8__) && defined(__linux__)
+#if HARE_AMX_INT8
   if (amx && m > 16 && quads % 16 == 0) {
     amx_many_rows(XQ, PW, quads, m, n, n_panels, TS, S, Z, BP, gelu_tanh, R, args.ldr, Y);
     return out;
@@ -592,11 +597,7 @@ at::Tensor panel_linear_int8_fused(const at::Tensor& x, const at::Tensor& panels
         for (int r = 0; r < mr; ++r) {  // the sums to floats in place, 16 columns at a time (c holds the tile's width)
           const float t = TS[16 * g + s + r];
           for (int64_t j = 0; j < np * kPanel; j += 16) {
-            const int64_t col = kPanel * p + j;
-            i16v sum, zero_point;
-            std::memcpy(&sum, c + r * ldc + j, sizeof(sum));
-            std::memcpy(&zero_point, Z + col, sizeof(zero_point));
-            const v16 y = (t * load(S + col)) * __builtin_convertvector(sum - offset * zero_point, v16) + load(BP + col);
+            const v16 y = dequantize(c + r * ldc + j, t, kPanel * p + j, S, Z, offset, BP);
             std::memcpy(c + r * ldc + j, &y, sizeof(y));
           }
         }

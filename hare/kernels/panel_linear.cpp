@@ -47,6 +47,13 @@
 #else
 #define HARE_X86 0
 #endif
+// the AMX-int8 variant is built: the compiler targets AMX-INT8 (-march=native on such a CPU) and Linux, whose
+// arch_prctl grants the tiles
+#if HARE_X86 && defined(__AMX_INT8__) && defined(__linux__)
+#define HARE_AMX_INT8 1
+#else
+#define HARE_AMX_INT8 0
+#endif
 
 #include <algorithm>
 #include <array>
@@ -185,7 +192,7 @@ struct Variant {
   }
 };
 
-#if HARE_X86 && defined(__AMX_INT8__) && defined(__linux__)
+#if HARE_AMX_INT8
 // AMX's int8 tiles: the CPU reports AMX-TILE and AMX-INT8 (CPUID leaf 7), the OS saves their state (XCR0 bits 17
 // and 18) and grants this process their use (Linux asks for it once: arch_prctl ARCH_REQ_XCOMP_PERM for
 // XTILEDATA; without it the first tile instruction faults). Decided once per process.
@@ -214,7 +221,7 @@ bool runnable(const std::string& name) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vnni");
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#if defined(__AMX_INT8__) && defined(__linux__)
+#if HARE_AMX_INT8
   if (name == "amx-int8") return amx_int8_ready();
 #endif
 #endif

@@ -104,6 +104,10 @@ class KVCache:
         return (torch.cat([pk.expand(b, -1, -1, -1), k], dim=2), torch.cat([pv.expand(b, -1, -1, -1), v], dim=2))
 
 
+# the KV cache dtypes Hare's CPU decode kernels read (with float32 queries and compute)
+_KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _attention_with_lse(q, k, v):
     """(output, log-sum-exp of the scaled scores) of softmax attention without a mask, on the CPU."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)[:2]
@@ -116,17 +120,15 @@ def _decode_attention(q: torch.Tensor, cache: KVCache, layer: int, end: int) -> 
     The same softmax attention as over the concatenated keys. On the CPU the prefix's keys and values are
     read once for all rows instead of once per row (decoding is memory-bound there): in one pass by Hare's
     kernel (`hare.kernels.decode_attention`) when it is available, the query float32 and the cache float32 or
-    bfloat16, else as two
-    PyTorch attention parts merged by their log-sum-exp.
+    bfloat16, else as two PyTorch attention parts merged by their log-sum-exp.
     """
     if q.device.type != "cpu":  # GPUs have the bandwidth: one fused call over the concatenated keys
         return F.scaled_dot_product_attention(q, *cache.keys_values(layer, end))
     k, v = cache.own(layer, end)
     pk, pv = cache.prefix(layer)
     inference = not kernels.autograd_records(q)  # the kernel has no gradient
-    # the kernel: a float32 query over a float32 or bfloat16 cache
-    op = (kernels.decode_attention() if inference and q.dtype == torch.float32
-          and k.dtype in (torch.float32, torch.bfloat16) else None)
+    op = (kernels.decode_attention() if inference and q.dtype == torch.float32 and k.dtype in _KERNEL_CACHE_DTYPES
+          else None)
     if op is not None:
         return op(q[:, :, 0], k, v, pk[0], pv[0], q.shape[-1] ** -0.5).unsqueeze(2)
     if q.dtype != k.dtype:  # int8 linears (float32 out) beside a bfloat16 cache under autocast
@@ -152,7 +154,7 @@ def _decode_step_attention(qkv: torch.Tensor, cache: KVCache, layer: int, heads:
 
     The same result as storing, splitting and `_decode_attention`, without their dozen small operations per
     layer (a decode step is short enough for those to count)."""
-    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or cache.k.dtype not in (torch.float32, torch.bfloat16):
+    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or cache.k.dtype not in _KERNEL_CACHE_DTYPES:
         return None
     op = None if kernels.autograd_records(qkv) else kernels.decode_attention_qkv()
     if op is None:
@@ -171,7 +173,7 @@ def _decode_step_block(block: "Block", x: torch.Tensor, cache: KVCache, layer: i
     cannot run (another device or dtype, autograd, the linears not packed for the few-row kernels — float32 or
     int8 panels —, hooks on the block's layers, no kernels)."""
     linears = (block.qkv, block.attn_out, block.fc, block.proj)
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or cache.k.dtype not in (torch.float32, torch.bfloat16)
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or cache.k.dtype not in _KERNEL_CACHE_DTYPES
             or kernels.autograd_records(x)
             or not all(isinstance(m, PackedLinear) and m.layout in ("panels", "int8") for m in linears)):
         return None
