@@ -47,7 +47,7 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
                    help="int8 weights (CPU; fast path): the GPT and diffusion decoder on Hare's int8 kernel, "
                         "the CLVP on PyTorch's dynamic int8")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs)")
+                   help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs; on a CPU with --quantize int8, bf16 is the GPT's KV cache)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -96,7 +96,8 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
     Hugging Face hub. `pack` (on a CPU): pre-pack the float32 linear layers for oneDNN
     (`hare.models.packed`), same results to float rounding, several times faster on CPUs where the default
     BLAS is slow. `quantize="int8"` (CPU): int8 weights for the GPT, the CLVP and (when packed) the diffusion
-    decoder, the fast path; `dtype`: "fp32" (exact), "bf16" or "fp16" for the AR, rerank and latent stages.
+    decoder, the fast path; `dtype`: "fp32" (exact), "bf16" or "fp16" for the AR, rerank and latent stages
+    (on a CPU with `quantize="int8"`, "bf16" is the GPT's KV cache: the int8 kernels read float32).
     """
     from tqdm.auto import tqdm
 
