@@ -43,11 +43,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_precision_options(p: argparse.ArgumentParser) -> None:
     """The load-time speed options (shared by `speak`, `serve` and `eval`)."""
-    p.add_argument("--quantize", choices=("int8",),
+    p.add_argument("--quantize", choices=("none", "int8"),
                    help="int8 weights (CPU; fast path): the GPT and diffusion decoder on Hare's int8 kernel, "
-                        "the CLVP on PyTorch's dynamic int8")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="precision of the AR, rerank and latent stages (default fp32; bf16/fp16 for GPUs; on a CPU with --quantize int8, bf16 is the GPT's KV cache)")
+                        "the CLVP on PyTorch's dynamic int8; none: float weights (default: none, except where "
+                        "the model's model.json chooses for CPUs: hare-mini takes int8 with --dtype bf16)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="precision of the AR, rerank and latent stages (default fp32, or the model's CPU choice "
+                        "where neither this nor --quantize is given; bf16/fp16 for GPUs; on a CPU with "
+                        "--quantize int8, bf16 is the GPT's KV cache, and a HiFi-GAN vocoder runs in bf16 where "
+                        "the CPU has bf16 matrix hardware); --dtype fp32 alone: float32 throughout")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -345,7 +349,7 @@ def cmd_eval(args) -> int:
                                                                 "voice_match"))
     if tts is not None:
         options = [f"{sampler or 'ddpm'}/{steps}" if steps else sampler, None if start is None else f"start {start:g}",
-                   args.quantize, args.dtype if args.dtype != "fp32" else None,
+                   tts.quantize, tts.dtype if tts.dtype != "fp32" else None,
                    None if match is None else f"match {match:g}"]
         name = " ".join([name] + [o for o in options if o])
     rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
@@ -361,8 +365,8 @@ def cmd_eval(args) -> int:
         evaluate.write_report(rows, args.json, meta={"suite": str(args.suite), "model": name, "presets": presets,
                                                      "asr": asr, "seed": args.seed, "limit": args.limit,
                                                      "sampler": sampler, "steps": steps, "diffusion_start": start,
-                                                     "quantize": args.quantize, "dtype": args.dtype,
-                                                     "voice_match": match})
+                                                     "quantize": tts.quantize if tts else None,
+                                                     "dtype": tts.dtype if tts else None, "voice_match": match})
     return 0
 
 

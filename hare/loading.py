@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from hare.devices import resolve_device
-from hare.errors import CheckpointError, ModelNotFoundError
+from hare.errors import CheckpointError, ModelNotFoundError, SettingsError
 
 
 @dataclasses.dataclass
@@ -21,13 +21,16 @@ class ModelSource:
 
     model_id: the key of its voice-latent cache (changes when its files do); default_voice: the voice used
     when a request names none; bundled_voices: voice folders that come with the model; settings: its
-    `model.json` settings (its defaults under every preset); loader: kind -> the loaded network."""
+    `model.json` settings (its defaults under every preset); loader: kind -> the loaded network;
+    cpu_defaults: its `model.json` load options on a CPU (`quantize`, `dtype`), used where the caller names
+    neither."""
 
     model_id: str
     default_voice: str
     bundled_voices: list[Path]
     settings: dict
     loader: Callable[[str], object]
+    cpu_defaults: dict = dataclasses.field(default_factory=dict)
 
 
 def resolve_model(name_or_dir: str | os.PathLike = "hare-mini",
@@ -75,20 +78,43 @@ def resolve_model(name_or_dir: str | os.PathLike = "hare-mini",
         def loader(kind):
             return checkpoints.load(checkpoints.fetch(kind, spec))[0]
 
-    settings = {}
+    settings, cpu_defaults = {}, {}
     if model_dir is not None and (model_dir / "model.json").is_file():
         try:
             meta = json.loads((model_dir / "model.json").read_text())
             settings = dict(meta.get("settings", {}))
             default_voice = meta.get("default_voice", default_voice)
+            cpu_defaults = dict(meta.get("cpu_defaults", {}))
         except (ValueError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"invalid {model_dir / 'model.json'}: {exc}") from None
-    return ModelSource(model_id, default_voice, bundled, settings, loader)
+        unknown = sorted(set(cpu_defaults) - {"quantize", "dtype"})
+        if unknown or cpu_defaults.get("quantize", "none") not in QUANTIZE or \
+                cpu_defaults.get("dtype", "fp32") not in DTYPES:
+            raise CheckpointError(f"invalid {model_dir / 'model.json'}: cpu_defaults takes quantize "
+                                  f"({', '.join(QUANTIZE)}) and dtype ({', '.join(DTYPES)}), got {cpu_defaults}")
+    return ModelSource(model_id, default_voice, bundled, settings, loader, cpu_defaults)
+
+
+QUANTIZE = ("none", "int8")  # load_model's `quantize` values ("none" and None: float weights)
+DTYPES = ("fp32", "bf16", "fp16")  # and its `dtype` values
+
+
+def load_options(source: ModelSource, device, quantize: str | None, dtype: str | None) -> tuple[str | None, str]:
+    """The (quantize, dtype) a model loads with: what the caller names; where it names neither and the
+    device is a CPU, the model's `cpu_defaults` (hare-mini: int8 weights and a bfloat16 KV cache); else float
+    weights in fp32. quantize "none" is None."""
+    if quantize is not None and quantize not in QUANTIZE:
+        raise SettingsError(f"quantize must be one of {', '.join(QUANTIZE)} (got {quantize!r})")
+    if dtype is not None and dtype not in DTYPES:
+        raise SettingsError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    if quantize is None and dtype is None and resolve_device(device).type == "cpu":
+        quantize, dtype = source.cpu_defaults.get("quantize"), source.cpu_defaults.get("dtype")
+    return (None if quantize in (None, "none") else quantize), (dtype or "fp32")
 
 
 def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str | os.PathLike | None = None,
                device=None, voices_dirs=(), progress: bool = False, quantize: str | None = None,
-               dtype: str = "fp32", pack: bool = True, source: ModelSource | None = None):
+               dtype: str | None = None, pack: bool = True, source: ModelSource | None = None):
     """Load a TextToSpeech by registered name or from a folder of model files (`resolve_model`; or the
     `source` a caller has already resolved).
 
@@ -96,8 +122,11 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
     Hugging Face hub. `pack` (on a CPU): pre-pack the float32 linear layers for oneDNN
     (`hare.models.packed`), same results to float rounding, several times faster on CPUs where the default
     BLAS is slow. `quantize="int8"` (CPU): int8 weights for the GPT, the CLVP and (when packed) the diffusion
-    decoder, the fast path; `dtype`: "fp32" (exact), "bf16" or "fp16" for the AR, rerank and latent stages
-    (on a CPU with `quantize="int8"`, "bf16" is the GPT's KV cache: the int8 kernels read float32).
+    decoder, the fast path (`"none"`: float weights); `dtype`: "fp32" (exact), "bf16" or "fp16" for the AR,
+    rerank and latent stages (on a CPU with `quantize="int8"`, "bf16" is the GPT's KV cache: the int8 kernels
+    read float32; and on a CPU with bf16 matrix hardware a HiFi-GAN vocoder runs in bf16 too). Where neither
+    is named, a model's `model.json` may choose them for CPUs (`cpu_defaults`; hare-mini: int8 and bf16);
+    name `dtype="fp32"` (or `quantize="none"`) for float32 weights and arithmetic throughout.
     """
     from tqdm.auto import tqdm
 
@@ -107,6 +136,7 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
 
     resolve_device(device)  # an unavailable device fails before any weights are read
     source = source or resolve_model(name_or_dir, models_dir)
+    quantize, dtype = load_options(source, device, quantize, dtype)
     models = {kind: source.loader(kind) for kind in tqdm(checkpoints.INFERENCE_KINDS, desc="loading models",
                                                          leave=False, file=sys.stderr, disable=not progress)}
     return TextToSpeech(gpt=models["autoregressive"], clvp=models["clvp2"], diffusion=models["diffusion_decoder"],

@@ -141,8 +141,8 @@ class Settings:
 
     @property
     def ar_batch_size(self) -> int:
-        """Candidates per autoregressive batch: `batch_size`, or all of them up to 16."""
-        return self.batch_size or min(self.num_candidates, 16)
+        """Candidates per autoregressive batch: `batch_size` (at most all of them), or all of them up to 16."""
+        return min(self.batch_size or 16, self.num_candidates)
 
     def validate(self) -> "Settings":
         """Self, if every field is within its range or choices and the fields agree; else SettingsError."""

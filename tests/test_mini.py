@@ -14,7 +14,7 @@ import torch
 
 import hare
 from hare import audio, checkpoints
-from hare.errors import CheckpointError, ModelNotFoundError
+from hare.errors import CheckpointError, ModelNotFoundError, SettingsError
 from hare.pipeline import TextToSpeech, calm_cut
 from hare.voices import VoiceLibrary
 
@@ -304,6 +304,43 @@ def test_model_json_sets_defaults(tmp_path, mini_models):
     (folder / "model.json").write_text(json.dumps({"settings": {"no_such_setting": 1}}))
     with pytest.raises(Exception, match="no_such_setting"):
         hare.load_model(folder)
+
+
+def test_model_json_cpu_defaults_choose_the_load_options_the_caller_leaves_open(tmp_path, mini_models, monkeypatch):
+    """cpu_defaults: on a CPU, where neither quantize nor dtype is named, the model's choice; any named option
+    (dtype="fp32", quantize="none") turns them off; a bad entry is a CheckpointError; the HiFi-GAN vocoder goes
+    to bfloat16 under dtype="bf16" only where the CPU has bf16 matrix hardware."""
+    from hare import kernels, loading
+
+    folder = save_models_dir(mini_models, tmp_path / "m")
+    (folder / "model.json").write_text(json.dumps({"cpu_defaults": {"quantize": "int8", "dtype": "bf16"}}))
+    source = loading.resolve_model(folder)
+    assert source.cpu_defaults == {"quantize": "int8", "dtype": "bf16"}
+    assert loading.load_options(source, "cpu", None, None) == ("int8", "bf16")
+    assert loading.load_options(source, "cpu", None, "fp32") == (None, "fp32")
+    assert loading.load_options(source, "cpu", "none", None) == (None, "fp32")
+    assert loading.load_options(source, "cpu", "int8", None) == ("int8", "fp32")
+    with pytest.raises(SettingsError, match="quantize must be"):
+        loading.load_options(source, "cpu", "int4", None)
+    with pytest.raises(SettingsError, match="dtype must be"):
+        loading.load_options(source, "cpu", None, "fp8")
+    plain = loading.resolve_model(save_models_dir(mini_models, tmp_path / "plain"))
+    assert loading.load_options(plain, "cpu", None, None) == (None, "fp32")
+    for hardware in (False, True):
+        monkeypatch.setattr(kernels, "bf16_matmul", lambda: hardware)
+        tts = hare.load_model(folder)
+        assert (tts.quantize, tts.dtype, tts.vocoder_bf16) == ("int8", "bf16", hardware)
+        assert tts.vocoder.inp.weight.dtype == (torch.bfloat16 if hardware else torch.float32)
+        exact = hare.load_model(folder, dtype="fp32")
+        assert (exact.quantize, exact.dtype, exact.vocoder_bf16) == (None, "fp32", False)
+    mel = torch.randn(1, 80, 6) - 4
+    wav = tts.vocoder.vocode(mel)
+    assert wav.dtype == torch.float32
+    torch.testing.assert_close(wav, exact.vocoder.vocode(mel), atol=0.05, rtol=0)
+    for bad in ({"quantize": "int4"}, {"dtype": "fp8"}, {"threads": 2}):
+        (folder / "model.json").write_text(json.dumps({"cpu_defaults": bad}))
+        with pytest.raises(CheckpointError, match="cpu_defaults"):
+            loading.resolve_model(folder)
 
 
 def test_grow_gpt_keeps_the_function_and_adds_blocks(tmp_path):

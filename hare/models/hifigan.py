@@ -110,5 +110,6 @@ class HiFiGAN(nn.Module):
 
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(batch, n_mels, frames) -> (batch, samples); `generator` is unused (no noise input)."""
-        return self.forward(mel.to(self.inp.weight.dtype))[:, 0]
+        """(batch, n_mels, frames) -> (batch, samples) float32; `generator` is unused (no noise input). Computed
+        in the weights' dtype (bf16 where the pipeline converted them)."""
+        return self.forward(mel.to(self.inp.weight.dtype))[:, 0].float()
