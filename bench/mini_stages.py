@@ -13,7 +13,10 @@ For every sentence of an evaluation suite (`hare data eval-suite`) and its real 
   - `best of N`: the model's own N candidates (sampled with the model's settings) each through the decoder as
     `hare speak` runs it, the one the first recogniser hears best (an oracle: the reranker's ceiling);
   - `pick+vqvae`: the pipeline's pick (`TextToSpeech.rerank`) through the VQ-VAE path of `vqvae`;
-  - `pick`: the pick through the diffusion decoder (shallow diffusion from the model's own `diffusion_start`).
+  - `pick`: the reranker's pick through the diffusion decoder (shallow diffusion from the model's own
+    `diffusion_start`);
+  - `pick+listen` (a model whose settings name `listen_candidates`): the listener's pick among the reranker's
+    best `listen_candidates`, through the decoder as `pick`: what `hare speak` makes.
 A decoder on GPT latents (`conditioning_input: latents`) reads the GPT's teacher-forced latents of the codes
 (true or its own), as the pipeline computes them. Needs a VQ-VAE file beside the model (hare-mini). Prints one
 table, a row per stage and a column per recogniser (the first one is the oracle's judge).
@@ -77,9 +80,11 @@ def main(argv=None) -> int:
     recognisers = {n: evaluate.recognizer(n) for n in names}
     starts = args.start or [0.02, 0.1]
     best_of = f"best of {args.candidates}"
-    modes = ["source", "vocoder", "vqvae", "prior", *[f"start={s}" for s in starts], best_of, "pick+vqvae", "pick"]
-    heard = {(m, n): [] for m in modes for n in names}
     own = make_settings("ultra_fast", **tts.default_settings)  # the model's own sampling settings
+    listens = own.listen_candidates > 1 and tts.listener() is not None
+    modes = ["source", "vocoder", "vqvae", "prior", *[f"start={s}" for s in starts], best_of, "pick+vqvae", "pick",
+             *(["pick+listen"] if listens else [])]
+    heard = {(m, n): [] for m in modes for n in names}
     sampling = SamplingSettings(temperature=own.temperature, top_p=own.top_p, top_k=own.top_k,
                                 repetition_penalty=own.repetition_penalty, length_penalty=own.length_penalty,
                                 max_codes=tts.gpt.max_codes)
@@ -121,6 +126,11 @@ def main(argv=None) -> int:
             best = tts.rerank(text, cands, own)[0]
             mels["pick+vqvae"] = vq_path(best[None, :calm_cut(best, calm_code=gc.calm_code)])
             mels["pick"] = through_decoder(best)
+            if listens:
+                top = tts.rerank(text, cands, own, k=own.listen_candidates)
+                latents = tts.gpt.speech_latents(ar_latent.expand(len(top), -1), text.expand(len(top), -1),
+                                                 top).float()
+                mels["pick+listen"] = through_decoder(top[tts._listen(text, top, latents, diff_latent)[0]])
             outs = {m: tts.vocoder.vocode(mels[m], generator=g)[0].float().numpy().reshape(-1) for m in mels}
             judge, judge_name = recognisers[names[0]], names[0]
             fixed = fix_candidates(cands, gc.stop_mel_token, gc.calm_code, gc.tail_codes)

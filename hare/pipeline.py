@@ -94,14 +94,14 @@ class _Timer:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-STAGES = ("conditioning", "autoregressive", "rerank", "latents", "diffusion", "vocoder", "hifigan")
+STAGES = ("conditioning", "autoregressive", "rerank", "listen", "latents", "diffusion", "vocoder", "hifigan")
 
 
 class TextToSpeech:
     """The whole Tortoise inference path. Build it with `hare.load_model(...)`."""
 
     def __init__(self, *, gpt, clvp, diffusion, vocoder, cvvp=None, rlg_auto=None, rlg_diffuser=None,
-                 speller=None, hifi_decoder=None, tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
+                 speller=None, hifi_decoder=None, listener=None, tokenizer=None, voices=None, model_id: str = "custom", device=None, loader=None,
                  quantize: str | None = None, dtype: str = "fp32", default_voice: str = "random",
                  default_settings: dict | None = None, pack: bool = False):
         from hare.text import Tokenizer
@@ -125,7 +125,7 @@ class TextToSpeech:
             raise CheckpointError(f"the GPT's calm/tail codes {gc.calm_code}/{gc.tail_codes} are not speech codes "
                                   f"(0..{gc.start_mel_token - 1})")
         self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser, "speller": speller,
-                          "hifi_decoder": hifi_decoder}
+                          "hifi_decoder": hifi_decoder, "listener": listener}
         self._loader = loader  # kind -> module, for optional models loaded on first use
         self.tokenizer = tokenizer or Tokenizer()
         self.voices = voices or VoiceLibrary.default()
@@ -254,15 +254,19 @@ class TextToSpeech:
         """The sample rate of the audio `settings` make: the HiFi-GAN decoder's, or the vocoder's."""
         return self.hifi_decoder().sample_rate if settings.decoder == "hifigan" else self.sample_rate
 
-    def speller(self):
-        """The model's speller network (`hare.models.speller`, loaded on first use), or None if it has none."""
-        if self._optional.get("speller") is False:  # looked for before
+    def _optional_or_none(self, kind: str):
+        """The model's optional `kind` network (loaded on first use), or None if it has none."""
+        if self._optional.get(kind) is False:  # looked for before
             return None
         try:
-            return self._optional_model("speller")
+            return self._optional_model(kind)
         except ModelNotFoundError:
-            self._optional["speller"] = False
+            self._optional[kind] = False
             return None
+
+    def speller(self):
+        """The model's speller network (`hare.models.speller`, loaded on first use), or None if it has none."""
+        return self._optional_or_none("speller")
 
     # -- conditioning ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -410,6 +414,9 @@ class TextToSpeech:
             raise SettingsError("ctc_weight needs a letter recogniser: a speller network (speller.safetensors "
                                 "beside the model's other files) or a CLVP trained with a CTC letter head (its "
                                 "config's ctc_classes); this model has neither: set ctc_weight to 0")
+        if self._listens(settings) and self.listener() is None:
+            raise SettingsError("listen_candidates needs a listener network (listener.safetensors beside the "
+                                "model's other files); this model has none: set listen_candidates to 0")
 
     def reranker(self, settings: Settings):
         """The `hare.rerank.Reranker` these settings ask of this model: the CLVP's score (mixed with the CVVP's
@@ -436,11 +443,17 @@ class TextToSpeech:
 
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
-               ar_latent: torch.Tensor | None = None) -> torch.Tensor:
-        """The `settings.k` best candidates: (n, length) sampled codes -> (k, length) fixed codes, by
-        `reranker(settings)`; candidates under `min_length_ratio` of the median length are never picked."""
+               ar_latent: torch.Tensor | None = None, k: int | None = None) -> torch.Tensor:
+        """The `k` (default `settings.k`) best candidates, best first: (n, length) sampled codes -> (k', length)
+        fixed codes, by `reranker(settings)`; candidates under `min_length_ratio` of the median length are
+        never picked, so k' is k, or fewer where fewer are long enough (at least `settings.k`)."""
         reranker = self.reranker(settings)
-        return reranker.pick(reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels), settings.k)
+        candidates = reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels)
+        ranking = reranker.ranking(candidates)
+        k = min(settings.k if k is None else k, len(ranking))
+        top = ranking.topk(k)
+        usable = max(settings.k, int(torch.isfinite(top.values).sum()))
+        return candidates.fixed[top.indices[:usable]]
 
     @torch.inference_mode()
     def rerank_scores(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
@@ -469,14 +482,20 @@ class TextToSpeech:
         if settings.num_candidates == 1:  # nothing to rank: the fix-up alone (api_fast does the same)
             best = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         else:
+            listen = self._listens(settings)
             with timer("rerank"), self._autocast("rerank"):
-                best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent)
+                best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent,
+                                   k=max(settings.k, settings.listen_candidates) if listen else settings.k)
         if settings.decoder == "hifigan":
             return self._hifigan_audio(text, best, ar_latent, settings, timer)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
             latents = self._picked_latents(text, best, ar_latent, settings, timer)
+        if settings.num_candidates > 1 and listen and len(best) > settings.k:
+            with timer("listen"):
+                order = self._listen(text, best, latents, diff_latent)[: settings.k]
+            best, latents = best[order], latents[order]
         outputs = []
         for j in range(settings.k):
             keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
@@ -494,6 +513,35 @@ class TextToSpeech:
             outputs.append(wav[0].float().cpu())
         return outputs
 
+    def listener(self):
+        """The model's listener network (`hare.models.listener`, loaded on first use), or None if it has none."""
+        return self._optional_or_none("listener")
+
+    def _listens(self, settings: Settings) -> bool:
+        """Whether the listener's second look runs under `settings` (`listen_candidates` > 1, the diffusion
+        decoder on the GPT's latents)."""
+        return (settings.listen_candidates > 1 and settings.decoder == "diffusion"
+                and self.diffusion.config.conditioning_input != "codes")
+
+    def _listen(self, text, best, latents, diff_latent) -> torch.Tensor:
+        """The listener's order of the reranker's best candidates (best first): each one's GPT latents (cut at
+        its trailing silence) through the diffusion decoder's mel guess, read by the listener against the
+        text's letters. The reranker's order where the text has no letters."""
+        from hare import audio
+        from hare.rerank import text_letters
+
+        letters = text_letters(self.tokenizer, text[0, :-1].tolist())
+        if letters is None:
+            return torch.arange(len(best), device=best.device)
+        mels = []
+        for j in range(len(best)):
+            keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
+            aligned = self.diffusion.aligned_conditioning(latents[j: j + 1, :keep], diff_latent,
+                                                          self.mel_format.frames_for_codes(keep))
+            mels.append(audio.denormalize_mel(self.diffusion.predict_mel(aligned).float())[0])
+        scores = self.listener().score(letters, mels)
+        return torch.sort(scores, descending=True, stable=True).indices.to(best.device)
+
     def _text_tensor(self, tokens) -> torch.Tensor:
         """A chunk's text tokens as the GPT reads them: (1, n + 1), ending with the stop token."""
         return torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=self.device)
@@ -501,7 +549,7 @@ class TextToSpeech:
     def _picked_latents(self, text, best, ar_latent, settings, timer) -> torch.Tensor:
         """The picked candidates' GPT latents, teacher-forced on their codes (float32): (k, length, width)."""
         with timer("latents"), self._autocast("latents"):
-            return self.gpt.speech_latents(ar_latent.expand(settings.k, -1), text.expand(settings.k, -1),
+            return self.gpt.speech_latents(ar_latent.expand(len(best), -1), text.expand(len(best), -1),
                                            best).float()
 
     def _hifigan_audio(self, text, best, ar_latent, settings, timer) -> list[torch.Tensor]:

@@ -117,6 +117,13 @@ class Settings:
     ctc_weight: float = knob(0.0, "weight of the letter score (how well a candidate spells the text) in "
                                   "reranking (default 0; needs the model's speller network or a CLVP trained "
                                   "with a CTC head; a model.json may set it)", range=UNIT, flag="--ctc-weight")
+    # the listener's second look (a Hare extension): the reranker's best `listen_candidates` candidates are each
+    # decoded by the diffusion decoder's own mel guess (its prior; one pass, no diffusion step) and the model's
+    # listener network (`hare.models.listener`, a CTC letter recogniser over mels) picks among them by how well
+    # each decoded mel spells the text. 0 or 1: off (the reranker's pick stands).
+    listen_candidates: int = knob(0, "decode the reranker's best N candidates and let the model's listener "
+                                     "network pick by what it hears (default 0: off; needs listener.safetensors; "
+                                     "a model.json may set it)", range=Range(0), flag="--listen-candidates")
     # zero-shot voice matching by equaliser: shift each band of the decoded mel by this fraction of the gap
     # between the voice clips' long-term mean log mel and the output's own (`audio.match_mel_means`: one gain per
     # band, timing and pitch untouched). 0 (the reference's behaviour) leaves the decoder's mel as it is.

@@ -368,3 +368,57 @@ def test_grow_gpt_keeps_the_function_and_adds_blocks(tmp_path):
     assert not torch.equal(gpt.blocks[0].qkv.weight, big.blocks[1].qkv.weight)
     with pytest.raises(ValueError, match="block numbers"):
         grow_gpt(src, tmp_path / "bad", [2])
+
+
+@shipped
+def test_prior_mels_writes_the_decoder_priors_mel_of_each_clips_true_codes(tmp_path):
+    """`python -m hare.train.prior_mels`: one float16 HiFi-GAN log mel per utterance, the decoder's prior from the
+    GPT's latents of the clip's VQ-VAE codes (4 frames per code), named by the feature cache's key, kept on a
+    second run."""
+    from hare.train import prior_mels
+    from hare.train.data import cache_key
+
+    rows = []
+    for i, text in enumerate(["A short test.", "Another one here."]):
+        t = torch.arange(int(22050 * (1.2 + 0.4 * i))) / 22050
+        wav = 0.3 * torch.sin(2 * torch.pi * (150 + 30 * i) * t) * torch.sin(2 * torch.pi * 3 * t).abs()
+        soundfile.write(tmp_path / f"{i}.wav", wav.numpy(), 22050)
+        rows.append(f"{i}.wav|{text}|s")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "prior"
+    assert prior_mels.main([str(tmp_path / "m.csv"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    from hare.train.data import CachedCorpus
+
+    corpus, _ = CachedCorpus.build(tmp_path / "m.csv", tmp_path / "cache", ("codes",),
+                                   vqvae=str(MINI / "vqvae.safetensors"))
+    for i, u in enumerate(corpus.utterances):
+        mel = torch.load(out / f"{cache_key(u.path)}.pt")
+        codes = corpus.features(i, ("codes",))["codes"]
+        assert mel.dtype == torch.float16 and mel.shape == (80, 4 * len(codes))
+        assert torch.isfinite(mel.float()).all() and -12 < float(mel.float().mean()) < 2
+    stamp = (out / f"{cache_key(corpus.utterances[0].path)}.pt").stat().st_mtime_ns
+    assert prior_mels.main([str(tmp_path / "m.csv"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert (out / f"{cache_key(corpus.utterances[0].path)}.pt").stat().st_mtime_ns == stamp
+
+
+def test_assemble_only_copies_the_named_networks_in_float16(tmp_path):
+    from hare.mini import assemble
+    from hare.models.configs import ListenerConfig
+
+    listener = checkpoints.build("listener", ListenerConfig(dim=32, depth=1, heads=1, ff_mult=2))
+    (tmp_path / "runs" / "listener" / "final").mkdir(parents=True)
+    checkpoints.save(listener, "listener", listener.config, tmp_path / "runs" / "listener" / "final" / "listener")
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "autoregressive.safetensors").write_bytes(b"untouched")
+    written = assemble(tmp_path / "runs", out, only=["listener"])
+    assert written == [out / "listener.safetensors"]
+    assert (out / "autoregressive.safetensors").read_bytes() == b"untouched"
+    model, kind, config = checkpoints.load(out / "listener.safetensors")
+    assert kind == "listener" and config == listener.config
+    from safetensors import safe_open
+
+    with safe_open(str(out / "listener.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+    with pytest.raises(ValueError, match="unknown networks"):
+        assemble(tmp_path / "runs", out, only=["tacotron"])

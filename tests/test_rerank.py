@@ -373,3 +373,52 @@ def test_rerank_picks_by_the_models_speller_end_to_end(mini_models, tmp_path):
     out = tts.tts("Spell it.", preset="ultra_fast", seed=0, ctc_weight=0.5, num_candidates=2, diffusion_steps=3,
                   max_codes=20)
     assert out.settings["ctc_weight"] == 0.5 and out.audio.numel() > 0
+
+
+def test_listen_candidates_lets_the_listener_pick_among_the_rerankers_best(tmp_path):
+    """listen_candidates: the reranker's best N are decoded by the decoder's prior and the listener's best
+    among them is the one synthesised; a model without a listener refuses the setting before any work; the
+    real network loads from the model folder and runs end to end."""
+    from hare.models.configs import ListenerConfig
+    from tiny_models import tiny_models
+
+    torch.manual_seed(0)
+    folder = save_models_dir(tiny_models(), tmp_path / "m")
+    write_voice(folder / "voices" / "default")
+    tts = hare.load_model(folder)
+    assert tts.listener() is None
+    with pytest.raises(SettingsError, match="listener network"):
+        tts.tts("Hello there.", preset="ultra_fast", listen_candidates=4)
+    with pytest.raises(SettingsError, match="listen_candidates must be"):
+        make_settings("ultra_fast", listen_candidates=-1)
+
+    class Ear(torch.nn.Module):  # a listener double: prefers the longest decoded mel, remembers what it read
+        def __init__(self):
+            super().__init__()
+            self.read = []
+
+        def score(self, letters, mels):
+            self.read.append((letters, [m.shape for m in mels]))
+            return torch.tensor([float(m.shape[-1]) for m in mels])
+
+    ear = Ear()
+    tts._optional["listener"] = ear
+    kw = dict(preset="ultra_fast", seed=3, num_candidates=6, diffusion_steps=3, max_codes=24)
+    out = tts.tts("Listen to this.", listen_candidates=4, **kw)
+    letters, shapes = ear.read[-1]
+    assert len(shapes) == 4 and all(s[0] == tts.diffusion.config.in_channels for s in shapes)
+    assert letters.tolist() == R.text_letters(tts.tokenizer, tts.tokenizer.encode("Listen to this.")).tolist()
+    assert out.decoder_inputs[0].frames == max(s[-1] for s in shapes)  # the listener's choice was decoded
+    assert "listen" in out.timings
+    calls = len(ear.read)
+    for off in (0, 1):  # off: the reranker's pick stands and the listener is not asked
+        tts.tts("Listen to this.", listen_candidates=off, **kw)
+    assert len(ear.read) == calls
+    # the real network, from the folder
+    listener = checkpoints.build("listener", ListenerConfig(n_mels=100, dim=32, depth=1, heads=1, ff_mult=2))
+    checkpoints.save(listener, "listener", listener.config, folder / "listener")
+    tts = hare.load_model(folder)
+    loaded = tts.listener()
+    assert loaded is not None and loaded is tts.listener() and not loaded.training
+    out = tts.tts("Listen to this.", listen_candidates=3, **kw)
+    assert out.audio.numel() > 0 and out.settings["listen_candidates"] == 3

@@ -24,6 +24,7 @@ TINY = {
                       unconditioned_percentage=0.1),
     "vocoder": dict(channels=8, kpnet_hidden=16, noise_dim=16),
     "speller": dict(speech_vocab=CODES, dim=64, depth=1, heads=1, ff_mult=2),
+    "listener": dict(dim=64, depth=1, heads=1, ff_mult=2),
 }
 OPTIONS = {
     "vqvae": dict(crop_frames=32),
@@ -34,6 +35,7 @@ OPTIONS = {
                                                            resolutions=[[256, 64, 256], [128, 32, 128]],
                                                            resolution_channels=8)),
     "speller": {},
+    "listener": dict(time_masks=0, band_masks=0, blur_probability=0.0, level_shift=0.0),
 }
 
 
@@ -61,11 +63,29 @@ def _examples(name: str, objective, n: int, g: torch.Generator) -> list[dict]:
         elif name == "speller":
             letters = torch.randint(1, 29, (4 + i,), generator=g)
             out.append({"codes": (letters + 20).repeat_interleave(2), "letters": letters})
+        elif name == "listener":  # each letter a band lit for two frames
+            letters = torch.randint(1, 29, (4 + i,), generator=g)
+            mel = torch.full((80, 2 * len(letters) + 2), -11.5)
+            mel[letters.repeat_interleave(2) * 2, torch.arange(2 * len(letters)) + 1] = 0.0
+            out.append(objective.example(_MelCorpus([mel], ["x"]), 0, random.Random(i)) | {"letters": letters})
         elif name == "vocoder":
             t = torch.arange(16 * 256) / 24000
             f = 200 + 100 * i
             out.append({"wav": 0.5 * torch.sin(2 * torch.pi * f * t)})
     return out
+
+
+class _MelCorpus:
+    """What a listener example reads: each utterance's path and text, its cached HiFi-GAN mel."""
+
+    def __init__(self, mels, texts, paths=None):
+        self.mels = mels
+        self.utterances = [type("U", (), {"text": t, "path": p})
+                           for t, p in zip(texts, paths or [f"/nowhere/{i}.wav" for i in range(len(texts))])]
+
+    def features(self, index, names):
+        assert tuple(names) == ("hifi_mel",)
+        return {"hifi_mel": self.mels[index].half()}
 
 
 def _measure(objective, models, batch, key: str) -> float:
@@ -89,6 +109,7 @@ def _measure(objective, models, batch, key: str) -> float:
     ("diffusion", 80, 3e-3, "mse", 0.85),  # eps-MSE falls slowly at first (a 32-channel net)
     ("vocoder", 40, 2e-3, "stft_mag", 0.8),
     ("speller", 40, 3e-3, "loss", 0.5),
+    ("listener", 40, 3e-3, "loss", 0.5),
 ])
 def test_loss_falls_on_tiny_batch(name, steps, lr, key, factor):
     torch.manual_seed(0)
@@ -609,3 +630,84 @@ def test_speller_options_are_checked():
 
     codes = noisy.example(Corpus(), 0, random.Random(1))["codes"]
     assert 60 < int((codes != 5).sum()) < 140 and int(codes.max()) < CODES  # about half, from the codebook
+
+
+def test_listener_reads_letters_off_mels_and_scores_a_dropped_word_lower(tmp_path):
+    """The listener objective: CTC over the text's letters given a mel; once trained, the true mel outscores one
+    with a word cut out; padding changes nothing; the decoder-prior mels of `prior_dir` replace the recording's
+    at `prior_fraction`; the augmentation keeps the shape and is seeded."""
+    from hare.text import ctc_targets
+    from hare.train.data import cache_key
+    from hare.train.objectives.listener import FLOOR, augment
+
+    torch.manual_seed(0)
+    words = ["cat", "dog", "sun", "red", "big", "hat", "run", "top"]
+    texts = [" ".join(words[(i + j) % 8] for j in range(3)) for i in range(8)]
+
+    def mel_of(text):  # each letter a band lit for three frames, a silent frame between words
+        cols = []
+        for letter in ctc_targets(text):
+            col = torch.full((80, 3), FLOOR)
+            col[letter * 2] = 0.0
+            cols.append(col)
+        return torch.cat([torch.full((80, 2), FLOOR)] + cols + [torch.full((80, 2), FLOOR)], dim=1)
+
+    paths = []
+    for i in range(8):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        (tmp_path / f"{i}.wav").write_bytes(b"x" * (i + 1))
+    corpus = _MelCorpus([mel_of(t) for t in texts], texts, paths)
+    quiet = dict(time_masks=0, band_masks=0, blur_probability=0.0, level_shift=0.0)
+    obj = make_objective("listener", TINY["listener"], quiet)
+    rng = random.Random(0)
+    examples = [obj.example(corpus, i, rng) for i in range(8)]
+    torch.testing.assert_close(examples[0]["mel"], mel_of(texts[0]).half().float())
+    assert examples[0]["letters"].tolist() == ctc_targets(texts[0])
+    batch = obj.collate(examples)
+    assert batch["frames"].tolist() == [e["mel"].shape[-1] for e in examples]
+    models = obj.build_models()
+    first = float(obj.loss("main", models, batch, 0, {})["loss"].detach())
+    _fit(obj, models, batch, steps=120)
+    listener = models["model"].eval()
+    with torch.no_grad():
+        assert float(obj.loss("main", models, batch, 0, {})["loss"]) < 0.3 * first
+        true = examples[0]["mel"]
+        dropped = torch.cat([true[:, :12], true[:, 23:]], dim=1)  # "dog" cut out of "cat dog sun"
+        letters = examples[0]["letters"]
+        alone = torch.cat([listener.score(letters, [m]) for m in (true, dropped)])
+        assert float(alone[0]) > float(alone[1]) + 0.5
+        for batch_size in (1, 2):  # the same score whatever the batching (padding is masked)
+            torch.testing.assert_close(listener.score(letters, [true, dropped], batch_size=batch_size), alone,
+                                       atol=1e-4, rtol=0)
+        assert torch.isneginf(listener.score(letters, [true[:, :8]])).all()  # 4 steps cannot spell 11 letters
+        with pytest.raises(ValueError, match="no mels"):
+            listener.score(letters, [])
+        with pytest.raises(ValueError, match="reads \\(batch, 80, frames\\)"):
+            listener.log_probs(true[None, :40])
+    # the prior's mel where one is written, at prior_fraction
+    prior = torch.full((80, 30), -3.0)
+    (tmp_path / "prior").mkdir()
+    torch.save(prior.half(), tmp_path / "prior" / f"{cache_key(paths[1])}.pt")
+    always = make_objective("listener", TINY["listener"], {**quiet, "prior_dir": str(tmp_path / "prior"),
+                                                            "prior_fraction": 1.0})
+    assert torch.equal(always.example(corpus, 1, random.Random(0))["mel"], prior)
+    assert torch.equal(always.example(corpus, 2, random.Random(0))["mel"], examples[2]["mel"])  # none written
+    never = make_objective("listener", TINY["listener"], {**quiet, "prior_dir": str(tmp_path / "prior"),
+                                                           "prior_fraction": 0.0})
+    assert torch.equal(never.example(corpus, 1, random.Random(0))["mel"], examples[1]["mel"])
+    # augmentation: same shape, seeded, and it does change the mel
+    noisy = make_objective("listener", TINY["listener"]).options
+    a = augment(true, noisy, random.Random(5))
+    assert a.shape == true.shape and torch.equal(a, augment(true, noisy, random.Random(5)))
+    assert not torch.equal(a, true)
+
+
+def test_listener_options_are_checked():
+    with pytest.raises(ValueError, match="prior_fraction"):
+        make_objective("listener", TINY["listener"], {"prior_fraction": 1.5})
+    with pytest.raises(ValueError, match=">= 0"):
+        make_objective("listener", TINY["listener"], {"time_masks": -1})
+    with pytest.raises(TrainingError, match="model.classes must be 29"):
+        make_objective("listener", {**TINY["listener"], "classes": 27}).limits()
+    with pytest.raises(ValueError, match="stride"):
+        make_objective("listener", {**TINY["listener"], "stride": 0}).build_models()

@@ -24,6 +24,7 @@ KIND_MODULES = {
     "vqvae": "hare.convert.vqvae",  # no official Tortoise file: Hare checkpoints or the DLAS dvae.pth
     "hifigan": "hare.convert.hifigan",  # hare-mini's vocoder (jik876 HiFi-GAN V1 generator files)
     "speller": "hare.convert.speller",  # Hare's letter recogniser for the reranker (no official file)
+    "listener": "hare.convert.listener",  # Hare's mel letter recogniser for the reranker (no official file)
     "hifi_decoder": "hare.convert.hifi_decoder",  # tortoise v3 api_fast: GPT latents -> 24 kHz (hifidecoder.pth)
     "classifier": "hare.convert.classifier",  # tortoise v3 "is this from Tortoise?" (classifier.pth)
 }

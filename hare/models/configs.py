@@ -203,6 +203,24 @@ class SpellerConfig:
 
 
 @dataclass(frozen=True)
+class ListenerConfig:
+    """A letter recogniser over mels (a Hare network, not in Tortoise): reads the letters (`hare.text.CTC_ALPHABET`
+    and CTC's blank) off a candidate's decoded mel, so that the reranker can judge candidates by what the
+    listener will hear (`Settings.listen_candidates`), not only by their codes as the speller does. A strided
+    convolution front end (`stride` mel frames per step; a frame is ~11.6 ms at 22.05 kHz, hop 256), a second
+    convolution, then the CLVP's encoder and one letter output per step."""
+
+    n_mels: int = 80
+    dim: int = 192
+    depth: int = 4
+    heads: int = 3  # of 64 channels each
+    ff_mult: int = 3
+    conv_kernel: int = 5
+    stride: int = 2
+    classes: int = 29
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Tortoise v3's provenance classifier ("is this from Tortoise?", `classifier.pth`): a 1-D convolutional
     encoder over the raw 24 kHz waveform (`depth` stages of `res_blocks` residual blocks, each stage ending in

@@ -24,6 +24,9 @@ losses.
 - `speller` (a Hare network): CTC over the letters of each utterance's text given its codes, the reranker's
   check that a candidate says every word (`Settings.ctc_weight`). Optional: codes laid out as the reranker
   receives them and random code noise.
+- `listener` (a Hare network): CTC over the letters of each utterance's text given its HiFi-GAN log mel (the
+  recording's, or the diffusion decoder prior's from its true codes, `prior_dir`), with SpecAugment-style
+  masks: the reranker's ear on the decoded mels of the speller's best candidates (`Settings.listen_candidates`).
 - `vocoder`: UniVNet: multi-resolution STFT loss + least-squares GAN with period and resolution
   discriminators, two phases per step (generator, then discriminator). Fine-tuning from the official
   vocoder is supported (`train.init`).
@@ -32,7 +35,7 @@ losses.
 
 Model hyperparameters are the network's dataclass in `hare.models.configs`; objective knobs (loss weights,
 crop lengths) are the `*Options` dataclass in the objective's module (`vqvae`, `gpt`, `clvp`, `diffusion`,
-`vocoder`, `hifi_decoder`, `speller`). `base` holds the `Objective` class and its `Phase`s; `candidates` the
+`vocoder`, `hifi_decoder`, `speller`, `listener`). `base` holds the `Objective` class and its `Phase`s; `candidates` the
 candidate layout the reranker's networks train on (shared with `hare.rerank`).
 """
 
@@ -46,6 +49,7 @@ from hare.train.objectives.clvp import CLVPObjective
 from hare.train.objectives.diffusion import DiffusionObjective
 from hare.train.objectives.gpt import GPTObjective
 from hare.train.objectives.hifi_decoder import HifiDecoderObjective
+from hare.train.objectives.listener import ListenerObjective
 from hare.train.objectives.speller import SpellerObjective
 from hare.train.objectives.vocoder import VocoderObjective
 from hare.train.objectives.vqvae import VQVAEObjective
@@ -55,7 +59,7 @@ __all__ = ["OBJECTIVES", "Objective", "Phase", "make_objective"]
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (VQVAEObjective, GPTObjective, CLVPObjective, DiffusionObjective, VocoderObjective,
-                                HifiDecoderObjective, SpellerObjective)
+                                HifiDecoderObjective, SpellerObjective, ListenerObjective)
 }
 
 
