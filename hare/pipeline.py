@@ -94,6 +94,7 @@ class _Timer:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+VOCODER_CHUNK_FRAMES = 192  # mel frames per window of a bf16 HiFi-GAN vocoder (~2.2 s of audio)
 STAGES = ("conditioning", "autoregressive", "rerank", "listen", "latents", "diffusion", "vocoder", "hifigan")
 
 
@@ -154,7 +155,8 @@ class TextToSpeech:
     def _vocoder_bf16(self) -> bool:
         """With dtype="bf16" on a CPU with bf16 matrix hardware (`hare.kernels.bf16_matmul`), a HiFi-GAN
         vocoder's weights go to bfloat16 in place: its convolutions run on AMX / AVX-512-bf16 through oneDNN
-        (hare-mini's: 1.7x faster on an AMX Xeon). Elsewhere, and for other vocoders, it stays float32."""
+        (hare-mini's: 1.7x faster on an AMX Xeon), in windows of one shape (`HiFiGAN.vocode_chunked`: a new
+        input shape costs a slow first call). Elsewhere, and for other vocoders, it stays float32."""
         from hare import kernels
         from hare.models.hifigan import HiFiGAN
 
@@ -162,6 +164,9 @@ class TextToSpeech:
                 or not kernels.bf16_matmul():
             return False
         self.vocoder.to(torch.bfloat16)
+        # one window shape for every length, its first (slow) oneDNN call made here rather than mid-synthesis
+        self.vocoder.chunk_frames = VOCODER_CHUNK_FRAMES
+        self.vocoder.vocode(torch.full((1, self.vocoder.config.n_mels, 1), -11.5))
         return True
 
     def _pack(self) -> bool:

@@ -17,6 +17,7 @@ from torch import nn
 from hare.models.configs import HiFiGANConfig
 
 SLOPE = 0.1  # leaky ReLU slope inside the network (the final activation uses torch's default 0.01)
+SILENCE = -11.5129  # log(1e-5): the HiFi-GAN log mel of silence
 
 
 class _DilatedStack(nn.Module):
@@ -111,5 +112,28 @@ class HiFiGAN(nn.Module):
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(batch, n_mels, frames) -> (batch, samples) float32; `generator` is unused (no noise input). Computed
-        in the weights' dtype (bf16 where the pipeline converted them)."""
+        in the weights' dtype (bf16 where the pipeline converted them); with `chunk_frames` set, in windows of
+        one fixed shape (`vocode_chunked`)."""
+        if self.chunk_frames:
+            return self.vocode_chunked(mel, self.chunk_frames)
         return self.forward(mel.to(self.inp.weight.dtype))[:, 0].float()
+
+    chunk_frames: int = 0  # 0: one pass over the whole mel
+
+    @torch.inference_mode()
+    def vocode_chunked(self, mel: torch.Tensor, chunk: int) -> torch.Tensor:
+        """`vocode` in windows of one shape: `chunk` frames kept from each window of chunk + 2 x
+        `context_frames()` (the receptive field's half-width each side), the mel padded with silence (log 1e-5)
+        to whole windows. oneDNN's bf16 convolutions pay a first call per input shape (on an AMX Xeon about
+        1 s for 300 frames, more than the call itself), so one shape for every length keeps bf16 fast. Within
+        float rounding of a whole-mel pass, except within `context_frames()` of the ends (the silence padding
+        instead of each layer's zeros)."""
+        b, bands, frames = mel.shape
+        c = self.context_frames()
+        windows = -(-frames // chunk)
+        padded = F.pad(mel.to(self.inp.weight.dtype), (c, windows * chunk - frames + c), value=SILENCE)
+        hop, out = self.hop_length, []
+        for i in range(windows):
+            wav = self(padded[:, :, i * chunk: i * chunk + chunk + 2 * c])[:, 0]
+            out.append(wav[:, c * hop: (c + chunk) * hop].float())
+        return torch.cat(out, dim=1)[:, : frames * hop]
