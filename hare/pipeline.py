@@ -158,7 +158,7 @@ class TextToSpeech:
         (hare-mini's: 1.7x faster on an AMX Xeon), in windows of one shape (`HiFiGAN.vocode_chunked`: a new
         input shape costs a slow first call). Elsewhere, and for other vocoders, it stays float32."""
         from hare import kernels
-        from hare.models.hifigan import HiFiGAN
+        from hare.models.hifigan import SILENCE, HiFiGAN
 
         if self.dtype != "bf16" or self.device.type != "cpu" or not isinstance(self.vocoder, HiFiGAN) \
                 or not kernels.bf16_matmul():
@@ -166,7 +166,7 @@ class TextToSpeech:
         self.vocoder.to(torch.bfloat16)
         # one window shape for every length, its first (slow) oneDNN call made here rather than mid-synthesis
         self.vocoder.chunk_frames = VOCODER_CHUNK_FRAMES
-        self.vocoder.vocode(torch.full((1, self.vocoder.config.n_mels, 1), -11.5))
+        self.vocoder.vocode(torch.full((1, self.vocoder.config.n_mels, 1), SILENCE))
         return True
 
     def _pack(self) -> bool:
@@ -484,10 +484,10 @@ class TextToSpeech:
                                  progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
             _return_freed_memory(dev)  # the KV caches
         gc = self.gpt.config
+        listen = settings.num_candidates > 1 and self._listens(settings)
         if settings.num_candidates == 1:  # nothing to rank: the fix-up alone (api_fast does the same)
             best = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         else:
-            listen = self._listens(settings)
             with timer("rerank"), self._autocast("rerank"):
                 best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent,
                                    k=max(settings.k, settings.listen_candidates) if listen else settings.k)
@@ -497,7 +497,7 @@ class TextToSpeech:
             latents = best
         else:
             latents = self._picked_latents(text, best, ar_latent, settings, timer)
-        if settings.num_candidates > 1 and listen and len(best) > settings.k:
+        if listen and len(best) > settings.k:
             with timer("listen"):
                 order = self._listen(text, best, latents, diff_latent)[: settings.k]
             best, latents = best[order], latents[order]

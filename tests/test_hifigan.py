@@ -149,3 +149,6 @@ def test_chunked_vocoding_matches_one_pass_away_from_the_ends():
                                    atol=1e-5, rtol=1e-4)
     g.chunk_frames = 16
     torch.testing.assert_close(g.vocode(mel), g.vocode_chunked(mel, 16))
+    assert g.vocode_chunked(mel[:, :, :0], 16).shape == (1, 0)
+    with pytest.raises(ValueError, match="chunk must be"):
+        g.vocode_chunked(mel, 0)

@@ -128,7 +128,11 @@ class HiFiGAN(nn.Module):
         1 s for 300 frames, more than the call itself), so one shape for every length keeps bf16 fast. Within
         float rounding of a whole-mel pass, except within `context_frames()` of the ends (the silence padding
         instead of each layer's zeros)."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 frame (got {chunk})")
         b, bands, frames = mel.shape
+        if frames == 0:
+            return mel.new_zeros(b, 0, dtype=torch.float32)
         c = self.context_frames()
         windows = -(-frames // chunk)
         padded = F.pad(mel.to(self.inp.weight.dtype), (c, windows * chunk - frames + c), value=SILENCE)
