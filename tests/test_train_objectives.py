@@ -711,3 +711,17 @@ def test_listener_options_are_checked():
         make_objective("listener", {**TINY["listener"], "classes": 27}).limits()
     with pytest.raises(ValueError, match="stride"):
         make_objective("listener", {**TINY["listener"], "stride": 0}).build_models()
+
+
+def test_every_shipped_config_loads_and_builds_its_objective():
+    """Each `hare/train/configs/*.yaml` parses, passes the config checks and names an objective whose model and
+    options it accepts (no training: the corpora are not in the checkout)."""
+    from pathlib import Path
+
+    from hare.train.config import TrainConfig
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "hare" / "train" / "configs").glob("*.yaml"))
+    assert any(p.name == "listener-tiny.yaml" for p in configs)
+    for path in configs:
+        cfg = TrainConfig.load(path)
+        make_objective(cfg.objective, cfg.model, cfg.options)
