@@ -206,6 +206,8 @@ def cmd_speak(args) -> int:
             "load_s": round(load_s, 4),
             "audio_s": round(result.audio.shape[-1] / result.sample_rate, 4),
             "settings": result.settings,
+            # how the model was loaded (a model's cpu_defaults choose these where the command line does not)
+            "load": {"quantize": tts.quantize, "dtype": tts.dtype, "vocoder_bf16": tts.vocoder_bf16},
         }
         if first_audio_s is not None:
             report["first_audio_s"] = round(first_audio_s, 4)

@@ -283,6 +283,8 @@ def test_hare_speak_uses_hare_mini_without_options(tmp_path):
     assert sr == 22050 and len(data) > 0.3 * sr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["settings"]["voice"] == "default"
+    if not torch.cuda.is_available():  # on a CPU, hare-mini's cpu_defaults
+        assert report["load"]["quantize"] == "int8" and report["load"]["dtype"] == "bf16"
 
 
 def test_unknown_bundled_files_are_reported(tmp_path):
