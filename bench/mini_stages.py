@@ -110,9 +110,8 @@ def main(argv=None) -> int:
             codes = vq.encode(audio.ar_mel(wav).reshape(1, 80, -1)).reshape(1, -1)
             frames = tts.mel_format.frames_for_codes(codes.shape[1])
             cond = decoder_input(text, codes, codes.shape[1])
-            aligned = tts.diffusion.aligned_conditioning(cond, diff_latent, frames)
             mels = {"vocoder": audio.hifigan_mel(wav).reshape(1, 80, -1), "vqvae": vq_path(codes),
-                    "prior": audio.denormalize_mel(tts.diffusion.predict_mel(aligned).float())}
+                    "prior": tts.prior_mel(DecoderInput(cond, diff_latent, frames))}
             for s in starts:
                 mels[f"start={s}"] = diffuse(cond, frames, s)
             cands = sample_codes(tts.gpt, ar_latent, text, args.candidates, min(args.candidates, 16), sampling, g)

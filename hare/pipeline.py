@@ -453,12 +453,8 @@ class TextToSpeech:
         fixed codes, by `reranker(settings)`; candidates under `min_length_ratio` of the median length are
         never picked, so k' is k, or fewer where fewer are long enough (at least `settings.k`)."""
         reranker = self.reranker(settings)
-        candidates = reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels)
-        ranking = reranker.ranking(candidates)
-        k = min(settings.k if k is None else k, len(ranking))
-        top = ranking.topk(k)
-        usable = max(settings.k, int(torch.isfinite(top.values).sum()))
-        return candidates.fixed[top.indices[:usable]]
+        return reranker.pick(reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels),
+                             settings.k if k is None else k, min_k=settings.k)
 
     @torch.inference_mode()
     def rerank_scores(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
@@ -503,8 +499,7 @@ class TextToSpeech:
             best, latents = best[order], latents[order]
         outputs = []
         for j in range(settings.k):
-            keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
-            decoder_input = DecoderInput(latents[j: j + 1, :keep], diff_latent, self.mel_format.frames_for_codes(keep))
+            decoder_input = self.decoder_input(best[j], latents[j: j + 1], diff_latent)
             if j == 0 and record is not None:
                 record.append(decoder_input)
             with timer("diffusion"):
@@ -532,20 +527,31 @@ class TextToSpeech:
         """The listener's order of the reranker's best candidates (best first): each one's GPT latents (cut at
         its trailing silence) through the diffusion decoder's mel guess, read by the listener against the
         text's letters. The reranker's order where the text has no letters."""
-        from hare import audio
         from hare.rerank import text_letters
 
         letters = text_letters(self.tokenizer, text[0, :-1].tolist())
         if letters is None:
             return torch.arange(len(best), device=best.device)
-        mels = []
-        for j in range(len(best)):
-            keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)
-            aligned = self.diffusion.aligned_conditioning(latents[j: j + 1, :keep], diff_latent,
-                                                          self.mel_format.frames_for_codes(keep))
-            mels.append(audio.denormalize_mel(self.diffusion.predict_mel(aligned).float())[0])
+        mels = [self.prior_mel(self.decoder_input(best[j], latents[j: j + 1], diff_latent))[0]
+                for j in range(len(best))]
         scores = self.listener().score(letters, mels)
         return torch.sort(scores, descending=True, stable=True).indices.to(best.device)
+
+    def decoder_input(self, codes: torch.Tensor, latents: torch.Tensor, diff_latent: torch.Tensor) -> DecoderInput:
+        """What the diffusion decoder reads for one fixed candidate: its (1, length, width) GPT latents cut at its
+        trailing silence (`calm_cut` of its (length,) codes), the voice's latent and the mel frames they span."""
+        keep = calm_cut(codes, calm_code=self.gpt.config.calm_code)
+        return DecoderInput(latents[:, :keep], diff_latent, self.mel_format.frames_for_codes(keep))
+
+    @torch.inference_mode()
+    def prior_mel(self, decoder_input: DecoderInput) -> torch.Tensor:
+        """The diffusion decoder's own mel guess for `decoder_input` (its prior: one pass, no diffusion step), as
+        the vocoder's log mel: (1, mels, frames)."""
+        from hare import audio
+
+        latents, diff_latent, frames = decoder_input
+        aligned = self.diffusion.aligned_conditioning(latents, diff_latent, frames)
+        return audio.denormalize_mel(self.diffusion.predict_mel(aligned).float())
 
     def _text_tensor(self, tokens) -> torch.Tensor:
         """A chunk's text tokens as the GPT reads them: (1, n + 1), ending with the stop token."""

@@ -362,6 +362,10 @@ class Reranker:
             scores = drop_short_candidates(candidates.fixed, scores, self.min_length_ratio, self.layout.calm_code)
         return scores
 
-    def pick(self, candidates: Candidates, k: int = 1) -> torch.Tensor:
-        """The k best fixed candidates, best first: (k, length)."""
-        return candidates.fixed[self.ranking(candidates).topk(k).indices]
+    def pick(self, candidates: Candidates, k: int = 1, min_k: int | None = None) -> torch.Tensor:
+        """The k best fixed candidates, best first: (k', length). Those the ranking rules out (-inf) come last and
+        only to make up `min_k` (default k: always k); k is capped at the number of candidates."""
+        ranking = self.ranking(candidates)
+        top = ranking.topk(min(k, len(ranking)))
+        keep = max(k if min_k is None else min_k, int(torch.isfinite(top.values).sum()))
+        return candidates.fixed[top.indices[:keep]]

@@ -20,8 +20,8 @@ import torch
 
 from hare import audio, evaluate
 from hare.loading import load_model
-from hare.pipeline import DecoderInput, _sampling
-from hare.rerank import calm_cut, text_letters
+from hare.pipeline import _sampling
+from hare.rerank import text_letters
 from hare.sampling import sample_codes
 from hare.settings import make_settings
 
@@ -64,10 +64,8 @@ def main(argv=None) -> int:
             mels = []
             errors = []
             for j in range(len(top)):
-                keep = calm_cut(top[j], calm_code=tts.gpt.config.calm_code)
-                di = DecoderInput(latents[j: j + 1, :keep], diff, tts.mel_format.frames_for_codes(keep))
-                aligned = tts.diffusion.aligned_conditioning(di.latents, diff, di.frames)
-                mels.append(audio.denormalize_mel(tts.diffusion.predict_mel(aligned).float())[0])
+                di = tts.decoder_input(top[j], latents[j: j + 1], diff)
+                mels.append(tts.prior_mel(di)[0])
                 mel = audio.denormalize_mel(tts.diffuse(di, settings, g))
                 mel = audio.match_mel_means(mel, mel_mean, settings.voice_match)
                 wav = tts.vocoder.vocode(mel)[0].float().numpy()

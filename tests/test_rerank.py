@@ -138,6 +138,9 @@ def test_reranker_fixes_orders_and_skips_short_candidates():
     assert torch.equal(cands.sampled, sampled)  # the sampled codes are kept as they were
     strict = R.Reranker(LAYOUT, base, min_length_ratio=0.8)
     assert torch.equal(strict.pick(_candidates(strict, sampled), k=2), sampled[[1, 2]])  # never the short one
+    # asked for more than it has: k is capped; the ruled-out one comes last, only to make up min_k
+    assert strict.pick(_candidates(strict, sampled), k=9).shape == (4, 20)
+    assert torch.equal(strict.pick(_candidates(strict, sampled), k=9, min_k=1), sampled[[1, 2, 0]])
     assert torch.equal(strict.scores(_candidates(strict, sampled)), base.scores)  # the rule is the pick's
 
 

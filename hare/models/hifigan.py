@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hare.audio import TACOTRON_MEL_MIN as SILENCE  # ln(1e-5): the HiFi-GAN log mel of silence
 from hare.models.configs import HiFiGANConfig
 
 SLOPE = 0.1  # leaky ReLU slope inside the network (the final activation uses torch's default 0.01)
-SILENCE = -11.5129  # log(1e-5): the HiFi-GAN log mel of silence
 
 
 class _DilatedStack(nn.Module):

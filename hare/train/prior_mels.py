@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     import hare
-    from hare import audio, checkpoints, loading
+    from hare import checkpoints, loading
+    from hare.pipeline import DecoderInput
     from hare.train.data import CachedCorpus, cache_key
 
     source = loading.resolve_model(args.model)
@@ -57,8 +58,7 @@ def main(argv=None) -> int:
             text = tts._text_tensor(tts.tokenizer.encode(u.text))
             latents = tts.gpt.speech_latents(cond.ar, text, codes).float()
             frames = tts.mel_format.frames_for_codes(codes.shape[1])
-            aligned = tts.diffusion.aligned_conditioning(latents, cond.diffusion, frames)
-            mel = audio.denormalize_mel(tts.diffusion.predict_mel(aligned).float())[0]
+            mel = tts.prior_mel(DecoderInput(latents, cond.diffusion, frames))[0]
             torch.save(mel.half().cpu(), file)
             made += 1
     print(f"{made} prior mels written to {args.out} ({n - made} already there)")

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import torch
 
+from hare.audio import TACOTRON_MEL_MIN as FLOOR  # ln(1e-5): a HiFi-GAN log mel's silence
 from hare.models.configs import ListenerConfig
 from hare.train.data import cache_key, pad_stack
 from hare.train.objectives.base import Objective, as_long
 from hare.train.objectives.candidates import check_letter_classes, text_letters
-
-FLOOR = -11.5129  # log(1e-5): a HiFi-GAN log mel's silence
 
 
 @dataclass(frozen=True)
