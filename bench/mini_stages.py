@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     for sentence, path in zip(sentences, real):
         wav = audio.load_audio(path, 22050)
         with torch.inference_mode():
-            text = torch.tensor([tts.tokenizer.encode(sentence) + [tts.tokenizer.stop_token]])
+            text = tts.gpt_text(sentence)
+            bpe = tts._text_tensor(tts.tokenizer.encode(sentence))  # what the reranker reads
             codes = vq.encode(audio.ar_mel(wav).reshape(1, 80, -1)).reshape(1, -1)
             frames = tts.mel_format.frames_for_codes(codes.shape[1])
             cond = decoder_input(text, codes, codes.shape[1])
@@ -122,14 +123,14 @@ def main(argv=None) -> int:
                 return diffuse(decoder_input(text, row[None], keep), tts.mel_format.frames_for_codes(keep),
                                own.diffusion_start)
 
-            best = tts.rerank(text, cands, own)[0]
+            best = tts.rerank(bpe, cands, own, gpt_text=text)[0]
             mels["pick+vqvae"] = vq_path(best[None, :calm_cut(best, calm_code=gc.calm_code)])
             mels["pick"] = through_decoder(best)
             if listens:
-                top = tts.rerank(text, cands, own, k=own.listen_candidates)
+                top = tts.rerank(bpe, cands, own, k=own.listen_candidates, gpt_text=text)
                 latents = tts.gpt.speech_latents(ar_latent.expand(len(top), -1), text.expand(len(top), -1),
                                                  top).float()
-                mels["pick+listen"] = through_decoder(top[tts._listen(text, top, latents, diff_latent)[0]])
+                mels["pick+listen"] = through_decoder(top[tts._listen(bpe, top, latents, diff_latent)[0]])
             outs = {m: tts.vocoder.vocode(mels[m], generator=g)[0].float().numpy().reshape(-1) for m in mels}
             judge, judge_name = recognisers[names[0]], names[0]
             fixed = fix_candidates(cands, gc.stop_mel_token, gc.calm_code, gc.tail_codes)

@@ -9,6 +9,10 @@ class TextError(HareError, ValueError):
     """The text cannot be spoken (empty, nothing pronounceable after cleaning, too long)."""
 
 
+class TextTooLongError(TextError):
+    """One piece of text has more tokens than the model reads (the pipeline splits such a piece further)."""
+
+
 class AudioError(HareError, ValueError):
     """An audio file or clip is unreadable, empty, silent, too short or otherwise unusable."""
 

@@ -18,7 +18,7 @@ import torch
 from hare.audio import AR_SAMPLE_RATE as CONDITIONING_RATE  # reference clips are read at this rate
 from hare.audio import VOCODER_SAMPLE_RATE as SAMPLE_RATE  # noqa: F401  the Tortoise models' output rate
 from hare.devices import resolve_device
-from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, VoiceError
+from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, TextTooLongError, VoiceError
 from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates  # the candidates' layout (and the reranker)
 from hare.settings import PRESETS, Settings, make_settings  # noqa: F401  (PRESETS: part of this module's API)
 
@@ -93,6 +93,13 @@ class _Timer:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+class ChunkTokens(NamedTuple):
+    """One chunk's text ids as the GPT reads them and as the reranker (CLVP, letter scorers) reads them."""
+
+    gpt: list[int]
+    rerank: list[int]
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VOCODER_CHUNK_FRAMES = 192  # mel frames per window of a bf16 HiFi-GAN vocoder (~2.2 s of audio)
 STAGES = ("conditioning", "autoregressive", "rerank", "listen", "latents", "diffusion", "vocoder", "hifigan")
@@ -128,7 +135,10 @@ class TextToSpeech:
         self._optional = {"cvvp": cvvp, "rlg_auto": rlg_auto, "rlg_diffuser": rlg_diffuser, "speller": speller,
                           "hifi_decoder": hifi_decoder, "listener": listener}
         self._loader = loader  # kind -> module, for optional models loaded on first use
-        self.tokenizer = tokenizer or Tokenizer()
+        self.tokenizer = tokenizer or Tokenizer()  # the official BPE: the CLVP's and the letter scorers' text
+        self.gpt_tokenizer = self._gpt_tokenizer()  # what the GPT reads: the same, unless it names another
+        if hasattr(self.gpt_tokenizer, "start_warm_up"):  # a phoneme front end loads while the models do
+            self.gpt_tokenizer.start_warm_up()
         self.voices = voices or VoiceLibrary.default()
         self.latent_cache = LatentCache()
         self.model_id = model_id
@@ -151,6 +161,23 @@ class TextToSpeech:
 
             kernels.status()
         _return_freed_memory(self.device)  # what loading and packing left behind
+
+    def _gpt_tokenizer(self):
+        """The GPT's text front end (`GPTConfig.text_tokenizer`): `self.tokenizer` for a BPE GPT, else the one it
+        names (a phoneme GPT), limited to the GPT's text positions; CheckpointError if its vocabulary is not
+        the GPT's."""
+        from hare.text import tokenizer_for
+
+        gc = self.gpt.config
+        if gc.text_tokenizer == "bpe":
+            return self.tokenizer
+        tok = tokenizer_for(gc.text_tokenizer, max_tokens=gc.max_text_tokens + 2)
+        if (gc.text_vocab, gc.start_text_token, gc.stop_text_token) != (tok.vocab_size, tok.start_token,
+                                                                       tok.stop_token):
+            raise CheckpointError(f"the GPT reads {gc.text_tokenizer!r} but its text vocabulary ({gc.text_vocab}, "
+                                  f"start {gc.start_text_token}, stop {gc.stop_text_token}) is not that front "
+                                  f"end's ({tok.vocab_size}, start {tok.start_token}, stop {tok.stop_token})")
+        return tok
 
     def _vocoder_bf16(self) -> bool:
         """With dtype="bf16" on a CPU with bf16 matrix hardware (`hare.kernels.bf16_matmul`), a HiFi-GAN
@@ -383,7 +410,9 @@ class TextToSpeech:
         pieces = split_text(text, settings.split_desired_length, settings.split_max_length)
         if not pieces:
             raise TextError("the text has nothing speakable in it")
-        token_lists = [self.tokenizer.encode(p) for p in pieces]  # raise on bad text before any heavy work
+        # raise on bad text before any heavy work; a piece too long for the GPT is split further
+        token_lists = [t for p in pieces
+                       for t in self._fitting_tokens(p, settings.split_desired_length, settings.split_max_length)]
         seed = int(seed) if seed is not None else secrets.randbelow(2**31)  # never touches global RNG state
         generator = torch.Generator(device="cpu").manual_seed(seed)
         timings: dict[str, float] = {}
@@ -395,20 +424,45 @@ class TextToSpeech:
             log.warning("voice_match %g skipped: voice %r has no clips to match (a latents-only or random voice)",
                         settings.voice_match, voice)
         info = {"preset": preset, "seed": seed, "voice": str(voice),
-                "chunks": len(pieces),
+                "chunks": len(token_lists),
                 **dataclasses.asdict(settings)}
         rate = self.output_rate(settings)  # loads the HiFi-GAN decoder now when it is asked for
         for i, tokens in enumerate(token_lists):
             if streaming and settings.decoder == "hifigan" and settings.num_candidates == 1:
-                for piece in self._stream_hifigan(tokens, cond, settings, generator, timer):
+                for piece in self._stream_hifigan(tokens.gpt, cond, settings, generator, timer):
                     yield Speech(audio=piece, sample_rate=rate, candidates=[piece], timings=dict(timings),
                                  settings=info)
                 continue
             decoder_inputs = []
             audios = self._synthesize(tokens, cond, settings, generator, timer,
-                                      progress, desc=f"chunk {i + 1}/{len(pieces)}", record=decoder_inputs)
+                                      progress, desc=f"chunk {i + 1}/{len(token_lists)}", record=decoder_inputs)
             yield Speech(audio=audios[0], sample_rate=rate, candidates=audios, timings=dict(timings),
                          settings=info, decoder_inputs=decoder_inputs)
+
+    def _fitting_tokens(self, piece: str, desired: int, maximum: int) -> list["ChunkTokens"]:
+        """`chunk_tokens` of a piece of the split text, or, where it has more tokens than the GPT reads, of the
+        pieces `split_text` makes of it at half the lengths (down to single words)."""
+        from hare.text import split_text
+
+        try:
+            return [self.chunk_tokens(piece)]
+        except TextTooLongError:
+            smaller = split_text(piece, max(1, desired // 2), max(1, maximum // 2))
+            if maximum <= 1 or len(smaller) < 2:
+                raise
+            return [t for p in smaller for t in self._fitting_tokens(p, max(1, desired // 2), max(1, maximum // 2))]
+
+    def chunk_tokens(self, text: str) -> "ChunkTokens":
+        """One chunk's text as the GPT reads it (`gpt_tokenizer`) and as the reranker reads it (`tokenizer`, the
+        same ids for a BPE GPT); TextError if the GPT cannot take it (TextTooLongError: more tokens than its
+        text positions hold)."""
+        gpt = self.gpt_tokenizer.encode(text)
+        if len(gpt) > self.gpt.max_text_tokens:
+            raise TextTooLongError(f"the text has {len(gpt)} tokens; this model reads at most "
+                                   f"{self.gpt.max_text_tokens}: split it into shorter pieces")
+        if self.gpt_tokenizer is self.tokenizer:
+            return ChunkTokens(gpt, gpt)
+        return ChunkTokens(gpt, self.tokenizer.encode(text, check=False))
 
     def _check_model_settings(self, settings: Settings) -> None:
         """The settings this model cannot honour (`Settings.validate` checks those that are wrong anywhere)."""
@@ -448,21 +502,25 @@ class TextToSpeech:
 
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
-               ar_latent: torch.Tensor | None = None, k: int | None = None) -> torch.Tensor:
+               ar_latent: torch.Tensor | None = None, k: int | None = None,
+               gpt_text: torch.Tensor | None = None) -> torch.Tensor:
         """The `k` (default `settings.k`) best candidates, best first: (n, length) sampled codes -> (k', length)
         fixed codes, by `reranker(settings)`; candidates under `min_length_ratio` of the median length are
-        never picked, so k' is k, or fewer where fewer are long enough (at least `settings.k`)."""
+        never picked, so k' is k, or fewer where fewer are long enough (at least `settings.k`). `text`: the
+        reranker's (BPE) text tensor; `gpt_text`: the GPT's, where it reads another front end."""
         reranker = self.reranker(settings)
-        return reranker.pick(reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels),
+        return reranker.pick(reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels,
+                                                 gpt_text=gpt_text),
                              settings.k if k is None else k, min_k=settings.k)
 
     @torch.inference_mode()
     def rerank_scores(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
-                      ar_latent: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      ar_latent: torch.Tensor | None = None,
+                      gpt_text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every candidate's reranking score: (n, length) sampled codes -> ((n, length) fixed codes, (n,) scores),
         before the short-candidate rule."""
         reranker = self.reranker(settings)
-        candidates = reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels)
+        candidates = reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels, gpt_text=gpt_text)
         return candidates.fixed, reranker.scores(candidates)
 
     @torch.inference_mode()
@@ -473,7 +531,8 @@ class TextToSpeech:
 
         dev = self.device
         ar_latent, diff_latent = cond.ar, cond.diffusion
-        text = self._text_tensor(tokens)
+        text = self._text_tensor(tokens.gpt)
+        rerank_text = text if tokens.rerank is tokens.gpt else self._text_tensor(tokens.rerank)
         with timer("autoregressive"), self._autocast("autoregressive"):
             codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, settings.ar_batch_size,
                                  _sampling(settings), generator,
@@ -485,8 +544,9 @@ class TextToSpeech:
             best = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         else:
             with timer("rerank"), self._autocast("rerank"):
-                best = self.rerank(text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent,
-                                   k=max(settings.k, settings.listen_candidates) if listen else settings.k)
+                best = self.rerank(rerank_text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent,
+                                   k=max(settings.k, settings.listen_candidates) if listen else settings.k,
+                                   gpt_text=text)
         if settings.decoder == "hifigan":
             return self._hifigan_audio(text, best, ar_latent, settings, timer)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
@@ -495,7 +555,7 @@ class TextToSpeech:
             latents = self._picked_latents(text, best, ar_latent, settings, timer)
         if listen and len(best) > settings.k:
             with timer("listen"):
-                order = self._listen(text, best, latents, diff_latent)[: settings.k]
+                order = self._listen(rerank_text, best, latents, diff_latent)[: settings.k]
             best, latents = best[order], latents[order]
         outputs = []
         for j in range(settings.k):
@@ -526,7 +586,7 @@ class TextToSpeech:
     def _listen(self, text, best, latents, diff_latent) -> torch.Tensor:
         """The listener's order of the reranker's best candidates (best first): each one's GPT latents (cut at
         its trailing silence) through the diffusion decoder's mel guess, read by the listener against the
-        text's letters. The reranker's order where the text has no letters."""
+        letters of `text` (the reranker's text tensor). The reranker's order where the text has no letters."""
         from hare.rerank import text_letters
 
         letters = text_letters(self.tokenizer, text[0, :-1].tolist())
@@ -554,8 +614,12 @@ class TextToSpeech:
         return audio.denormalize_mel(self.diffusion.predict_mel(aligned).float())
 
     def _text_tensor(self, tokens) -> torch.Tensor:
-        """A chunk's text tokens as the GPT reads them: (1, n + 1), ending with the stop token."""
+        """A chunk's text tokens as a tensor: (1, n + 1), ending with the stop token (0 for both front ends)."""
         return torch.tensor([list(tokens) + [self.tokenizer.stop_token]], dtype=torch.long, device=self.device)
+
+    def gpt_text(self, text: str) -> torch.Tensor:
+        """`text` (one chunk) as the GPT reads it: (1, n + 1) ids of `gpt_tokenizer`, ending with its stop token."""
+        return self._text_tensor(self.gpt_tokenizer.encode(text))
 
     def _picked_latents(self, text, best, ar_latent, settings, timer) -> torch.Tensor:
         """The picked candidates' GPT latents, teacher-forced on their codes (float32): (k, length, width)."""

@@ -134,9 +134,11 @@ class Layout:
 class Candidates:
     """One chunk's candidates as every scorer may read them.
 
-    text: (1, text length) with its stop token; sampled: (n, length) as the GPT sampled them; fixed: the same
-    after `fix_candidates`; ar_latent: the voice's GPT conditioning, (1, dim); cond_mels: the voice's prompt
-    mels (the CVVP's input). `shared` holds work several scorers use (one CLVP speech pass, one GPT pass)."""
+    text: (1, text length) BPE ids with its stop token (what the CLVP and the letter scorers read); sampled:
+    (n, length) as the GPT sampled them; fixed: the same after `fix_candidates`; ar_latent: the voice's GPT
+    conditioning, (1, dim); cond_mels: the voice's prompt mels (the CVVP's input); gpt_text: the text as the
+    GPT reads it, where its front end is not the BPE (a phoneme GPT; None: `text`). `shared` holds work
+    several scorers use (one CLVP speech pass, one GPT pass)."""
 
     text: torch.Tensor
     sampled: torch.Tensor
@@ -144,7 +146,12 @@ class Candidates:
     layout: Layout
     ar_latent: torch.Tensor | None = None
     cond_mels: Sequence[torch.Tensor] | None = None
+    gpt_text: torch.Tensor | None = None
     shared: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def text_for_gpt(self) -> torch.Tensor:
+        return self.text if self.gpt_text is None else self.gpt_text
 
     def __len__(self) -> int:
         return len(self.fixed)
@@ -201,7 +208,7 @@ class GptPass:
         if candidates.ar_latent is None:
             raise SettingsError("likelihood_weight and alignment_weight need the voice's ar_latent in rerank")
         return candidates.once(("gpt", id(self)), lambda: self.gpt.score_candidates(
-            candidates.ar_latent, candidates.text, candidates.sampled, batch_size=self.batch_size,
+            candidates.ar_latent, candidates.text_for_gpt, candidates.sampled, batch_size=self.batch_size,
             alignment=self.alignment))
 
 
@@ -341,8 +348,9 @@ class Reranker:
             raise ValueError("a reranker without a base scorer needs parts whose weights sum to 1")
         self.layout, self.base, self.parts, self.min_length_ratio = layout, base, parts, min_length_ratio
 
-    def candidates(self, text: torch.Tensor, sampled: torch.Tensor, *, ar_latent=None, cond_mels=None) -> Candidates:
-        return Candidates(text, sampled, self.layout.fixed(sampled), self.layout, ar_latent, cond_mels)
+    def candidates(self, text: torch.Tensor, sampled: torch.Tensor, *, ar_latent=None, cond_mels=None,
+                   gpt_text=None) -> Candidates:
+        return Candidates(text, sampled, self.layout.fixed(sampled), self.layout, ar_latent, cond_mels, gpt_text)
 
     def scores(self, candidates: Candidates) -> torch.Tensor:
         """Every candidate's blended score, (n,); the short-candidate rule is not applied here."""

@@ -11,7 +11,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from hare.errors import CheckpointError, ModelNotFoundError, SettingsError, TextError
+from hare.errors import CheckpointError, ModelNotFoundError, SettingsError, TextError, TextTooLongError
 
 STOP_TOKEN = 0  # [STOP]: ends the text, pads batches
 UNK_TOKEN = 1  # [UNK]: any character the vocabulary lacks (digits, brackets, %, &, @, ...)
@@ -184,7 +184,7 @@ class Tokenizer:
             raise TextError(f"nothing to speak in {shown!r}: after cleaning it has no letters or numbers "
                             "the tokenizer knows")
         if len(ids) + 1 >= self.max_tokens:
-            raise TextError(
+            raise TextTooLongError(
                 f"text is too long for one piece ({len(ids)} tokens, at most {self.max_tokens - 2}); split it "
                 "(hare.text.split_text, or give the whole text to TextToSpeech, which splits it)")
 
@@ -194,6 +194,18 @@ class Tokenizer:
             ids = ids.tolist()
         text = self._bpe.decode([int(i) for i in ids], skip_special_tokens=False).replace(" ", "")
         return text.replace("[SPACE]", " ").replace("[STOP]", "").replace("[UNK]", "")
+
+
+def tokenizer_for(name: str = "bpe", max_tokens: int = MAX_TEXT_TOKENS):
+    """The text front end a GPT names in its config (`GPTConfig.text_tokenizer`): "bpe", the official tokenizer
+    (`Tokenizer`), or "phonemes-en", English phonemes (`hare.phonemes.PhonemeTokenizer`, needs gruut)."""
+    from hare import phonemes
+
+    if name == "bpe":
+        return Tokenizer(max_tokens=max_tokens)
+    if name == phonemes.FRONT_END:
+        return phonemes.PhonemeTokenizer(max_tokens=max_tokens)
+    raise CheckpointError(f"unknown text front end {name!r}: this Hare knows 'bpe' and {phonemes.FRONT_END!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

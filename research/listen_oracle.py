@@ -55,12 +55,13 @@ def main(argv=None) -> int:
     for i, sentence in enumerate(sentences):
         g = torch.Generator().manual_seed(args.seed + i)
         with torch.inference_mode():
-            text = tts._text_tensor(tts.tokenizer.encode(sentence))
+            text = tts.gpt_text(sentence)
+            bpe = tts._text_tensor(tts.tokenizer.encode(sentence))
             codes = sample_codes(tts.gpt, ar, text, settings.num_candidates, settings.ar_batch_size,
                                  _sampling(settings), g)
-            top = tts.rerank(text, codes, settings, ar_latent=ar, k=args.top)
+            top = tts.rerank(bpe, codes, settings, ar_latent=ar, k=args.top, gpt_text=text)
             latents = tts.gpt.speech_latents(ar.expand(len(top), -1), text.expand(len(top), -1), top).float()
-            letters = text_letters(tts.tokenizer, text[0, :-1].tolist())
+            letters = text_letters(tts.tokenizer, bpe[0, :-1].tolist())
             mels = []
             errors = []
             for j in range(len(top)):

@@ -240,3 +240,16 @@ def test_decoder_inputs_are_returned_and_the_diffusion_stage_reruns_alone(tts):
     assert torch.equal(mel, tts.diffuse(first, settings, torch.Generator().manual_seed(0)))
     other = tts.diffuse(first, make_settings("ultra_fast", diffusion_steps=5), torch.Generator().manual_seed(0))
     assert not torch.allclose(mel, other)
+
+
+def test_a_piece_too_long_for_the_gpt_is_split_further(tts):
+    """A piece of the split text with more tokens than the GPT's text positions (here an unpunctuated run of
+    words under split_max_length characters) is split again at half the lengths instead of failing."""
+    words = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+             "quebec romeo sierra tango uniform victor whiskey xray yankee zulu ").split()
+    text = " ".join(words[i % len(words)] for i in range(45))
+    assert len(text) < 300 and len(tts.tokenizer.encode(text)) > tts.gpt.max_text_tokens
+    out = tts.tts(text, voice="alice", preset="ultra_fast", seed=1, **SHRINK)
+    assert out.settings["chunks"] >= 2 and out.audio.numel() > 0
+    with pytest.raises(TextError, match="reads at most"):
+        tts.chunk_tokens(text)

@@ -256,6 +256,11 @@ def test_config_errors_are_clear(tmp_path):
     path.write_text("objective: gpt\nout_dir: x\ndata: {train: m.csv}\n")
     cfg = TrainConfig.load(path, ["train.steps=7", "optim.betas=[0.9, 0.96]"])
     assert cfg.train.steps == 7 and cfg.optim.betas == (0.9, 0.96)
+    # exponents without a dot are numbers, in the file and on the command line (YAML 1.1 reads them as text)
+    path.write_text("objective: gpt\nout_dir: x\ndata: {train: m.csv}\noptim: {lr: 3e-4}\n")
+    assert TrainConfig.load(path).optim.lr == 3e-4
+    assert TrainConfig.load(path, ["optim.lr=1E-5", "out_dir=1e3x"]).optim.lr == 1e-5
+    assert TrainConfig.load(path, ["out_dir=1e3x"]).out_dir == "1e3x"
 
 
 def test_example_configs_parse():

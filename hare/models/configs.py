@@ -38,6 +38,9 @@ class GPTConfig:
     # attention loss): the reranker can read how well a candidate follows its text there
     # (`GPT.score_candidates`, `Settings.alignment_weight`). Empty for models trained without it (the official).
     alignment_heads: tuple[tuple[int, int], ...] = ()
+    # the text front end the GPT reads (`hare.text.tokenizer_for`): "bpe", the official tokenizer (text_vocab
+    # 255), or "phonemes-en", English phonemes (`hare.phonemes`, text_vocab its VOCAB_SIZE)
+    text_tokenizer: str = "bpe"
 
     @property
     def text_positions(self) -> int:

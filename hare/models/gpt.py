@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hare import kernels
-from hare.errors import TextError
+from hare.errors import TextTooLongError
 from hare.models.configs import GPTConfig
 from hare.models.layers import AttentionBlock
 from hare.models.packed import PackedLinear
@@ -371,7 +371,7 @@ class GPT(nn.Module):
         # text_inputs: (batch, len) with start and stop tokens -> (batch, len, dim)
         n = text_inputs.shape[1]
         if n > self.config.text_positions:
-            raise TextError(f"the text has {n - 2} tokens; this model reads at most {self.max_text_tokens}: "
+            raise TextTooLongError(f"the text has {n - 2} tokens; this model reads at most {self.max_text_tokens}: "
                             "split it into shorter pieces")
         pos = torch.arange(n, device=text_inputs.device)
         return self.text_embedding(text_inputs) + self.text_pos(pos)

@@ -5,6 +5,7 @@ its checks, `section.key=value` overrides, and building the frozen dataclasses f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ class TrainConfig:
         import yaml
 
         try:
-            values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            values = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=yaml_loader())
         except OSError as exc:
             raise TrainingError(f"cannot read config {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
@@ -160,4 +161,26 @@ def apply_override(values: dict, item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise TrainingError(f"override {item!r}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = yaml.load(raw, Loader=yaml_loader())
+
+
+@functools.lru_cache(maxsize=1)
+def yaml_loader():
+    """PyYAML's safe loader, also reading exponents without a dot (`1e-4`, `3E5`) as numbers: YAML 1.1 reads
+    them as strings, which a learning rate must not silently become."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."))
+    return Loader

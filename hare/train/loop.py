@@ -132,10 +132,7 @@ class Trainer:
             config = dataclasses.replace(source.config, **_config_overrides(obj.config_class, self.cfg.model))
             obj.config = config
             models = obj.build_models()
-            from hare.checkpoints import load_strict
-
-            load_strict(models[obj.main_model()], source.state_dict(), what=f"initial weights {init}",
-                        fresh=obj.fresh_parameters(source.config))
+            obj.load_init(models[obj.main_model()], source, what=f"initial weights {init}")
             log.info("initialised %s from %s", obj.main_model(), init)
         obj.prepare_for_training(models)
         return models

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             if file.is_file():
                 continue
             codes = corpus.features(i, ("codes",))["codes"].long().reshape(1, -1).to(tts.device)
-            text = tts._text_tensor(tts.tokenizer.encode(u.text))
+            text = tts.gpt_text(u.text)
             latents = tts.gpt.speech_latents(cond.ar, text, codes).float()
             frames = tts.mel_format.frames_for_codes(codes.shape[1])
             mel = tts.prior_mel(DecoderInput(latents, cond.diffusion, frames))[0]

@@ -76,12 +76,27 @@ class Objective:
         run's model settings add them (they start from their initial values); () = the weights must match."""
         return ()
 
+    def load_init(self, model: nn.Module, source: nn.Module, what: str) -> None:
+        """Load `train.init` weights (`source`, a built model) into the run's main model (built with the run's
+        config): strictly, bar `fresh_parameters`."""
+        from hare.checkpoints import load_strict
+
+        load_strict(model, source.state_dict(), what=what, fresh=self.fresh_parameters(source.config))
+
+    def text_tokenizer_name(self) -> str:
+        """The text front end the examples' text tokens are for (`hare.text.tokenizer_for`): the official BPE
+        tokenizer, unless the objective trains or reads a GPT that names another."""
+        return "bpe"
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from hare.text import Tokenizer
+            from hare.phonemes import FRONT_END, PhonemeTokenizer
+            from hare.text import tokenizer_for
 
-            self._tokenizer = Tokenizer()
+            name = self.text_tokenizer_name()
+            # a phoneme front end keeps what it has read on disk: a corpus comes back every epoch
+            self._tokenizer = PhonemeTokenizer(disk_cache=True) if name == FRONT_END else tokenizer_for(name)
         return self._tokenizer
 
     def __getstate__(self):  # the tokenizer is rebuilt in each data-loader worker

@@ -138,6 +138,9 @@ class DiffusionObjective(Objective):
             self._gpt = self._gpt.to(device)
         return self._gpt
 
+    def text_tokenizer_name(self) -> str:
+        return self.gpt().config.text_tokenizer if self.on_latents else "bpe"
+
     def gpt_latents(self, batch) -> torch.Tensor:
         """(batch, max_codes, latent_channels) GPT latents of each row's window, zero past its end."""
         return frozen_gpt_latents(self.gpt(batch["codes"].device), batch, self.options.max_codes)[0]

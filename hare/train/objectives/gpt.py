@@ -85,6 +85,40 @@ class GPTObjective(Objective):
             if o.guided_sigma <= 0:
                 raise TrainingError(f"options.guided_sigma must be > 0 (got {o.guided_sigma})")
 
+    def text_tokenizer_name(self) -> str:
+        return self.config.text_tokenizer
+
+    def build_models(self):
+        c = self.config
+        if c.text_tokenizer != "bpe":
+            vocab = self.tokenizer.vocab_size
+            if (c.text_vocab, c.start_text_token, c.stop_text_token) != (vocab, vocab, self.tokenizer.stop_token):
+                raise TrainingError(f"a GPT reading {c.text_tokenizer!r} needs model.text_vocab and "
+                                    f"model.start_text_token {vocab}, model.stop_text_token "
+                                    f"{self.tokenizer.stop_token} (got {c.text_vocab}, {c.start_text_token}, "
+                                    f"{c.stop_text_token})")
+        return super().build_models()
+
+    def load_init(self, model, source, what):
+        """As the base class; a GPT that reads another front end than `source` (a letter GPT fine-tuned to read
+        phonemes) gets every other weight from it, and its text embedding and text head rows from the source's
+        rows of each symbol's spelling (`hare.phonemes.SPELLINGS`: the mean of its BPE tokens' rows; symbols
+        with no spelling, the stress marks, keep their fresh values)."""
+        if source.config.text_tokenizer == self.config.text_tokenizer:
+            return super().load_init(model, source, what)
+        from hare.checkpoints import load_strict
+
+        state = dict(source.state_dict())
+        own = model.state_dict()
+        rows = spelling_rows(self.tokenizer, tokenizer_of(source.config), source.config)
+        for key in ("text_embedding.weight", "text_head.weight", "text_head.bias"):
+            old, new = state[key], own[key].clone()
+            for i, src in enumerate(rows):
+                if src:
+                    new[i] = old[src].mean(0)
+            state[key] = new
+        load_strict(model, state, what=what, fresh=self.fresh_parameters(source.config))
+
     def guided_pairs(self) -> tuple[tuple[int, int], ...]:
         """The (block, head) pairs the guided-attention loss shapes; () when it is off."""
         o = self.options
@@ -148,6 +182,38 @@ class GPTObjective(Objective):
             total = total + o.guided_weight * g
             losses["guided"] = g.detach()
         return {"loss": total, **losses}
+
+
+def tokenizer_of(config: GPTConfig):
+    """The text tokenizer a GPT of `config` reads."""
+    from hare.text import tokenizer_for
+
+    return tokenizer_for(config.text_tokenizer)
+
+
+def spelling_rows(new, old, old_config: GPTConfig) -> list[list[int]]:
+    """For each text-embedding row of a GPT reading `new` (its symbols, then its start token), the rows of a
+    GPT reading `old` (of `old_config`) that spell it: `new.symbols_table` entries through
+    `hare.phonemes.SPELLINGS` and `old.encode`; the start and stop tokens map to the old ones. [] = no
+    spelling (the row keeps its fresh value)."""
+    from hare.phonemes import SPELLINGS
+
+    table = getattr(new, "symbols_table", None)
+    if table is None:
+        raise TrainingError(f"cannot map a {old_config.text_tokenizer!r} GPT's text embedding onto "
+                            f"{type(new).__name__}'s symbols")
+    rows = []
+    for i, symbol in enumerate(table):
+        if i == new.stop_token:
+            rows.append([old_config.stop_text_token])
+            continue
+        spelling = SPELLINGS.get(symbol, "")
+        if spelling == " ":  # the old front end's word gap: its token between two one-letter words
+            rows.append(old.encode("a b", check=False)[1:-1])
+        else:
+            rows.append(old.encode(spelling, check=False) if spelling else [])
+    rows.append([old_config.start_text_token])
+    return rows
 
 
 def load_frozen_gpt(path: str, width: int, field: str):

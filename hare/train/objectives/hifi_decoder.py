@@ -76,6 +76,9 @@ class HifiDecoderObjective(Objective):
     def export(self, models):
         return VocoderObjective.export(self, models)  # weight norm folded into a fresh module
 
+    def text_tokenizer_name(self) -> str:
+        return self.gpt().config.text_tokenizer
+
     def gpt(self, device=None):
         if self._gpt is None:
             self._gpt = load_frozen_gpt(self.options.gpt, self.config.latent_dim, "model.latent_dim")
