@@ -49,7 +49,7 @@ def _add_precision_options(p: argparse.ArgumentParser) -> None:
                    help="int8 weights (CPU; fast path): the GPT and diffusion decoder on Hare's int8 kernel, "
                         "the CLVP on PyTorch's dynamic int8; none: float weights (default: none, except where "
                         "the model's model.json chooses for CPUs: hare-mini takes int8 with --dtype bf16)")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="precision of the AR, rerank and latent stages (default fp32, or the model's CPU choice "
                         "where neither this nor --quantize is given; bf16/fp16 for GPUs; on a CPU with "
                         "--quantize int8, bf16 is the GPT's KV cache, and a HiFi-GAN vocoder runs in bf16 where "

@@ -96,7 +96,7 @@ def resolve_model(name_or_dir: str | os.PathLike = "hare-mini",
 
 
 QUANTIZE = ("none", "int8")  # load_model's `quantize` values ("none" and None: float weights)
-DTYPES = ("fp32", "bf16", "fp16")  # and its `dtype` values
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # its `dtype` values: their torch dtypes
 
 
 def load_options(source: ModelSource, device, quantize: str | None, dtype: str | None) -> tuple[str | None, str]:

@@ -49,6 +49,7 @@ _ALIASES = {"g": "ɡ", "tʃ": "t͡ʃ", "dʒ": "d͡ʒ", "ʤ": "d͡ʒ", "ʧ": "t͡
             "n̩": "n", "m̩": "m", "ɡ͡b": "ɡ"}
 _DROP = "ːˑ̩̯̃"  # length, nasalisation, syllabicity and non-syllabic marks: not distinctions English needs here
 _MAJOR = {"?": "?", "!": "!"}
+_GRUUT_LOCK = threading.Lock()
 
 # Each symbol as letters a spelling model would have read for it: `hare.train.objectives.gpt` starts a
 # phoneme GPT's text embedding from a letter GPT's by these (the mean of the spelling's BPE token embeddings).
@@ -148,6 +149,41 @@ def default_cache_path() -> Path:
     return hare_home() / "phonemes" / f"{FRONT_END}-v{FRONT_END_VERSION}-{key}.sqlite"
 
 
+def _symbols_of(sentences) -> list[str]:
+    """The symbols of gruut's sentences (see `PhonemeTokenizer.symbols`)."""
+    out: list[str] = []
+    for sentence in sentences:
+        for word in sentence:
+            if word.is_break:
+                mark = _MAJOR.get(word.text.strip()[:1], ".") if word.is_major_break else ","
+                if out and out[-1] == " ":
+                    out.pop()
+                if out and out[-1] in BREAKS:  # "?!" or ", ." : one break, the stronger
+                    out[-1] = mark if BREAKS.index(mark) > BREAKS.index(out[-1]) else out[-1]
+                elif out:
+                    out.append(mark)
+                continue
+            if word.is_punctuation or word.is_spoken is False:
+                continue
+            phonemes = word.phonemes or []
+            if not phonemes:
+                if any(ch.isalnum() for ch in word.text):
+                    log.debug("no phonemes for %r", word.text)
+                    if out and out[-1] != " ":
+                        out.append(" ")
+                    out.append("[UNK]")
+                continue
+            if out and out[-1] != " ":
+                out.append(" ")
+            for p in phonemes:
+                out += split_phoneme(p)
+    while out and out[-1] == " ":
+        out.pop()
+    if out and out[-1] == ",":  # the text ends on a minor break ("fine..."): it ends a sentence
+        out[-1] = "."
+    return out
+
+
 class PhonemeTokenizer:
     """English text -> phoneme symbol ids (`SYMBOLS`), with the `hare.text.Tokenizer` interface.
 
@@ -212,38 +248,10 @@ class PhonemeTokenizer:
 
     @staticmethod
     def _phonemize(cleaned: str) -> list[str]:
-        out: list[str] = []
         if not cleaned:
-            return out
-        for sentence in _gruut()(cleaned, lang=LANGUAGE, pos=True, espeak=False):
-            for word in sentence:
-                if word.is_break:
-                    mark = _MAJOR.get(word.text.strip()[:1], ".") if word.is_major_break else ","
-                    if out and out[-1] == " ":
-                        out.pop()
-                    if out and out[-1] in BREAKS:  # "?!" or ", ." : one break, the stronger
-                        out[-1] = mark if BREAKS.index(mark) > BREAKS.index(out[-1]) else out[-1]
-                    elif out:
-                        out.append(mark)
-                    continue
-                if word.is_punctuation or word.is_spoken is False:
-                    continue
-                phonemes = word.phonemes or []
-                if not phonemes:
-                    if any(ch.isalnum() for ch in word.text):
-                        log.debug("no phonemes for %r", word.text)
-                        out += [" "] if out and out[-1] not in (" ",) else []
-                        out.append("[UNK]")
-                    continue
-                if out and out[-1] != " ":
-                    out.append(" ")
-                for p in phonemes:
-                    out += split_phoneme(p)
-        while out and out[-1] == " ":
-            out.pop()
-        if out and out[-1] == ",":  # the text ends on a minor break ("fine..."): it ends a sentence
-            out[-1] = "."
-        return out
+            return []
+        with _GRUUT_LOCK:  # one caller at a time (the server's worker threads): gruut shares its lexicon database
+            return _symbols_of(_gruut()(cleaned, lang=LANGUAGE, pos=True, espeak=False))
 
     def encode(self, text: str, *, check: bool = True) -> list[int]:
         """Symbol ids of `text`, without start or stop tokens. Raises TextError (unless `check=False`) if it

@@ -18,7 +18,9 @@ import torch
 from hare.audio import AR_SAMPLE_RATE as CONDITIONING_RATE  # reference clips are read at this rate
 from hare.audio import VOCODER_SAMPLE_RATE as SAMPLE_RATE  # noqa: F401  the Tortoise models' output rate
 from hare.devices import resolve_device
-from hare.errors import AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, TextTooLongError, VoiceError
+from hare.errors import (AudioError, CheckpointError, ModelNotFoundError, SettingsError, TextError, TextTooLongError,
+                         VoiceError)
+from hare.loading import DTYPES as LOAD_DTYPES
 from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates  # the candidates' layout (and the reranker)
 from hare.settings import PRESETS, Settings, make_settings  # noqa: F401  (PRESETS: part of this module's API)
 
@@ -100,7 +102,7 @@ class ChunkTokens(NamedTuple):
     rerank: list[int]
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, dtype) for name, dtype in LOAD_DTYPES.items()}  # "fp32" -> torch.float32, ...
 VOCODER_CHUNK_FRAMES = 192  # mel frames per window of a bf16 HiFi-GAN vocoder (~2.2 s of audio)
 STAGES = ("conditioning", "autoregressive", "rerank", "listen", "latents", "diffusion", "vocoder", "hifigan")
 

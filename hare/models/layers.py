@@ -182,6 +182,17 @@ def letter_score(log_probs: torch.Tensor, letters: torch.Tensor, lengths: torch.
     return -nll / max(targets.shape[1], 1)
 
 
+def scores_by_length(lengths: list[int], score_rows, batch_size: int, device) -> torch.Tensor:
+    """(b,) scores of b items of these `lengths`, computed by `score_rows(rows) -> (len(rows),)` on batches of
+    at most `batch_size` items neighbouring in length (one long item does not pad all the others)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    scores = torch.empty(len(lengths), device=device)
+    for start in range(0, len(order), batch_size):
+        rows = order[start: start + batch_size]
+        scores[rows] = score_rows(rows)
+    return scores
+
+
 def apply_weight_norm(module: nn.Module) -> nn.Module:
     """Re-parametrise every 1-D (transposed) convolution of `module` with weight norm (dim 0), in place, as the
     GAN vocoders are trained; `torch.nn.utils.parametrize.remove_parametrizations` folds it back."""

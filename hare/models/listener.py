@@ -15,7 +15,7 @@ from torch import nn
 
 from hare.models.clvp import Encoder
 from hare.models.configs import ListenerConfig
-from hare.models.layers import ctc_nll, letter_log_probs, letter_score
+from hare.models.layers import ctc_nll, letter_log_probs, letter_score, scores_by_length
 
 # A HiFi-GAN log mel (natural log of magnitude, floored at 1e-5) is roughly centred and scaled by these
 # before the network reads it
@@ -72,15 +72,14 @@ class Listener(nn.Module):
         if not mels:
             raise ValueError("no mels to score")
         device = mels[0].device
-        order = sorted(range(len(mels)), key=lambda i: mels[i].shape[-1])
-        scores = torch.empty(len(mels), device=device)
-        for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
+
+        def score_rows(rows):
             frames = torch.tensor([mels[i].shape[-1] for i in rows], device=device)
             width = int(frames.max())
             batch = torch.stack([F.pad(mels[i].float(), (0, width - mels[i].shape[-1])) for i in rows])
-            scores[rows] = letter_score(self.log_probs(batch, frames), letters, self.steps(frames))
-        return scores
+            return letter_score(self.log_probs(batch, frames), letters, self.steps(frames))
+
+        return scores_by_length([m.shape[-1] for m in mels], score_rows, batch_size, device)
 
     def forward(self, mel, frames, targets, target_lengths):
         """Training loss: the batch's CTC negative log-likelihood per letter."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from hare.models.clvp import Encoder
 from hare.models.configs import SpellerConfig
-from hare.models.layers import ctc_nll, letter_log_probs, letter_score
+from hare.models.layers import ctc_nll, letter_log_probs, letter_score, scores_by_length
 
 
 class Speller(nn.Module):
@@ -62,14 +62,13 @@ class Speller(nn.Module):
         if not codes:
             raise ValueError("no candidates to score")
         device = codes[0].device
-        order = sorted(range(len(codes)), key=lambda i: len(codes[i]))
-        scores = torch.empty(len(codes), device=device)
-        for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
+
+        def score_rows(rows):
             lengths = torch.tensor([len(codes[i]) for i in rows], device=device)
             batch = nn.utils.rnn.pad_sequence([codes[i] for i in rows], batch_first=True)
-            scores[rows] = letter_score(self.log_probs(batch, lengths), letters, lengths * self.config.upsample)
-        return scores
+            return letter_score(self.log_probs(batch, lengths), letters, lengths * self.config.upsample)
+
+        return scores_by_length([len(c) for c in codes], score_rows, batch_size, device)
 
     def forward(self, codes, lengths, targets, target_lengths):
         """Training loss: the batch's CTC negative log-likelihood per letter."""
