@@ -71,8 +71,8 @@ def _gruut():
     try:
         from gruut import sentences
     except ImportError as exc:
-        raise TextError("this model reads phonemes, and the phoneme front end needs gruut: "
-                        "pip install 'hare-tts[phonemes]' (gruut and gruut-lang-en, MIT)") from exc
+        raise TextError("this model reads phonemes, and the phoneme front end needs gruut (a dependency of "
+                        "hare-tts): pip install gruut gruut-lang-en") from exc
     return sentences
 
 
