@@ -45,8 +45,7 @@ START_TOKEN = VOCAB_SIZE  # one past the symbols, as the BPE tokenizer's start t
 MAX_TEXT_TOKENS = 400
 _ID = {s: i for i, s in enumerate(SYMBOLS)}
 _FIRST_VOICED = _ID[PHONEMES[0]]
-_ALIASES = {"g": "ɡ", "tʃ": "t͡ʃ", "dʒ": "d͡ʒ", "ʤ": "d͡ʒ", "ʧ": "t͡ʃ", "ɝ": "ɝ", "ɹ̩": "ɚ", "l̩": "l",
-            "n̩": "n", "m̩": "m", "ɡ͡b": "ɡ"}
+_ALIASES = {"g": "ɡ", "tʃ": "t͡ʃ", "dʒ": "d͡ʒ", "ʤ": "d͡ʒ", "ʧ": "t͡ʃ"}  # other spellings of the symbols
 _DROP = "ːˑ̩̯̃"  # length, nasalisation, syllabicity and non-syllabic marks: not distinctions English needs here
 _MAJOR = {"?": "?", "!": "!"}
 _GRUUT_LOCK = threading.Lock()
@@ -124,7 +123,7 @@ class _DiskCache:
     def get(self, text: str) -> list[str] | None:
         try:
             row = self._db().execute("SELECT symbols FROM symbols WHERE text = ?", (text,)).fetchone()
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):  # unreadable, corrupt or not creatable: phonemize again
             return None
         return None if row is None else row[0].split("\t") if row[0] else []
 
@@ -133,7 +132,7 @@ class _DiskCache:
             db = self._db()
             db.execute("INSERT OR REPLACE INTO symbols VALUES (?, ?)", (text, "\t".join(symbols)))
             db.commit()
-        except sqlite3.Error as exc:  # a full disk or a locked file costs speed, never the result
+        except (sqlite3.Error, OSError) as exc:  # a full disk or a locked file costs speed, never the result
             log.debug("phoneme cache %s: %s", self.path, exc)
 
 

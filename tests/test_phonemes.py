@@ -114,6 +114,13 @@ def test_disk_cache_is_shared_and_survives_pickling(tmp_path, monkeypatch):
     second._memo.clear()
     assert second.encode(SENTENCES[2]) == ids
     assert PhonemeTokenizer(disk_cache=path).encode(SENTENCES[2]) == ids
+    monkeypatch.undo()
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"not a database at all" * 100)  # a corrupt cache costs speed, never the result
+    assert PhonemeTokenizer(disk_cache=broken).encode(SENTENCES[2]) == ids
+    blocked = tmp_path / "a-file" / "cache.sqlite"
+    (tmp_path / "a-file").write_text("")  # its folder cannot be made
+    assert PhonemeTokenizer(disk_cache=blocked).encode(SENTENCES[2]) == ids
 
 
 def test_tokenizer_for_names():
