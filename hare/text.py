@@ -99,16 +99,18 @@ def expand_abbreviations(text: str) -> str:
 def english_cleaners(text: str) -> str:
     """The reference's English normalisation (order matters): ASCII, lowercase, numbers, abbreviations,
     whitespace, no double quotes."""
-    from inflect import NumOutOfRangeError
     from unidecode import unidecode
 
     text = unidecode(text).lower()
-    try:
-        text = expand_numbers(text)
-    except (NumOutOfRangeError, ValueError) as exc:  # inflect stops at 10**36; int() at 4300 digits
-        longest = max(_NUMBER.findall(text), key=len)
-        raise TextError(f"the number {longest[:40]}{'...' if len(longest) > 40 else ''} is too large to read "
-                        "aloud; write it in words or in groups of digits") from exc
+    if _NUMBER.search(text):  # every number rule needs a digit; inflect's import alone takes ~2 s
+        from inflect import NumOutOfRangeError
+
+        try:
+            text = expand_numbers(text)
+        except (NumOutOfRangeError, ValueError) as exc:  # inflect stops at 10**36; int() at 4300 digits
+            longest = max(_NUMBER.findall(text), key=len)
+            raise TextError(f"the number {longest[:40]}{'...' if len(longest) > 40 else ''} is too large to read "
+                            "aloud; write it in words or in groups of digits") from exc
     text = expand_abbreviations(text)
     text = _WHITESPACE.sub(" ", text)
     return text.replace('"', "")

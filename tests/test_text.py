@@ -351,3 +351,15 @@ def test_ctc_targets_are_the_cleaned_letters():
     for bad in ["", "?!", "   ", "'"]:
         with pytest.raises(TextError, match="no letters"):
             ctc_targets(bad)
+
+
+def test_text_without_digits_never_imports_the_number_reader():
+    """inflect's import takes seconds (typeguard instruments it): only a text with a digit pays it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hare.text import english_cleaners as c; c('Hello, Mr. Smith!'); "
+            "a = 'inflect' in sys.modules; c('at 7'); print(a, 'inflect' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
