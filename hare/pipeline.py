@@ -168,17 +168,15 @@ class TextToSpeech:
         """The GPT's text front end (`GPTConfig.text_tokenizer`): `self.tokenizer` for a BPE GPT, else the one it
         names (a phoneme GPT), limited to the GPT's text positions; CheckpointError if its vocabulary is not
         the GPT's."""
-        from hare.text import tokenizer_for
+        from hare.text import front_end_mismatch, tokenizer_for
 
         gc = self.gpt.config
         if gc.text_tokenizer == "bpe":
             return self.tokenizer
         tok = tokenizer_for(gc.text_tokenizer, max_tokens=gc.max_text_tokens + 2)
-        if (gc.text_vocab, gc.start_text_token, gc.stop_text_token) != (tok.vocab_size, tok.start_token,
-                                                                       tok.stop_token):
-            raise CheckpointError(f"the GPT reads {gc.text_tokenizer!r} but its text vocabulary ({gc.text_vocab}, "
-                                  f"start {gc.start_text_token}, stop {gc.stop_text_token}) is not that front "
-                                  f"end's ({tok.vocab_size}, start {tok.start_token}, stop {tok.stop_token})")
+        problem = front_end_mismatch(gc, tok)
+        if problem:
+            raise CheckpointError(f"the GPT's text vocabulary does not fit its front end: {problem}")
         return tok
 
     def _vocoder_bf16(self) -> bool:

@@ -198,16 +198,28 @@ class Tokenizer:
         return text.replace("[SPACE]", " ").replace("[STOP]", "").replace("[UNK]", "")
 
 
-def tokenizer_for(name: str = "bpe", max_tokens: int = MAX_TEXT_TOKENS):
+def tokenizer_for(name: str = "bpe", max_tokens: int = MAX_TEXT_TOKENS, disk_cache: bool = False):
     """The text front end a GPT names in its config (`GPTConfig.text_tokenizer`): "bpe", the official tokenizer
-    (`Tokenizer`), or "phonemes-en", English phonemes (`hare.phonemes.PhonemeTokenizer`, needs gruut)."""
+    (`Tokenizer`), or "phonemes-en", English phonemes (`hare.phonemes.PhonemeTokenizer`, needs gruut; with
+    `disk_cache`, what it reads is kept on disk, for training corpora)."""
     from hare import phonemes
 
     if name == "bpe":
         return Tokenizer(max_tokens=max_tokens)
     if name == phonemes.FRONT_END:
-        return phonemes.PhonemeTokenizer(max_tokens=max_tokens)
+        return phonemes.PhonemeTokenizer(max_tokens=max_tokens, disk_cache=disk_cache)
     raise CheckpointError(f"unknown text front end {name!r}: this Hare knows 'bpe' and {phonemes.FRONT_END!r}")
+
+
+def front_end_mismatch(config, tokenizer) -> str | None:
+    """What is wrong between a GPT's config (its `text_vocab`, `start_text_token`, `stop_text_token`) and the
+    front end it names (`tokenizer`), or None when they agree."""
+    own = (config.text_vocab, config.start_text_token, config.stop_text_token)
+    wanted = (tokenizer.vocab_size, tokenizer.start_token, tokenizer.stop_token)
+    if own == wanted:
+        return None
+    return (f"a GPT reading {config.text_tokenizer!r} needs text_vocab {wanted[0]}, start_text_token {wanted[1]} "
+            f"and stop_text_token {wanted[2]} (it has {own[0]}, {own[1]}, {own[2]})")
 
 
 # ---------------------------------------------------------------------------------------------------------------

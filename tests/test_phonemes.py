@@ -257,3 +257,24 @@ def test_warm_up_in_the_background_and_a_clear_error_without_gruut(monkeypatch):
             PhonemeTokenizer().encode("No front end.")
     finally:
         phonemes._gruut.cache_clear()
+
+
+def test_a_decoder_objective_reads_its_frozen_gpts_front_end_and_its_workers_never_load_that_gpt(tmp_path,
+                                                                                                 monkeypatch):
+    from test_train_loop import MODELS
+    from hare.models.configs import GPTConfig
+    from hare.train.objectives import diffusion, make_objective
+
+    gpt = checkpoints.build("autoregressive", phoneme_config(GPTConfig(**MODELS["gpt"])))
+    path = checkpoints.save(gpt, "autoregressive", gpt.config, tmp_path / "gpt")
+    obj = make_objective("diffusion", {**MODELS["diffusion"], "conditioning_input": "latents"},
+                         {"max_codes": 8, "cond_frames": 32, "gpt": str(path)})
+    assert isinstance(obj.tokenizer, PhonemeTokenizer)  # the main process: read from the GPT's config
+    worker = pickle.loads(pickle.dumps(obj))
+
+    def no_load(*a, **k):
+        raise AssertionError("a data-loader worker loaded the GPT")
+
+    monkeypatch.setattr(diffusion, "load_frozen_gpt", no_load)
+    assert isinstance(worker.tokenizer, PhonemeTokenizer)
+    assert worker.tokenizer.encode("Hello.") == obj.tokenizer.encode("Hello.")

@@ -52,6 +52,7 @@ class Objective:
         self.config = config if config is not None else self.config_class()
         self.options = options if options is not None else self.options_class()
         self._tokenizer = None
+        self._tokenizer_name = None  # `text_tokenizer_name()`, kept for the data-loader workers
 
     @classmethod
     def from_dicts(cls, model: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None):
@@ -91,15 +92,15 @@ class Objective:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from hare.phonemes import FRONT_END, PhonemeTokenizer
             from hare.text import tokenizer_for
 
-            name = self.text_tokenizer_name()
+            if self._tokenizer_name is None:
+                self._tokenizer_name = self.text_tokenizer_name()
             # a phoneme front end keeps what it has read on disk: a corpus comes back every epoch
-            self._tokenizer = PhonemeTokenizer(disk_cache=True) if name == FRONT_END else tokenizer_for(name)
+            self._tokenizer = tokenizer_for(self._tokenizer_name, disk_cache=True)
         return self._tokenizer
 
-    def __getstate__(self):  # the tokenizer is rebuilt in each data-loader worker
+    def __getstate__(self):  # the tokenizer is rebuilt in each data-loader worker (its front end's name is kept)
         state = dict(self.__dict__)
         state["_tokenizer"] = None
         return state

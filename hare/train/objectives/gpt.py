@@ -89,14 +89,12 @@ class GPTObjective(Objective):
         return self.config.text_tokenizer
 
     def build_models(self):
-        c = self.config
-        if c.text_tokenizer != "bpe":
-            vocab = self.tokenizer.vocab_size
-            if (c.text_vocab, c.start_text_token, c.stop_text_token) != (vocab, vocab, self.tokenizer.stop_token):
-                raise TrainingError(f"a GPT reading {c.text_tokenizer!r} needs model.text_vocab and "
-                                    f"model.start_text_token {vocab}, model.stop_text_token "
-                                    f"{self.tokenizer.stop_token} (got {c.text_vocab}, {c.start_text_token}, "
-                                    f"{c.stop_text_token})")
+        from hare.text import front_end_mismatch
+
+        if self.config.text_tokenizer != "bpe":
+            problem = front_end_mismatch(self.config, self.tokenizer)
+            if problem:
+                raise TrainingError(f"model: {problem}")
         return super().build_models()
 
     def load_init(self, model, source, what):
@@ -110,7 +108,9 @@ class GPTObjective(Objective):
 
         state = dict(source.state_dict())
         own = model.state_dict()
-        rows = spelling_rows(self.tokenizer, tokenizer_of(source.config), source.config)
+        from hare.text import tokenizer_for
+
+        rows = spelling_rows(self.tokenizer, tokenizer_for(source.config.text_tokenizer), source.config)
         for key in ("text_embedding.weight", "text_head.weight", "text_head.bias"):
             old, new = state[key], own[key].clone()
             for i, src in enumerate(rows):
@@ -182,13 +182,6 @@ class GPTObjective(Objective):
             total = total + o.guided_weight * g
             losses["guided"] = g.detach()
         return {"loss": total, **losses}
-
-
-def tokenizer_of(config: GPTConfig):
-    """The text tokenizer a GPT of `config` reads."""
-    from hare.text import tokenizer_for
-
-    return tokenizer_for(config.text_tokenizer)
 
 
 def spelling_rows(new, old, old_config: GPTConfig) -> list[list[int]]:
