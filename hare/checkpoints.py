@@ -7,12 +7,15 @@ none missing, shapes equal) and the error that names the offending keys.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -107,7 +110,7 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: 
     """Load `state_dict` into `model`, refusing any missing, unexpected or mis-shaped key (all are listed).
 
     With `assign`, the checkpoint's tensors become the model's (cast to the model's dtype): used with a
-    model built on the meta device, so no memory or time goes into an initialisation that is overwritten.
+    model built by `_build_empty` (uninitialised), so no time goes into an initialisation that is overwritten.
     `fresh`: key prefixes of parameters the checkpoint may lack (a head the model adds to it); the model's own
     initial values stay in them (not with `assign`).
     """
@@ -167,9 +170,55 @@ def convert(kind: str, state_dict: Mapping[str, Any], reference_kwargs: Mapping[
 
 
 def _build_empty(module, config) -> nn.Module:
-    """The module with parameters on the meta device (no allocation), to be filled by `load_strict(assign=True)`."""
-    with torch.device("meta"):
+    """The module with uninitialised parameters, to be filled by `load_strict(assign=True)`: no time goes into a
+    random initialisation that is overwritten. Built on the CPU with `torch.nn.init`'s functions skipped, not on
+    the meta device: a meta tensor's arithmetic (a rotary table's buffer, `normal_`) runs PyTorch's Python
+    reference ops, whose first use imports torch._dynamo (1.5-2.5 s of every load)."""
+    with torch.device("cpu"), _skipped_init():
         return module.build(config)
+
+
+_SKIP_INIT = threading.local()  # set while this thread builds an empty module
+_INIT_LOCK = threading.Lock()
+_INIT_NAMES = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+               "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_")
+_init_users = 0
+
+
+def _skipping(original):
+    @functools.wraps(original)
+    def init(tensor, *args, **kwargs):
+        if getattr(_SKIP_INIT, "on", False):
+            return tensor
+        return original(tensor, *args, **kwargs)
+    init.hare_original = original
+    return init
+
+
+@contextlib.contextmanager
+def _skipped_init():
+    """`torch.nn.init`'s in-place initialisers do nothing in this thread for the duration (any other thread's
+    calls initialise as usual); installed while at least one thread builds, then the originals are back."""
+    global _init_users
+    with _INIT_LOCK:
+        if _init_users == 0:
+            for name in _INIT_NAMES:
+                if hasattr(nn.init, name):
+                    setattr(nn.init, name, _skipping(getattr(nn.init, name)))
+        _init_users += 1
+    previous = getattr(_SKIP_INIT, "on", False)
+    _SKIP_INIT.on = True
+    try:
+        yield
+    finally:
+        _SKIP_INIT.on = previous
+        with _INIT_LOCK:
+            _init_users -= 1
+            if _init_users == 0:
+                for name in _INIT_NAMES:
+                    patched = getattr(nn.init, name, None)
+                    if patched is not None and hasattr(patched, "hare_original"):
+                        setattr(nn.init, name, patched.hare_original)
 
 
 def load_official_file(kind: str, path: str | os.PathLike, reference_kwargs: Mapping[str, Any] | None = None) -> nn.Module:

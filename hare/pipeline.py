@@ -103,7 +103,6 @@ class ChunkTokens(NamedTuple):
 
 
 DTYPES = {name: getattr(torch, dtype) for name, dtype in LOAD_DTYPES.items()}  # "fp32" -> torch.float32, ...
-VOCODER_CHUNK_FRAMES = 192  # mel frames per window of a bf16 HiFi-GAN vocoder (~2.2 s of audio)
 STAGES = ("conditioning", "autoregressive", "rerank", "listen", "latents", "diffusion", "vocoder", "hifigan")
 
 
@@ -181,9 +180,10 @@ class TextToSpeech:
 
     def _vocoder_bf16(self) -> bool:
         """With dtype="bf16" on a CPU with bf16 matrix hardware (`hare.kernels.bf16_matmul`), a HiFi-GAN
-        vocoder's weights go to bfloat16 in place: its convolutions run on AMX / AVX-512-bf16 through oneDNN
-        (hare-mini's: 1.7x faster on an AMX Xeon), in windows of one shape (`HiFiGAN.vocode_chunked`: a new
-        input shape costs a slow first call). Elsewhere, and for other vocoders, it stays float32."""
+        vocoder's weights go to bfloat16 in place and it runs time-major (`HiFiGAN.forward_time_major`): its
+        convolutions as matrix products on AMX / AVX-512-bf16. oneDNN's bf16 convolutions would compile each
+        new input length on first use (~1.5 s); the time-major products have a few fixed shapes, prepared
+        here on one frame. Elsewhere, and for other vocoders, it stays float32."""
         from hare import kernels
         from hare.models.hifigan import SILENCE, HiFiGAN
 
@@ -191,8 +191,8 @@ class TextToSpeech:
                 or not kernels.bf16_matmul():
             return False
         self.vocoder.to(torch.bfloat16)
-        # one window shape for every length, its first (slow) oneDNN call made here rather than mid-synthesis
-        self.vocoder.chunk_frames = VOCODER_CHUNK_FRAMES
+        self.vocoder.time_major = True
+        # its matrix shapes are the same for every length: their first (slower) use is made here, on one frame
         self.vocoder.vocode(torch.full((1, self.vocoder.config.n_mels, 1), SILENCE))
         return True
 

@@ -159,3 +159,44 @@ def test_int8_storage_round_trip_and_errors(tmp_path):
         bad.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
         with pytest.raises(CheckpointError, match="int8"):
             checkpoints.load(bad)
+
+
+def test_a_load_builds_its_empty_module_without_initialising_it(tmp_path):
+    """Loading builds each module uninitialised on the CPU: torch.nn.init's functions do nothing in the loading
+    thread meanwhile (a rotary table's buffer is still computed), another thread's calls initialise as usual, and
+    the originals are back afterwards. A fresh process loading a GPT and a CLVP never imports torch._dynamo (a
+    meta-device build did, through PyTorch's Python reference ops: 1.5-2.5 s of every load)."""
+    import subprocess
+    import sys
+    import threading
+
+    from tiny_models import TINY_KWARGS
+
+    originals = {name: getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_")}
+    seen = {}
+
+    def other_thread():
+        t = torch.zeros(4)
+        torch.nn.init.normal_(t)
+        seen["other"] = bool(t.abs().sum() > 0)
+
+    with checkpoints._skipped_init():
+        t = torch.zeros(4)
+        torch.nn.init.normal_(t)
+        torch.nn.init.kaiming_uniform_(t[None])
+        seen["own"] = bool(t.abs().sum() > 0)
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert seen == {"own": False, "other": True}
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals
+    for kind in ("autoregressive", "clvp2"):
+        model = checkpoints.build(kind, checkpoints.config_for(kind, TINY_KWARGS[kind]))
+        checkpoints.save(model, kind, checkpoints.config_for(kind, TINY_KWARGS[kind]), tmp_path / kind)
+    code = ("import sys, torch; from hare import checkpoints\n"
+            f"for kind in ('autoregressive', 'clvp2'): m = checkpoints.load({str(tmp_path)!r} + '/' + kind)[0]\n"
+            "assert all(not p.is_meta for p in m.state_dict().values())\n"
+            "print('torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

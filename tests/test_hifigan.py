@@ -152,3 +152,50 @@ def test_chunked_vocoding_matches_one_pass_away_from_the_ends():
     assert g.vocode_chunked(mel[:, :, :0], 16).shape == (1, 0)
     with pytest.raises(ValueError, match="chunk must be"):
         g.vocode_chunked(mel, 0)
+
+
+@pytest.mark.parametrize("config", [
+    SMALL,
+    HiFiGANConfig(initial_channels=16, resblock_kernels=(3, 7), resblock_dilations=((1, 3, 5), (1, 3, 5))),
+    HiFiGANConfig(initial_channels=8, upsample_rates=(5, 3), upsample_kernels=(11, 6), resblock_kernels=(3,),
+                  resblock_dilations=((2,),), cond_channels=6),
+])
+def test_time_major_vocoding_is_the_same_function(config, monkeypatch):
+    """forward_time_major (the bf16 path: every convolution one matrix product per block of rows, a transposed
+    one every output phase at once) computes what forward computes: float32 to rounding, for lengths of one
+    frame up, one block or many (the last padded), odd rates and kernels, conditioning; bf16 to bf16's rounding.
+    `time_major` routes vocode (a batch) through it; a change of weights rebuilds its layout."""
+    from hare.models import hifigan
+
+    torch.manual_seed(0)
+    g = HiFiGAN(config).eval()
+    cond = torch.randn(2, config.cond_channels, 1) if config.cond_channels else None
+    for blocks in (hifigan.ROW_BLOCK_ELEMENTS, 64):  # one block per convolution, then many
+        monkeypatch.setattr(hifigan, "ROW_BLOCK_ELEMENTS", blocks)
+        for frames in (1, 2, 9, 40):
+            mel = torch.randn(2, 80, frames) - 5
+            with torch.no_grad():
+                want = g(mel, cond)[:, 0]
+            got = torch.stack([g.forward_time_major(m, None if cond is None else c)
+                               for m, c in zip(mel, cond if cond is not None else [None, None])])
+            assert got.shape == want.shape and got.dtype == torch.float32
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert g.forward_time_major(torch.zeros(80, 0), cond[0] if cond is not None else None).shape == (0,)
+    if cond is not None:
+        with pytest.raises(ValueError, match="conditioned"):
+            g.forward_time_major(mel[0])
+        return
+    with pytest.raises(ValueError, match="no conditioning"):
+        g.forward_time_major(mel[0], torch.zeros(3, 1))
+    g.time_major = True
+    torch.testing.assert_close(g.vocode(mel), want, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        g.out.bias.add_(0.25)  # new values in place: the time-major layout follows
+        want = g(mel)[:, 0]
+    torch.testing.assert_close(g.vocode(mel), want, atol=1e-5, rtol=1e-4)
+    g.to(torch.bfloat16)
+    got = g.vocode(mel)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="stride-1"):
+        hifigan._RowConv(torch.nn.Conv1d(4, 4, 3, stride=2))

@@ -704,3 +704,55 @@ def test_int8_gpt_block_decode_and_decoding(monkeypatch):
     exact = _decode_tiny(_tiny_gpt())
     assert (one_call - exact).abs().mean() <= 0.02 * float(exact.std())
     assert (one_call - exact).abs().max() <= 0.15 * float(exact.std())
+
+
+needs_row_taps = pytest.mark.skipif(kernels.row_taps() is None, reason="no C++ compiler: no Hare kernels")
+
+
+@needs_row_taps
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frames, c, start, rows, kernel, dilation, padding, slope", [
+    (50, 32, 0, 48, 11, 1, 5, 0.1), (50, 128, 16, 64, 7, 5, 15, None), (3, 8, 0, 16, 3, 3, 3, 0.01),
+    (40, 17, 30, 32, 2, 1, 1, None), (0, 4, 0, 5, 3, 1, 1, 0.1)])
+def test_row_taps_matches_pytorch_bit_for_bit(dtype, frames, c, start, rows, kernel, dilation, padding, slope):
+    """row_taps gathers a block's taps side by side, rows outside the input zero, the leaky ReLU applied as
+    PyTorch applies it (bf16 rounding included): exactly the reference, and nothing written past `rows`."""
+    g = torch.Generator().manual_seed(frames + c)
+    x = (torch.randn(frames, c, generator=g) * 3).to(dtype)
+    if frames:
+        x[0, 0] = float("nan")
+        x[-1, -1] = -0.0
+    out = torch.full((rows + 3, kernel * c), 5.0, dtype=dtype)
+    kernels.row_taps()(x, start, rows, kernel, dilation, padding, slope is not None, slope or 0.0, out)
+    want = kernels.row_taps_reference(x, start, rows, kernel, dilation, padding, slope)
+    torch.testing.assert_close(out[:rows], want, atol=0, rtol=0, equal_nan=True)  # exact, a NaN stays a NaN
+    assert bool((out[rows:] == 5).all())
+
+
+@needs_row_taps
+def test_row_taps_rejects_bad_inputs():
+    op = kernels.row_taps()
+    x = torch.randn(10, 4)
+    with pytest.raises(RuntimeError, match="out must have"):
+        op(x, 0, 4, 3, 1, 1, False, 0.0, torch.empty(4, 12, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="row-contiguous"):
+        op(x, 0, 4, 3, 1, 1, False, 0.0, torch.empty(4, 11))
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        op(x.double(), 0, 4, 3, 1, 1, False, 0.0, torch.empty(4, 12, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(x.t(), 0, 4, 3, 1, 1, False, 0.0, torch.empty(4, 30))
+
+
+def test_time_major_vocoder_with_and_without_the_kernel(monkeypatch):
+    """The bf16 time-major HiFi-GAN gives the same audio through row_taps as through PyTorch's copies."""
+    from hare.models.configs import HiFiGANConfig
+    from hare.models.hifigan import HiFiGAN
+
+    torch.manual_seed(0)
+    g = HiFiGAN(HiFiGANConfig(initial_channels=32, resblock_kernels=(3, 7), resblock_dilations=((1, 3), (1, 5))))
+    g = g.eval().to(torch.bfloat16)
+    g.time_major = True
+    mel = torch.randn(1, 80, 12) - 5
+    with_kernel = g.vocode(mel)
+    monkeypatch.setattr(kernels, "row_taps", lambda: None)
+    torch.testing.assert_close(g.vocode(mel), with_kernel, atol=0, rtol=0)

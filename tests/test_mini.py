@@ -15,7 +15,7 @@ import torch
 import hare
 from hare import audio, checkpoints
 from hare.errors import CheckpointError, ModelNotFoundError, SettingsError
-from hare.pipeline import VOCODER_CHUNK_FRAMES, TextToSpeech, calm_cut
+from hare.pipeline import TextToSpeech, calm_cut
 from hare.voices import VoiceLibrary
 
 from tiny_models import save_models_dir, tiny_mini_models, write_voice
@@ -333,15 +333,15 @@ def test_model_json_cpu_defaults_choose_the_load_options_the_caller_leaves_open(
         tts = hare.load_model(folder)
         assert (tts.quantize, tts.dtype, tts.vocoder_bf16) == ("int8", "bf16", hardware)
         assert tts.vocoder.inp.weight.dtype == (torch.bfloat16 if hardware else torch.float32)
-        assert tts.vocoder.chunk_frames == (VOCODER_CHUNK_FRAMES if hardware else 0)  # one window shape in bf16
+        assert tts.vocoder.time_major == hardware  # matrix products in bf16, no per-shape warm-up
         exact = hare.load_model(folder, dtype="fp32")
-        assert (exact.quantize, exact.dtype, exact.vocoder_bf16, exact.vocoder.chunk_frames) == (None, "fp32",
-                                                                                                 False, 0)
+        assert (exact.quantize, exact.dtype, exact.vocoder_bf16, exact.vocoder.time_major) == (None, "fp32",
+                                                                                                False, False)
     mel = torch.randn(1, 80, 300) - 4
     wav = tts.vocoder.vocode(mel)
-    assert wav.dtype == torch.float32 and wav.shape == exact.vocoder.vocode(mel).shape
-    # bf16 rounding is all that separates it from float32 in the same windows
-    torch.testing.assert_close(wav, exact.vocoder.vocode_chunked(mel, VOCODER_CHUNK_FRAMES), atol=0.05, rtol=0)
+    want = exact.vocoder.vocode(mel)
+    assert wav.dtype == torch.float32 and wav.shape == want.shape
+    torch.testing.assert_close(wav, want, atol=0.05, rtol=0)  # bf16 rounding is all that separates them
     for bad in ({"quantize": "int4"}, {"dtype": "fp8"}, {"threads": 2}):
         (folder / "model.json").write_text(json.dumps({"cpu_defaults": bad}))
         with pytest.raises(CheckpointError, match="cpu_defaults"):

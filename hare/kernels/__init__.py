@@ -17,7 +17,9 @@
   the CPU reports (`panel_linear_variants()`);
 - `panel_linear_int8()`: `torch.ops.hare.panel_pack_int8` / `panel_linear_int8` / `panel_unpack_int8`, the same
   with int8 weights (a scale per output column) and rows quantised on the fly, exact int32 sums (the fast
-  path's GPT, `panel_int8.cpp`); variants AMX-int8, AVX-512-VNNI, AVX2 or portable (`panel_int8_variants()`).
+  path's GPT, `panel_int8.cpp`); variants AMX-int8, AVX-512-VNNI, AVX2 or portable (`panel_int8_variants()`);
+- `row_taps()`: `torch.ops.hare.row_taps`, a convolution's input taps side by side for a block of time-major
+  rows, the leaky ReLU before it fused in (the bf16 time-major HiFi-GAN, `row_taps.cpp`).
 
 Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
 the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
@@ -275,6 +277,31 @@ def _check_gpt_block(g: torch.Generator, int8: bool = False) -> None:
         raise RuntimeError(f"kernel check failed: int8 block, max difference {(got - want).abs().max().item()}")
 
 
+def row_taps_reference(x: torch.Tensor, start: int, rows: int, kernel: int, dilation: int, padding: int,
+                       slope: float | None) -> torch.Tensor:
+    """What `row_taps` writes, in plain PyTorch: (rows, kernel * channels)."""
+    frames, c = x.shape
+    if slope is not None:
+        x = torch.nn.functional.leaky_relu(x, slope)
+    xp = torch.nn.functional.pad(x, (0, 0, padding, max(0, start + rows + dilation * (kernel - 1) - padding - frames)))
+    return torch.cat([xp[start + j * dilation: start + j * dilation + rows] for j in range(kernel)], dim=1)
+
+
+def _check_row_taps() -> None:
+    g = torch.Generator().manual_seed(0)
+    op = torch.ops.hare.row_taps
+    for dtype in (torch.float32, torch.bfloat16):
+        for frames, c, start, rows, kernel, dilation, padding, slope in (
+                (20, 5, 0, 20, 3, 1, 1, 0.1), (9, 16, 4, 16, 7, 3, 9, None), (1, 3, 0, 2, 11, 5, 25, 0.01)):
+            x = torch.randn(frames, c, generator=g).to(dtype)
+            out = torch.full((rows + 2, kernel * c), 7.0, dtype=dtype)
+            op(x, start, rows, kernel, dilation, padding, slope is not None, slope or 0.0, out)
+            want = row_taps_reference(x, start, rows, kernel, dilation, padding, slope)
+            if not torch.equal(out[:rows], want) or not bool((out[rows:] == 7).all()):
+                raise RuntimeError(f"kernel check failed: row_taps {dtype}, max difference "
+                                   f"{(out[:rows].float() - want.float()).abs().max().item()}")
+
+
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
     if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
         diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
@@ -283,7 +310,7 @@ def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
 
 _CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd,
            "group_norm": _check_group_norm, "location_variable_conv": _check_location_variable_conv,
-           "panel_linear": _check_panel_linear, "panel_int8": _check_panel_int8}
+           "panel_linear": _check_panel_linear, "panel_int8": _check_panel_int8, "row_taps": _check_row_taps}
 
 
 def _summary(exc: BaseException) -> str:
@@ -479,6 +506,20 @@ def panel_linear_int8():
     if not enabled() or not _load("panel_int8"):
         return None
     return torch.ops.hare.panel_pack_int8, torch.ops.hare.panel_linear_int8, torch.ops.hare.panel_unpack_int8
+
+
+def row_taps():
+    """`torch.ops.hare.row_taps(x, start, rows, kernel, dilation, padding, leaky, slope, out)`, or None when
+    unavailable.
+
+    x: (frames, channels) contiguous float32 or bfloat16; out: (>= rows, kernel * channels) of x's dtype, rows
+    contiguous. Writes out[r, j * channels + i] = f(x[start + r + j * dilation - padding, i]) for r < rows, zero
+    where that row is outside x; f is the leaky ReLU of `slope` with `leaky`, else nothing
+    (`row_taps_reference`, bit for bit).
+    """
+    if not enabled() or not _load("row_taps"):
+        return None
+    return torch.ops.hare.row_taps
 
 
 def panel_int8_variants() -> list[str]:

@@ -8,3 +8,4 @@
 #include "panel_linear.cpp"
 #include "panel_int8.cpp"
 #include "gpt_block.cpp"
+#include "row_taps.cpp"

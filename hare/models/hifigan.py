@@ -53,6 +53,103 @@ class _Stage(nn.Module):
         return total / len(self.stacks)
 
 
+ROW_BLOCK_ELEMENTS = 1 << 21  # a time-major convolution's gathered taps per matrix product (4 MB in bf16)
+
+
+def _taps_product(x: torch.Tensor, kernel: int, dilation: int, padding: int, out_rows: int,
+                  weight_t: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                  slope: float | None) -> torch.Tensor:
+    """out[t] = bias (+ residual[t]) + concat_j f(x[t + j dilation - padding]) @ weight_t for t < out_rows, rows
+    of x outside it read as zeros, f the leaky ReLU of `slope` (or nothing): x (frames, in) time-major,
+    weight_t (kernel x in, out). Rows go in blocks of one size per weight, whatever the length (the last one
+    padded, a short input's only one too), so that a vocoder meets the same few matrix shapes for every input:
+    oneDNN prepares each new shape on first use (tens of ms), which one warm-up call then pays for all lengths.
+    Each block's taps are gathered side by side into one buffer reused for every block (`hare.kernels.row_taps`,
+    which applies f on the way; PyTorch copies without it), then one product, the residual already in its
+    accumulator."""
+    from hare import kernels
+
+    c = x.shape[1]
+    width = kernel * c
+    rows = max(16, ROW_BLOCK_ELEMENTS // width // 16 * 16)
+    blocks = -(-out_rows // rows)
+    gather = kernels.row_taps() if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) else None
+    x = x.contiguous()
+    if gather is None:
+        if slope is not None:
+            x = F.leaky_relu(x, slope)
+        x = F.pad(x, (0, 0, padding, max(0, blocks * rows + dilation * (kernel - 1) - padding - x.shape[0])))
+    out = x.new_empty(blocks * rows, weight_t.shape[1])
+    if residual is not None:
+        out[:out_rows].copy_(residual)
+        out[out_rows:].zero_()
+        out.add_(bias)
+    buffer = x.new_empty(rows, width)
+    taps = buffer.view(rows, kernel, c)
+    for i in range(blocks):
+        start = i * rows
+        if gather is not None:
+            gather(x, start, rows, kernel, dilation, padding, slope is not None, slope or 0.0, buffer)
+        else:
+            for j in range(kernel):
+                taps[:, j].copy_(x[start + j * dilation: start + j * dilation + rows])
+        if residual is None:
+            torch.addmm(bias, buffer, weight_t, out=out[start: start + rows])
+        else:
+            out[start: start + rows].addmm_(buffer, weight_t)
+    return out[:out_rows]
+
+
+class _RowConv:
+    """A Conv1d over time-major rows: x (time, in) -> (time, out), as `_taps_product` with the weight laid out
+    (kernel x in, out); the leaky ReLU before it (`slope`) and a residual added after it are fused in."""
+
+    def __init__(self, conv: nn.Conv1d):
+        if conv.stride[0] != 1 or conv.groups != 1 or not isinstance(conv.padding[0], int):
+            raise ValueError("only plain stride-1 convolutions with integer padding are supported")
+        w = conv.weight.detach()
+        self.out_channels, self.in_channels, self.kernel = w.shape
+        self.dilation, self.padding = conv.dilation[0], conv.padding[0]
+        self.weight_t = w.permute(2, 1, 0).reshape(self.kernel * self.in_channels, self.out_channels).contiguous()
+        self.bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(self.out_channels)
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                 slope: float | None = None) -> torch.Tensor:
+        out_frames = x.shape[0] + 2 * self.padding - self.dilation * (self.kernel - 1)
+        return _taps_product(x, self.kernel, self.dilation, self.padding, out_frames, self.weight_t, self.bias,
+                             residual, slope)
+
+
+class _RowConvTranspose:
+    """A ConvTranspose1d (stride r, kernel k, padding p) over time-major rows. Output sample m = q r + phase of
+    the uncropped result is the sum over t < J = ceil(k / r) of x[q - t] @ W[:, :, phase + t r]: one product of
+    each row's J neighbours side by side (`_taps_product`, taps x[q - J + 1] .. x[q]) with a (J x in, r x out)
+    weight gives every phase of q at once; the leaky ReLU before it (`slope`) fused in."""
+
+    def __init__(self, conv: nn.ConvTranspose1d):
+        if conv.groups != 1 or conv.dilation[0] != 1 or conv.output_padding[0] != 0:
+            raise ValueError("only plain transposed convolutions are supported")
+        w = conv.weight.detach()  # (in, out, kernel)
+        c_in, self.out_channels, self.kernel = w.shape
+        self.rate, self.padding = conv.stride[0], conv.padding[0]
+        self.taps = -(-self.kernel // self.rate)
+        big = w.new_zeros(self.taps, c_in, self.rate, self.out_channels)
+        for t in range(self.taps):  # gathered tap j reads x[q - (J - 1 - j)]
+            for phase in range(self.rate):
+                if phase + t * self.rate < self.kernel:
+                    big[self.taps - 1 - t, :, phase] = w[:, :, phase + t * self.rate]
+        self.weight_t = big.reshape(self.taps * c_in, self.rate * self.out_channels).contiguous()
+        bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(self.out_channels)
+        self.bias = bias.repeat(self.rate)
+
+    def __call__(self, x: torch.Tensor, slope: float | None = None) -> torch.Tensor:
+        frames, r = x.shape[0], self.rate
+        length = (frames - 1) * r - 2 * self.padding + self.kernel
+        q = ((frames - 1) * r + self.kernel - 1) // r + 1
+        y = _taps_product(x, self.taps, 1, self.taps - 1, q, self.weight_t, self.bias, None, slope)
+        return y.view(q * r, self.out_channels)[self.padding: self.padding + length]
+
+
 class HiFiGAN(nn.Module):
     def __init__(self, config: HiFiGANConfig | None = None):
         super().__init__()
@@ -112,13 +209,64 @@ class HiFiGAN(nn.Module):
     @torch.inference_mode()
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(batch, n_mels, frames) -> (batch, samples) float32; `generator` is unused (no noise input). Computed
-        in the weights' dtype (bf16 where the pipeline converted them); with `chunk_frames` set, in windows of
-        one fixed shape (`vocode_chunked`)."""
+        in the weights' dtype (bf16 where the pipeline converted them); with `time_major` set, as matrix
+        products over time-major rows (`forward_time_major`); else with `chunk_frames` set, in windows of one
+        fixed shape (`vocode_chunked`)."""
+        if self.time_major:
+            return torch.stack([self.forward_time_major(m) for m in mel])
         if self.chunk_frames:
             return self.vocode_chunked(mel, self.chunk_frames)
         return self.forward(mel.to(self.inp.weight.dtype))[:, 0].float()
 
     chunk_frames: int = 0  # 0: one pass over the whole mel
+    time_major: bool = False  # vocode through `forward_time_major`
+
+    @torch.inference_mode()
+    def forward_time_major(self, mel: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` for one item, (n_mels, frames) [, (cond_channels, 1)] -> (samples,) float32, computed
+        time-major: activations are (time, channels) rows and every convolution one matrix product per block of
+        rows over the block's taps side by side (`_RowConv`); a transposed convolution is one product per
+        input row giving all `rate` output phases (`_RowConvTranspose`). In bfloat16 on AMX this runs at the
+        matrix units' speed with no per-shape warm-up: oneDNN's bf16 convolutions compile each new input
+        shape on first use (about 1.5 s for hare-mini's vocoder), so a length never seen before is slow, while
+        its matrix products are not. The same function as `forward` to float rounding (each output is one
+        float32-accumulated sum rounded once to the weights' dtype, as a convolution is)."""
+        if self.cond is None and cond is not None:
+            raise ValueError("this generator takes no conditioning input")
+        if self.cond is not None and cond is None:
+            raise ValueError("this generator is conditioned: pass cond (batch, cond_channels, 1)")
+        if mel.shape[-1] == 0:
+            return mel.new_zeros(0, dtype=torch.float32)
+        ops = self._row_ops()
+        dtype = self.inp.weight.dtype
+        x = ops["inp"](mel.t().to(dtype))
+        if cond is not None:
+            x = x + ops["cond"](cond.reshape(1, -1).to(dtype))
+        for up, stacks in ops["stages"]:
+            x = up(x, slope=SLOPE)
+            total = None
+            for pairs in stacks:
+                h = x
+                for a, b in pairs:
+                    h = b(a(h, slope=SLOPE), residual=h, slope=SLOPE)
+                total = h if total is None else total.add_(h)
+            x = total.div_(len(stacks))
+        return torch.tanh(ops["out"](x, slope=0.01))[:, 0].float()  # F.leaky_relu's default slope, as forward
+
+    def _row_ops(self) -> dict:
+        """The time-major form of every convolution (`forward_time_major`), built once from the current weights
+        and rebuilt when any of them changes (another dtype, device or new values)."""
+        key = tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in self.parameters())
+        cached = getattr(self, "_row_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        ops = {"inp": _RowConv(self.inp), "out": _RowConv(self.out),
+               "cond": _RowConv(self.cond) if self.cond is not None else None,
+               "stages": [(_RowConvTranspose(stage.up),
+                           [[(_RowConv(a), _RowConv(b)) for a, b in zip(s.dilated, s.plain)] for s in stage.stacks])
+                          for stage in self.stages]}
+        self._row_cache = (key, ops)
+        return ops
 
     @torch.inference_mode()
     def vocode_chunked(self, mel: torch.Tensor, chunk: int) -> torch.Tensor:
