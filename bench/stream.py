@@ -1,6 +1,7 @@
 """Tortoise v3's fast path streamed: time to first audio and real-time factor for a 3-sentence paragraph.
 
-    python bench/stream.py [--config fp32 --config int8 --config bf16] [--first 16] [--every 32] [--max-codes 60]
+    python bench/stream.py [--config fp32 --config int8 --config bf16 --config int8-bf16] [--first 16]
+                           [--every 32] [--max-codes 60]
 
 Official-size random weights in the official file layout (bench/.cache/official, hifidecoder.pth included),
 a synthetic two-clip voice, `decoder="hifigan"` (one candidate, no rerank, no diffusion, no vocoder), each
@@ -32,6 +33,7 @@ CONFIGS = {  # name -> load options
     "fp32": {},
     "int8": {"quantize": "int8"},
     "bf16": {"dtype": "bf16"},
+    "int8-bf16": {"quantize": "int8", "dtype": "bf16"},  # on bf16 hardware: the HiFi-GAN decoder in bf16 too
 }
 
 

@@ -180,20 +180,28 @@ class TextToSpeech:
 
     def _vocoder_bf16(self) -> bool:
         """With dtype="bf16" on a CPU with bf16 matrix hardware (`hare.kernels.bf16_matmul`), a HiFi-GAN
-        vocoder's weights go to bfloat16 in place and it runs time-major (`HiFiGAN.forward_time_major`): its
-        convolutions as matrix products on AMX / AVX-512-bf16. oneDNN's bf16 convolutions would compile each
-        new input length on first use (~1.5 s); the time-major products have a few fixed shapes, prepared
-        here on one frame. Elsewhere, and for other vocoders, it stays float32."""
-        from hare import kernels
-        from hare.models.hifigan import SILENCE, HiFiGAN
+        vocoder runs in bfloat16, time-major (`_bf16_time_major`). Elsewhere, and for other vocoders, it stays
+        float32."""
+        from hare.models.hifigan import HiFiGAN
 
-        if self.dtype != "bf16" or self.device.type != "cpu" or not isinstance(self.vocoder, HiFiGAN) \
-                or not kernels.bf16_matmul():
+        return isinstance(self.vocoder, HiFiGAN) and self._bf16_time_major(self.vocoder)
+
+    def _bf16_time_major(self, generator) -> bool:
+        """A HiFi-GAN generator's weights to bfloat16 in place, and it runs time-major
+        (`HiFiGAN.forward_time_major`): its convolutions as matrix products on AMX / AVX-512-bf16. oneDNN's
+        bf16 convolutions would compile each new input length on first use (~1.5 s); the time-major products
+        have a few fixed shapes, prepared here on one frame. Only with dtype="bf16" on a CPU with bf16 matrix
+        hardware (`hare.kernels.bf16_matmul`); False (nothing changed) elsewhere."""
+        from hare import kernels
+        from hare.models.hifigan import SILENCE
+
+        if self.dtype != "bf16" or self.device.type != "cpu" or not kernels.bf16_matmul():
             return False
-        self.vocoder.to(torch.bfloat16)
-        self.vocoder.time_major = True
-        # its matrix shapes are the same for every length: their first (slower) use is made here, on one frame
-        self.vocoder.vocode(torch.full((1, self.vocoder.config.n_mels, 1), SILENCE))
+        if not generator.time_major:
+            generator.to(torch.bfloat16)
+            generator.time_major = True
+            cond = torch.zeros(generator.config.cond_channels, 1) if generator.cond is not None else None
+            generator.forward_time_major(torch.full((generator.config.n_mels, 1), SILENCE), cond)
         return True
 
     def _pack(self) -> bool:
@@ -280,6 +288,7 @@ class TextToSpeech:
         if hc.latent_dim != gc.dim or hc.cond_dim != gc.dim:
             raise CheckpointError(f"the HiFi-GAN decoder reads {hc.latent_dim}-d latents and a {hc.cond_dim}-d "
                                   f"speaker latent, but the GPT's are {gc.dim}-d")
+        self._bf16_time_major(hifi.generator)  # under dtype="bf16" on bf16 hardware, as the vocoder
         return hifi
 
     def output_rate(self, settings: "Settings") -> int:

@@ -166,3 +166,32 @@ def test_single_candidate_skips_the_reranker(voices):
     assert "rerank" not in out.timings
     codes = torch.tensor([[5, 6, 8193, 8193, 8193, 8193]])
     assert fix_candidates(codes).tolist() == [[5, 6, 83, 45, 45, 248]]  # what a lone candidate gets instead
+
+
+def test_pipeline_hifigan_in_bf16_runs_time_major(voices, monkeypatch):
+    """Under dtype="bf16" on a CPU with bf16 matrix hardware the latent decoder's generator runs in bfloat16,
+    time-major (as hare-mini's vocoder): its audio is the float32 decoder's to bf16 rounding, streamed or not;
+    under fp32 it is untouched."""
+    from hare import kernels
+    from hare.pipeline import TextToSpeech
+    from hare.voices import VoiceLibrary
+
+    monkeypatch.setattr(kernels, "bf16_matmul", lambda: True)
+    kw = dict(voice="alice", preset="ultra_fast", seed=4, decoder="hifigan", max_codes=30)
+    exact = tiny_tts(voices, models=_long_talker())
+    want = exact.tts("Hello there.", **kw).audio
+    assert not exact.hifi_decoder().generator.time_major
+    m = _long_talker()
+    tts = TextToSpeech(gpt=m["autoregressive"], clvp=m["clvp2"], diffusion=m["diffusion_decoder"],
+                       vocoder=m["vocoder"], hifi_decoder=m["hifi_decoder"], voices=VoiceLibrary([voices]),
+                       device="cpu", dtype="bf16")
+    generator = tts.hifi_decoder().generator
+    assert generator.time_major and generator.inp.weight.dtype == torch.bfloat16
+    got = tts.tts("Hello there.", **kw).audio
+    streamed = torch.cat([p.audio for p in tts.stream("Hello there.", stream_first_codes=3, stream_every_codes=4,
+                                                      **kw)])
+    assert got.shape == want.shape == streamed.shape and got.dtype == torch.float32
+    rms = want.pow(2).mean().sqrt()
+    for audio in (got, streamed):  # bf16 rounding: a small noise against the signal, no sample far off
+        assert (audio - want).pow(2).mean().sqrt() < 0.05 * rms
+        assert (audio - want).abs().max() < 0.1 * want.abs().max()

@@ -199,3 +199,28 @@ def test_time_major_vocoding_is_the_same_function(config, monkeypatch):
     torch.testing.assert_close(got, want, atol=0.03, rtol=0)
     with pytest.raises(ValueError, match="stride-1"):
         hifigan._RowConv(torch.nn.Conv1d(4, 4, 3, stride=2))
+
+
+def test_forward_takes_the_time_major_path_for_inference_only():
+    """With `time_major` set, forward (what the HiFi-GAN latent decoder calls, its conditioning broadcast over the
+    batch) goes time-major without gradients and stays the module's own graph with them (training)."""
+    torch.manual_seed(0)
+    g = HiFiGAN(HiFiGANConfig(initial_channels=8, upsample_rates=(4, 4), upsample_kernels=(8, 8),
+                              resblock_kernels=(3,), resblock_dilations=((1, 3),), cond_channels=5)).eval()
+    mel, cond = torch.randn(3, 80, 7) - 5, torch.randn(1, 5, 1)
+    with torch.no_grad():
+        want = g(mel, cond)
+    g.time_major = True
+    calls = []
+    real = g.forward_time_major
+    g.forward_time_major = lambda m, c=None: calls.append(1) or real(m, c)
+    with torch.no_grad():
+        got = g(mel, cond)
+    assert len(calls) == 3 and got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="2 rows for 3"):
+        with torch.no_grad():
+            g(mel, cond.expand(2, -1, -1))
+    calls.clear()
+    g(mel, cond).sum().backward()  # gradients: the plain graph
+    assert not calls and g.inp.weight.grad is not None

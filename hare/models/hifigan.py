@@ -194,7 +194,14 @@ class HiFiGAN(nn.Module):
     def forward(self, mel: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, n_mels, frames) natural-log magnitude mel -> (batch, 1, frames * 256) audio in [-1, 1].
 
-        cond: (batch, cond_channels, 1), required when the config has `cond_channels`, refused otherwise."""
+        cond: (batch, cond_channels, 1), required when the config has `cond_channels`, refused otherwise.
+        With `time_major` set and no gradient asked for, each item goes through `forward_time_major`."""
+        if self.time_major and not torch.is_grad_enabled():
+            if cond is not None and cond.shape[0] not in (1, len(mel)):
+                raise ValueError(f"cond has {cond.shape[0]} rows for {len(mel)} mels")
+            conds = [None] * len(mel) if cond is None else cond.expand(len(mel), -1, -1)
+            items = [self.forward_time_major(m, c) for m, c in zip(mel, conds)]
+            return torch.stack(items)[:, None].to(self.inp.weight.dtype)
         x = self.inp(mel)
         if self.cond is not None:
             if cond is None:
@@ -213,7 +220,7 @@ class HiFiGAN(nn.Module):
         products over time-major rows (`forward_time_major`); else with `chunk_frames` set, in windows of one
         fixed shape (`vocode_chunked`)."""
         if self.time_major:
-            return torch.stack([self.forward_time_major(m) for m in mel])
+            return torch.stack([self.forward_time_major(m) for m in mel])  # float32, unrounded
         if self.chunk_frames:
             return self.vocode_chunked(mel, self.chunk_frames)
         return self.forward(mel.to(self.inp.weight.dtype))[:, 0].float()
@@ -227,14 +234,14 @@ class HiFiGAN(nn.Module):
         time-major: activations are (time, channels) rows and every convolution one matrix product per block of
         rows over the block's taps side by side (`_RowConv`); a transposed convolution is one product per
         input row giving all `rate` output phases (`_RowConvTranspose`). In bfloat16 on AMX this runs at the
-        matrix units' speed with no per-shape warm-up: oneDNN's bf16 convolutions compile each new input
-        shape on first use (about 1.5 s for hare-mini's vocoder), so a length never seen before is slow, while
-        its matrix products are not. The same function as `forward` to float rounding (each output is one
-        float32-accumulated sum rounded once to the weights' dtype, as a convolution is)."""
+        matrix units' speed for any length: oneDNN's bf16 convolutions compile each new input shape on first
+        use (about 1.5 s for hare-mini's vocoder), while these products have a few shapes, the same for every
+        length (the first call prepares them). The same function as `forward` to float rounding (float32
+        sums, rounded to the weights' dtype as a convolution's are)."""
         if self.cond is None and cond is not None:
             raise ValueError("this generator takes no conditioning input")
         if self.cond is not None and cond is None:
-            raise ValueError("this generator is conditioned: pass cond (batch, cond_channels, 1)")
+            raise ValueError("this generator is conditioned: pass cond (cond_channels, 1)")
         if mel.shape[-1] == 0:
             return mel.new_zeros(0, dtype=torch.float32)
         ops = self._row_ops()
