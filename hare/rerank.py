@@ -260,14 +260,20 @@ class LetterScorer:
 
 class SpellerScorer(LetterScorer):
     """The speller network's letter score: each candidate read to its own end (`Layout.spoken`), as it was
-    trained."""
+    trained; under autocast to `dtype` when given (bf16 on a CPU's matrix units)."""
 
-    def __init__(self, speller, tokenizer):
+    def __init__(self, speller, tokenizer, dtype: torch.dtype | None = None):
         super().__init__(tokenizer)
         self.speller = speller
+        self.dtype = dtype
 
     def read(self, letters, candidates):
-        return self.speller.score(letters, candidates.layout.spoken(candidates.sampled))
+        spoken = candidates.layout.spoken(candidates.sampled)
+        if self.dtype is None:
+            return self.speller.score(letters, spoken)
+        device = next(self.speller.parameters()).device.type
+        with torch.autocast(device, dtype=self.dtype):
+            return self.speller.score(letters, spoken).float()
 
 
 class ClvpLetterScorer(LetterScorer):

@@ -192,6 +192,34 @@ def test_blend_ranks_a_ruled_out_candidate_last_without_swamping_the_spread():
 
 
 # --------------------------------------------------------------------------------------------------
+def test_speller_reads_in_bf16_only_beside_an_int8_clvp_on_bf16_hardware(mini_models, tmp_path, monkeypatch):
+    """The speller runs under bf16 autocast where the rerank stage is float32 only because of int8 weights:
+    dtype="bf16" with quantize="int8" on a CPU with bf16 matrix hardware; its scores are float32's to bf16
+    rounding. Elsewhere it reads in the stage's own precision (no dtype of its own)."""
+    from hare import kernels
+    from hare.models.configs import SpellerConfig
+
+    torch.manual_seed(0)
+    speller = checkpoints.build("speller", SpellerConfig(speech_vocab=64, dim=32, depth=1, heads=1, ff_mult=2))
+    folder = save_models_dir(mini_models, tmp_path / "m")
+    write_voice(folder / "voices" / "default")
+    checkpoints.save(speller, "speller", speller.config, folder / "speller")
+    settings = make_settings("ultra_fast", ctc_weight=1.0, k=3)
+    for hardware, quantize, dtype, want in ((True, "int8", "bf16", torch.bfloat16), (False, "int8", "bf16", None),
+                                            (True, None, "bf16", None), (True, "int8", "fp32", None)):
+        monkeypatch.setattr(kernels, "bf16_matmul", lambda: hardware)
+        tts = hare.load_model(folder, quantize=quantize, dtype=dtype)
+        scorer = tts.reranker(settings).parts[0][1]
+        assert isinstance(scorer, R.SpellerScorer) and scorer.dtype == want, (hardware, quantize, dtype)
+    cands = _letter_candidates(tts.gpt.config, tts.tokenizer)
+    letters = R.text_letters(tts.tokenizer, cands.text[0])
+    with torch.no_grad():
+        exact = R.SpellerScorer(tts.speller(), tts.tokenizer).read(letters, cands)
+        rounded = R.SpellerScorer(tts.speller(), tts.tokenizer, torch.bfloat16).read(letters, cands)
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)
+    torch.testing.assert_close(rounded, exact, atol=0.05, rtol=0.02)
+
+
 # The real scorers on tiny networks
 
 
