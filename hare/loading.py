@@ -124,9 +124,9 @@ def load_model(name_or_dir: str | os.PathLike = "hare-mini", *, models_dir: str 
     BLAS is slow. `quantize="int8"` (CPU): int8 weights for the GPT, the CLVP and (when packed) the diffusion
     decoder, the fast path (`"none"`: float weights); `dtype`: "fp32" (exact), "bf16" or "fp16" for the AR,
     rerank and latent stages (on a CPU with `quantize="int8"`, "bf16" is the GPT's KV cache: the int8 kernels
-    read float32; and on a CPU with bf16 matrix hardware a HiFi-GAN vocoder runs in bf16 too). Where neither
-    is named, a model's `model.json` may choose them for CPUs (`cpu_defaults`; hare-mini: int8 and bf16);
-    name `dtype="fp32"` (or `quantize="none"`) for float32 weights and arithmetic throughout.
+    read float32; and on a CPU with bf16 matrix hardware the HiFi-GAN generators and the speller run in bf16
+    too). Where neither is named, a model's `model.json` may choose them for CPUs (`cpu_defaults`; hare-mini:
+    int8 and bf16); name `dtype="fp32"` (or `quantize="none"`) for float32 weights and arithmetic throughout.
     """
     from tqdm.auto import tqdm
 
