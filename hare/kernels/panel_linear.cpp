@@ -20,7 +20,8 @@
 //   faster than this kernel).
 //
 // Variants, picked at run time from what the CPU reports (or named, for the tests):
-//   "avx512": intrinsics on 16-float registers, tiles of up to 8 rows x 3 panels (24 accumulators);
+//   "avx512": intrinsics on 16-float registers, tiles of up to 8 rows x 3 panels (24 accumulators), and over 9
+//             to 16 rows one tile of 16 rows x 1 panel (each weight line used by every row as it arrives);
 //   "avx2":   intrinsics on 8-float registers (AVX2 + FMA), tiles of up to 6 rows x 1 panel (12 accumulators);
 //   "generic": GCC/Clang vector extensions (any CPU, NEON included), up to 6 rows x 1 panel.
 // All compute each output's sum in the same order (k ascending, from the bias), so they agree to the rounding
@@ -153,6 +154,15 @@ struct Avx512Tile {
 };
 constexpr int kAvx512Rows = 8;
 using Avx512Tables = Tables<TileFn, Avx512Tile, kAvx512Rows, 3>;
+
+// 9 to 16 rows (the decode step's candidates) as one tile of one panel: every weight line read once and used by
+// every row at once (16 accumulators), so the memory stream and the arithmetic overlap, where two passes of 8
+// rows x 3 panels would stream the weights in the first and only compute in the second.
+template <size_t... I>
+constexpr std::array<TileFn, sizeof...(I)> single_panel_tiles(std::index_sequence<I...>) {
+  return {&Avx512Tile<static_cast<int>(I) + 1, 1, true>::run...};
+}
+constexpr std::array<TileFn, 16> kAvx512SinglePanel = single_panel_tiles(std::make_index_sequence<16>{});
 
 // -- AVX2 + FMA: two 8-float registers per row of one panel; 6 rows = 12 accumulators of 16 registers (where
 // the library is built for an AVX-512 CPU, the compiler may still encode these 8-wide operations with AVX-512's
@@ -581,13 +591,19 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
   if (fused.eps >= 0.0) row_moments(x.data_ptr<float>(), lda, m, k_size, fused.eps, norm);
   transpose_rows(x.data_ptr<float>(), lda, m, k_size, XT, norm);
   const float* const PW = panels.data_ptr<float>();
-  const int64_t pass = v.max_rows;
+#if HARE_X86
+  const bool single_panel = std::string(v.name) == "avx512" && m > v.max_rows && m <= 16;
+#else
+  const bool single_panel = false;
+#endif
+  const int64_t pass = single_panel ? 16 : v.max_rows;
+  const int64_t max_panels = single_panel ? 1 : v.max_panels;
   // Over at most one tile's rows: the whole of K per tile, the sums never leave the registers. Otherwise K in
   // slices whose tile of panels fits L1 (24 KB) next to the rows' slices, so that the row tiles after the first
   // read the weights from L1: with up to 32 rows each thread finishes its panels one tile at a time (its weight
   // reads stay sequential, every weight read from memory once); with more, in blocks of 64 rows whose
   // transposed slices stay in L2 while every panel passes (GotoBLAS's order).
-  const int64_t kc_block = m <= pass ? k_size : std::min<int64_t>(k_size, 384 / v.max_panels);
+  const int64_t kc_block = m <= pass ? k_size : std::min<int64_t>(k_size, 384 / max_panels);
   // at least ~256 KB of weights per thread: smaller products run on the calling thread alone
   const int64_t grain = std::max<int64_t>(1, (256 << 10) / (k_size * kPanel * 4));
   at::parallel_for(0, n_panels, grain, [&](int64_t p0, int64_t p1) {
@@ -597,14 +613,19 @@ at::Tensor panel_linear_fused(const at::Tensor& x, const at::Tensor& panels, con
       const bool first = k0 == 0, last = k0 + kc == k_size;
       row_tiles(Y, n, m, p, np, g, pass, first, tmp, [&](float* c, int64_t ldc, int64_t s, int mr, int64_t cols) {
         // the first tile over these weights prefetches them (they come from memory); the others find them cached
+#if HARE_X86
+        const TileFn tile = single_panel ? kAvx512SinglePanel[mr - 1]
+                                         : v.tile(mr, static_cast<int>(np), prefetch && s == 0);
+#else
         const TileFn tile = v.tile(mr, static_cast<int>(np), prefetch && s == 0);
+#endif
         tile(XT + (g * k_size + k0) * 16 + s, PW + (p * k_size + k0) * kPanel, k_size * kPanel, kc, c, ldc,
              first ? BP + kPanel * p : nullptr);
         if (last && gelu_tanh) gelu_tanh_rows(c, ldc, mr, np * kPanel);
         if (last && R) add_residual_rows(c, ldc, mr, cols, R + (16 * g + s) * ldr + kPanel * p, ldr);
       });
     };
-    walk_tiles(p0, p1, v.max_panels, k_size, kc_block, m, groups, tiles);
+    walk_tiles(p0, p1, max_panels, k_size, kc_block, m, groups, tiles);
   });
   return out;
 }
