@@ -192,10 +192,9 @@ class TextToSpeech:
         bf16 convolutions would compile each new input length on first use (~1.5 s); the time-major products
         have a few fixed shapes, prepared here on one frame. Only with dtype="bf16" on a CPU with bf16 matrix
         hardware (`hare.kernels.bf16_matmul`); False (nothing changed) elsewhere."""
-        from hare import kernels
         from hare.models.hifigan import SILENCE
 
-        if self.dtype != "bf16" or self.device.type != "cpu" or not kernels.bf16_matmul():
+        if not self._cpu_bf16():
             return False
         if not generator.time_major:
             generator.to(torch.bfloat16)
@@ -514,11 +513,14 @@ class TextToSpeech:
         are int8 (`_autocast`): dtype="bf16" with int8 weights on a CPU with bf16 matrix hardware (hare-mini's
         default there: its scores within ~0.01 of float32's per letter, ~40 % faster); else None (the stage's
         own precision)."""
+        return torch.bfloat16 if self.quantize == "int8" and self._cpu_bf16() else None
+
+    def _cpu_bf16(self) -> bool:
+        """dtype="bf16" on a CPU with bf16 matrix hardware (`hare.kernels.bf16_matmul`): where the bf16 paths
+        that need those units are taken (the time-major HiFi-GAN generators, the speller beside int8 weights)."""
         from hare import kernels
 
-        if self.dtype == "bf16" and self.quantize == "int8" and self.device.type == "cpu" and kernels.bf16_matmul():
-            return torch.bfloat16
-        return None
+        return self.dtype == "bf16" and self.device.type == "cpu" and kernels.bf16_matmul()
 
     @torch.inference_mode()
     def rerank(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,

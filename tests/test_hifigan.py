@@ -129,31 +129,6 @@ def test_bundled_vocoder_resynthesises_speech(tmp_path):
     assert (again - mel)[loud].abs().mean() < 0.5
 
 
-def test_chunked_vocoding_matches_one_pass_away_from_the_ends():
-    """vocode_chunked: windows of one shape, each keeping its middle `chunk` frames, give what one pass over the
-    whole mel gives (float rounding) except within context_frames() of the ends; every window has one shape;
-    `chunk_frames` routes `vocode` through it; the output has the whole mel's length."""
-    torch.manual_seed(0)
-    g = HiFiGAN(HiFiGANConfig(initial_channels=16, resblock_kernels=(3,), resblock_dilations=((1, 3),))).eval()
-    mel = torch.randn(1, 80, 50) - 5
-    whole = g.vocode(mel)
-    c, hop = g.context_frames(), g.hop_length
-    shapes = []
-    g.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
-    for chunk in (7, 16, 50):
-        shapes.clear()
-        got = g.vocode_chunked(mel, chunk)
-        assert got.shape == whole.shape and got.dtype == torch.float32
-        assert set(shapes) == {(1, 80, chunk + 2 * c)} and len(shapes) == -(-50 // chunk)
-        torch.testing.assert_close(got[:, c * hop: (50 - c) * hop], whole[:, c * hop: (50 - c) * hop],
-                                   atol=1e-5, rtol=1e-4)
-    g.chunk_frames = 16
-    torch.testing.assert_close(g.vocode(mel), g.vocode_chunked(mel, 16))
-    assert g.vocode_chunked(mel[:, :, :0], 16).shape == (1, 0)
-    with pytest.raises(ValueError, match="chunk must be"):
-        g.vocode_chunked(mel, 0)
-
-
 @pytest.mark.parametrize("config", [
     SMALL,
     HiFiGANConfig(initial_channels=16, resblock_kernels=(3, 7), resblock_dilations=((1, 3, 5), (1, 3, 5))),

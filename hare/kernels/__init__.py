@@ -34,6 +34,7 @@ PyTorch's kernels: the same results to float rounding, slower (the reason is log
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -78,8 +79,10 @@ def compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_identity() -> str:
-    """What -march=native depends on: the architecture and, on Linux, the CPU model and feature flags."""
+    """What -march=native depends on: the architecture and, on Linux, the CPU model and feature flags (read
+    once per process: `bf16_matmul` asks for every synthesis)."""
     parts = [platform.machine()]
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

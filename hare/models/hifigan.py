@@ -217,15 +217,11 @@ class HiFiGAN(nn.Module):
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(batch, n_mels, frames) -> (batch, samples) float32; `generator` is unused (no noise input). Computed
         in the weights' dtype (bf16 where the pipeline converted them); with `time_major` set, as matrix
-        products over time-major rows (`forward_time_major`); else with `chunk_frames` set, in windows of one
-        fixed shape (`vocode_chunked`)."""
+        products over time-major rows (`forward_time_major`)."""
         if self.time_major:
             return torch.stack([self.forward_time_major(m) for m in mel])  # float32, unrounded
-        if self.chunk_frames:
-            return self.vocode_chunked(mel, self.chunk_frames)
         return self.forward(mel.to(self.inp.weight.dtype))[:, 0].float()
 
-    chunk_frames: int = 0  # 0: one pass over the whole mel
     time_major: bool = False  # vocode through `forward_time_major`
 
     @torch.inference_mode()
@@ -274,25 +270,3 @@ class HiFiGAN(nn.Module):
                           for stage in self.stages]}
         self._row_cache = (key, ops)
         return ops
-
-    @torch.inference_mode()
-    def vocode_chunked(self, mel: torch.Tensor, chunk: int) -> torch.Tensor:
-        """`vocode` in windows of one shape: `chunk` frames kept from each window of chunk + 2 x
-        `context_frames()` (the receptive field's half-width each side), the mel padded with silence (log 1e-5)
-        to whole windows. oneDNN's bf16 convolutions pay a first call per input shape (on an AMX Xeon about
-        1 s for 300 frames, more than the call itself), so one shape for every length keeps bf16 fast. Within
-        float rounding of a whole-mel pass, except within `context_frames()` of the ends (the silence padding
-        instead of each layer's zeros)."""
-        if chunk < 1:
-            raise ValueError(f"chunk must be at least 1 frame (got {chunk})")
-        b, bands, frames = mel.shape
-        if frames == 0:
-            return mel.new_zeros(b, 0, dtype=torch.float32)
-        c = self.context_frames()
-        windows = -(-frames // chunk)
-        padded = F.pad(mel.to(self.inp.weight.dtype), (c, windows * chunk - frames + c), value=SILENCE)
-        hop, out = self.hop_length, []
-        for i in range(windows):
-            wav = self(padded[:, :, i * chunk: i * chunk + chunk + 2 * c])[:, 0]
-            out.append(wav[:, c * hop: (c + chunk) * hop].float())
-        return torch.cat(out, dim=1)[:, : frames * hop]
