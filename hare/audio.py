@@ -528,6 +528,49 @@ def warp_mel_source_filter(mel: torch.Tensor, pitch_factor: float, formant_facto
             + warp_mel_frequencies(mel - envelope, pitch_factor, fmt))
 
 
+VOICE_WARP_RANGE = (0.8, 1.35)  # the frequency-warp factors `estimate_voice_warp` chooses among (its grid's ends)
+VOICE_WARP_STEPS = 23  # grid points, evenly spaced in log factor
+VOICE_WARP_BAND = (250.0, 5000.0)  # Hz: the formants' region, where the shapes are compared
+VOICE_WARP_DEAD_ZONE = 1.03  # a factor within 3 % of 1 is taken as 1 (the same voice read from other clips)
+
+
+def _formant_shape(means: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Band means (n_mels,) within the formant band, less their best straight line over the bands: the
+    long-term spectrum's shape without its level or tilt (a microphone's, a channel's, a loudness's)."""
+    v = means.float()[keep]
+    x = torch.arange(len(means), dtype=torch.float32, device=v.device)[keep]
+    design = torch.stack([x, torch.ones_like(x)], 1)
+    coef = torch.linalg.lstsq(design, v[:, None]).solution
+    return v - (design @ coef)[:, 0]
+
+
+def estimate_voice_warp(source: torch.Tensor, target: torch.Tensor, fmt: MelFormat,
+                        factor_range: tuple[float, float] = VOICE_WARP_RANGE, steps: int = VOICE_WARP_STEPS,
+                        dead_zone: float = VOICE_WARP_DEAD_ZONE) -> float:
+    """The frequency-warp factor (`warp_mel_frequencies`) that makes the voice whose long-term band means are
+    `source` (n_mels,; `mel_band_means`) sound nearest the voice of `target`: a longer or shorter vocal tract
+    moves every formant by about one factor, which one gain per band (`match_mel_means`) cannot do. The factor
+    on a grid over `factor_range` (log-spaced) whose warp of `source` has the shape nearest (least squares)
+    the target's, shapes compared between 250 Hz and 5 kHz without level or tilt (`_formant_shape`); a factor
+    within `dead_zone` of 1 is 1. -> the factor."""
+    lo, hi = factor_range
+    if not 0 < lo <= 1 <= hi or steps < 2:
+        raise ValueError(f"factor_range must be positive and hold 1.0, steps >= 2 (got {factor_range}, {steps})")
+    if source.shape != target.shape or source.shape[-1] != fmt.n_mels:
+        raise ValueError(f"expected two ({fmt.n_mels},) band means, got {tuple(source.shape)} and {tuple(target.shape)}")
+    mels = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmt.fmax)), fmt.n_mels + 2)
+    centres = _slaney_mel_to_hz(mels[1:-1])
+    keep = torch.from_numpy((centres >= VOICE_WARP_BAND[0]) & (centres <= VOICE_WARP_BAND[1])).to(source.device)
+    goal = _formant_shape(target.to(source.device), keep)
+    best, best_err = 1.0, float("inf")
+    for factor in np.geomspace(lo, hi, steps):
+        warped = warp_mel_frequencies(source.float()[:, None], float(factor), fmt)[:, 0]
+        err = float((_formant_shape(warped, keep) - goal).pow(2).sum())
+        if err < best_err:
+            best, best_err = float(factor), err
+    return 1.0 if max(best, 1 / best) < dead_zone else best
+
+
 SPEECH_FRAME_RANGE = 4.0  # nats of log mel: a frame counts as speech within this of its clip's loud frames
 SPEECH_FRAME_LOUD = 0.98  # quantile of the frames' log energy that stands for "loud": a click is not the speech
 

@@ -325,9 +325,11 @@ def _add_eval_command(sub) -> None:
     e.add_argument("--limit", type=_positive_int, help="only the first N sentences")
     e.add_argument("--seed", type=int, default=0, help="seed of the first sentence (the next ones add 1)")
     settings.add_options(e, ["num_candidates", "sampler", "diffusion_steps", "diffusion_start", "voice_match",
-                             "listen_candidates"],
+                             "voice_warp", "listen_candidates"],
                          {"voice_match": "the equaliser towards each voice's clips, 0 to 1 (default: the model's "
                                          "model.json)",
+                          "voice_warp": "the frequency warp towards each voice's clips, 0 to 1 (default: the "
+                                        "model's model.json)",
                           "listen_candidates": "the listener's pick among the reranker's best N (default: the "
                                                "model's model.json; 0: off)"})
     _add_precision_options(e)
@@ -352,13 +354,13 @@ def cmd_eval(args) -> int:
                               quantize=args.quantize, dtype=args.dtype)
         # the speed options in the row's system name, so that a table of several runs tells them apart
     overrides = overrides_from(args)
-    sampler, steps, start, match, listen = (overrides.get(k) for k in ("sampler", "diffusion_steps",
-                                                                        "diffusion_start", "voice_match",
-                                                                        "listen_candidates"))
+    sampler, steps, start, match, warp, listen = (overrides.get(k) for k in (
+        "sampler", "diffusion_steps", "diffusion_start", "voice_match", "voice_warp", "listen_candidates"))
     if tts is not None:
         options = [f"{sampler or 'ddpm'}/{steps}" if steps else sampler, None if start is None else f"start {start:g}",
                    tts.quantize, tts.dtype if tts.dtype != "fp32" else None,
-                   None if match is None else f"match {match:g}", None if listen is None else f"listen {listen}"]
+                   None if match is None else f"match {match:g}",
+                   None if warp is None else f"warp {warp:g}", None if listen is None else f"listen {listen}"]
         name = " ".join([name] + [o for o in options if o])
     rows = evaluate.evaluate(suite, tts, model_name=name or "model", presets=presets, voices=args.voice or None,
                              asr=asr, similarity=not args.no_similarity, seed=args.seed, limit=args.limit,
@@ -374,7 +376,8 @@ def cmd_eval(args) -> int:
                                                      "asr": asr, "seed": args.seed, "limit": args.limit,
                                                      "sampler": sampler, "steps": steps, "diffusion_start": start,
                                                      "quantize": tts.quantize if tts else None,
-                                                     "dtype": tts.dtype if tts else None, "voice_match": match})
+                                                     "dtype": tts.dtype if tts else None, "voice_match": match,
+                                                     "voice_warp": warp})
     return 0
 
 

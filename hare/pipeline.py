@@ -384,6 +384,24 @@ class TextToSpeech:
         mean = torch.stack(means).mean(0) if len(means) == len(voices) else None
         return VoiceConditioning(ar, diff, torch.cat(mels) if mels else None, mean)
 
+    def voice_warp_factor(self, mel_mean: torch.Tensor) -> float:
+        """The frequency warp (`voice_warp`) from the model's own voice, its default voice's long-term spectrum,
+        to a voice whose clips' band means are `mel_mean` (`audio.estimate_voice_warp`): 1.0 for the default
+        voice itself, and for a model without a default voice with clips."""
+        from hare import audio
+
+        native = getattr(self, "_native_mel_mean", False)
+        if native is False:
+            native = None
+            if self.default_voice is not None and self.default_voice in self.voices.names():
+                native = self.voice_latents(self.default_voice).mel_mean
+            if native is None:
+                log.warning("voice_warp skipped: the model has no default voice with clips to warp from")
+            self._native_mel_mean = native
+        if native is None:
+            return 1.0
+        return audio.estimate_voice_warp(native.to(mel_mean), mel_mean, self.mel_format)
+
     # -- synthesis ------------------------------------------------------------------------------------
     def tts(self, text: str, voice: str | None = None, preset: str = "fast", *, seed: int | None = None,
             progress: bool = False, **overrides) -> Speech:
@@ -588,6 +606,10 @@ class TextToSpeech:
                 mel = self.diffuse(decoder_input, settings, generator, progress, desc)
                 _return_freed_memory(dev)
             mel = audio.denormalize_mel(mel)
+            if settings.voice_warp > 0 and cond.mel_mean is not None:
+                factor = self.voice_warp_factor(cond.mel_mean) ** settings.voice_warp
+                if factor != 1.0:
+                    mel = audio.warp_mel_frequencies(mel, factor, self.mel_format)
             if settings.voice_match > 0 and cond.mel_mean is not None:
                 mel = audio.match_mel_means(mel, cond.mel_mean.to(mel.device), settings.voice_match)
             with timer("vocoder"):

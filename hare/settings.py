@@ -130,6 +130,13 @@ class Settings:
     voice_match: float = knob(0.0, "equalise the output towards the voice clips' long-term spectrum, 0 to 1 "
                                    "(default 0, the reference's; a model.json may set it)", range=UNIT,
                               flag="--voice-match")
+    # zero-shot voice matching by frequency warp (a Hare extension), before the equaliser: the decoded mel's
+    # frequencies scaled by the factor that brings the model's own voice (its default voice's clips) nearest the
+    # voice clips' long-term spectral shape (`audio.estimate_voice_warp`: a vocal tract's length moves every
+    # formant by one factor; pitch moves with it), raised to this power. 0 (the reference's behaviour): off.
+    voice_warp: float = knob(0.0, "warp the output's formants and pitch towards the voice clips' (from the "
+                                  "model's default voice), 0 to 1 (default 0; a model.json may set it)",
+                             range=UNIT, flag="--voice-warp")
     k: int = knob(1, "candidates returned (the best k by reranking score)", range=POSITIVE)
     # "diffusion" (the reference's v2 path) or "hifigan" (api_fast: the GPT's latents -> HiFi-GAN latent
     # decoder -> audio; no diffusion, no vocoder; with it the presets sample one candidate, as api_fast)

@@ -420,3 +420,29 @@ def test_conditioning_windows():
     exact = torch.from_numpy(_tone(seconds=10.0))  # longer than the window: the first 102400 samples at 24 kHz
     wav24 = audio.resample_sinc(exact, 22050, 24000)[: audio.DIFFUSION_CLIP_SAMPLES]
     assert torch.equal(audio.diffusion_conditioning_mel(exact), audio.vocoder_mel(wav24))
+
+
+def test_voice_warp_estimate_finds_the_vocal_tract_factor():
+    """Band means of a warped voice, with another level and tilt (a channel), give back the warp's factor
+    (within one grid step); the same voice gives 1.0 exactly, a small factor falls in the dead zone."""
+    fmt = audio.mel_format("hifigan")
+    vowels = [_voiced(f0, formant) for f0, formant in ((110, 500), (120, 900), (100, 1600), (115, 2400))]
+    mel = audio.hifigan_mel(torch.from_numpy(np.concatenate(vowels)))
+    source = audio.mel_band_means([mel])
+    assert audio.estimate_voice_warp(source, source, fmt) == 1.0
+    channel = 0.7 - 0.01 * torch.arange(fmt.n_mels, dtype=torch.float32)
+    grid = np.geomspace(*audio.VOICE_WARP_RANGE, audio.VOICE_WARP_STEPS)
+    step = grid[1] / grid[0]
+    for factor in (1.2, 0.85, 1.3):
+        target = audio.mel_band_means([audio.warp_mel_frequencies(mel, factor, fmt)]) + channel
+        got = audio.estimate_voice_warp(source, target, fmt)
+        assert max(got / factor, factor / got) <= step * 1.001, (factor, got)
+        back = audio.estimate_voice_warp(target, source, fmt)  # the way back, clamped to the range
+        want = min(max(1 / factor, audio.VOICE_WARP_RANGE[0]), audio.VOICE_WARP_RANGE[1])
+        assert max(back / want, want / back) <= step * 1.001, (factor, back)
+    near = audio.mel_band_means([audio.warp_mel_frequencies(mel, 1.015, fmt)])
+    assert audio.estimate_voice_warp(source, near, fmt) == 1.0  # within the dead zone
+    with pytest.raises(ValueError, match="bands|band means"):
+        audio.estimate_voice_warp(source, source[:40], fmt)
+    with pytest.raises(ValueError, match="factor_range"):
+        audio.estimate_voice_warp(source, source, fmt, factor_range=(1.1, 1.3))

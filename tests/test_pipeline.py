@@ -124,6 +124,39 @@ def test_voice_match_equalises_the_decoded_mel_to_the_voice(tts, tmp_path, monke
         tts.tts("Hi.", voice="alice", voice_match=1.5)
 
 
+def test_voice_warp_warps_the_decoded_mel_from_the_default_voice(tts, monkeypatch, caplog):
+    """voice_warp=1 hands the vocoder the plain mel warped by the factor estimated from the default voice's
+    band means to the voice's (`voice_warp_factor`); the default voice itself is not warped; a model without a
+    default voice with clips skips it, saying so."""
+    from hare import audio
+
+    seen = []
+    real = tts.vocoder.vocode
+    monkeypatch.setattr(tts.vocoder, "vocode", lambda mel, **k: seen.append(mel.clone()) or real(mel, **k))
+    tts.default_voice = "bob"
+    alice = tts.voice_latents("alice").mel_mean
+    factor = tts.voice_warp_factor(alice)
+    assert factor == audio.estimate_voice_warp(tts.voice_latents("bob").mel_mean, alice, tts.mel_format)
+    assert factor != 1.0  # a 180 Hz voice against a 120 Hz one
+    assert tts.voice_warp_factor(tts.voice_latents("bob").mel_mean) == 1.0
+    tts.tts("Warp me.", voice="alice", preset="ultra_fast", seed=3, **SHRINK)
+    tts.tts("Warp me.", voice="alice", preset="ultra_fast", seed=3, voice_warp=1.0, **SHRINK)
+    tts.tts("Warp me.", voice="alice", preset="ultra_fast", seed=3, voice_warp=0.5, **SHRINK)
+    torch.testing.assert_close(seen[1], audio.warp_mel_frequencies(seen[0], factor, tts.mel_format))
+    torch.testing.assert_close(seen[2], audio.warp_mel_frequencies(seen[0], factor ** 0.5, tts.mel_format))
+    seen.clear()
+    tts.tts("Warp me.", voice="bob", preset="ultra_fast", seed=3, **SHRINK)
+    tts.tts("Warp me.", voice="bob", preset="ultra_fast", seed=3, voice_warp=1.0, **SHRINK)
+    assert torch.equal(seen[0], seen[1])
+
+    tts.default_voice, tts._native_mel_mean = "random", False
+    with caplog.at_level("WARNING", logger="hare.pipeline"):
+        assert tts.voice_warp_factor(alice) == 1.0
+    assert "voice_warp skipped" in caplog.text
+    with pytest.raises(SettingsError, match="voice_warp"):
+        tts.tts("Hi.", voice="alice", voice_warp=-0.1)
+
+
 def test_latent_cache_entries_of_an_older_hare_are_completed(tts, tmp_path):
     """A cache entry without the mel mean (written before voice_match), or with one computed the old way, is
     recomputed, not served short or stale."""
