@@ -272,6 +272,22 @@ def test_hare_mini_speaks_with_its_default_voice():
 
 
 @shipped
+def test_hare_mini_warps_a_higher_voice_and_not_its_own():
+    """hare-mini's model.json turns voice_warp on: its default voice warps by 1.0 (untouched), the same voice
+    shifted up a vocal tract's worth (its clips' mels warped by 1.2) by about 1.2."""
+    from hare import audio
+
+    tts = hare.load_model()
+    assert tts.default_settings["voice_warp"] == 1.0
+    own = tts.voice_latents().mel_mean
+    assert tts.voice_warp_factor(own) == 1.0
+    clips = [audio.load_audio(p, 22050) for p in sorted((MINI / "voices" / "default").glob("*.wav"))]
+    higher = audio.mel_band_means([audio.warp_mel_frequencies(tts.mel_format.mel(c), 1.2, tts.mel_format)
+                                   for c in clips])
+    assert 1.12 <= tts.voice_warp_factor(higher) <= 1.28
+
+
+@shipped
 def test_hare_speak_uses_hare_mini_without_options(tmp_path):
     wav = tmp_path / "out.wav"
     proc = subprocess.run([sys.executable, "-m", "hare.cli", "speak", "Good morning.", "-o", str(wav),
