@@ -597,6 +597,8 @@ class TextToSpeech:
             with timer("listen"):
                 order = self._listen(rerank_text, best, latents, diff_latent)[: settings.k]
             best, latents = best[order], latents[order]
+        warp = (self.voice_warp_factor(cond.mel_mean) ** settings.voice_warp
+                if settings.voice_warp > 0 and cond.mel_mean is not None else 1.0)  # one voice: one factor
         outputs = []
         for j in range(settings.k):
             decoder_input = self.decoder_input(best[j], latents[j: j + 1], diff_latent)
@@ -606,10 +608,8 @@ class TextToSpeech:
                 mel = self.diffuse(decoder_input, settings, generator, progress, desc)
                 _return_freed_memory(dev)
             mel = audio.denormalize_mel(mel)
-            if settings.voice_warp > 0 and cond.mel_mean is not None:
-                factor = self.voice_warp_factor(cond.mel_mean) ** settings.voice_warp
-                if factor != 1.0:
-                    mel = audio.warp_mel_frequencies(mel, factor, self.mel_format)
+            if warp != 1.0:
+                mel = audio.warp_mel_frequencies(mel, warp, self.mel_format)
             if settings.voice_match > 0 and cond.mel_mean is not None:
                 mel = audio.match_mel_means(mel, cond.mel_mean.to(mel.device), settings.voice_match)
             with timer("vocoder"):
