@@ -744,10 +744,12 @@ def test_row_taps_rejects_bad_inputs():
 
 
 def test_time_major_vocoder_with_and_without_the_kernel(monkeypatch):
-    """The bf16 time-major HiFi-GAN gives the same audio through row_taps as through PyTorch's copies."""
+    """The bf16 time-major HiFi-GAN gives the same audio through row_taps as through PyTorch's copies (the AMX
+    convolution, where this CPU has it, turned off for both)."""
     from hare.models.configs import HiFiGANConfig
     from hare.models.hifigan import HiFiGAN
 
+    monkeypatch.setattr(kernels, "conv_rows", lambda: None)
     torch.manual_seed(0)
     g = HiFiGAN(HiFiGANConfig(initial_channels=32, resblock_kernels=(3, 7), resblock_dilations=((1, 3), (1, 5))))
     g = g.eval().to(torch.bfloat16)
@@ -755,4 +757,77 @@ def test_time_major_vocoder_with_and_without_the_kernel(monkeypatch):
     mel = torch.randn(1, 80, 12) - 5
     with_kernel = g.vocode(mel)
     monkeypatch.setattr(kernels, "row_taps", lambda: None)
+    g._row_cache = None
     torch.testing.assert_close(g.vocode(mel), with_kernel, atol=0, rtol=0)
+
+
+needs_conv_rows = pytest.mark.skipif(kernels.conv_rows() is None,
+                                     reason="no AMX bf16 tiles on this CPU (or no C++ compiler)")
+
+
+@needs_conv_rows
+@pytest.mark.parametrize("frames, c, n, kernel, dilation, padding, residual, slope", [
+    (100, 32, 32, 11, 5, 25, True, 0.1), (37, 64, 64, 3, 1, 1, False, None), (300, 256, 2048, 2, 1, 1, False, 0.1),
+    (5, 128, 96, 7, 3, 9, True, 0.1), (1, 32, 64, 3, 1, 1, True, 0.01), (64, 96, 32, 1, 1, 0, False, None)])
+def test_conv_rows_matches_the_reference(frames, c, n, kernel, dilation, padding, residual, slope):
+    """The AMX bf16 convolution computes row_taps + a float32 product + bias + residual, rounded once to bf16:
+    within a step of bf16's rounding of the reference, for block tails (frames not a multiple of 32, a single
+    frame), dilations, a transposed convolution's shape (2 taps, 2 048 outputs) and a 1-tap one."""
+    g = torch.Generator().manual_seed(frames + c + n)
+    x = (torch.randn(frames, c, generator=g) * 2).bfloat16()
+    w = (torch.randn(kernel * c, n, generator=g) / (kernel * c) ** 0.5).bfloat16()
+    b = torch.randn(n, generator=g)
+    out_rows = frames + 2 * padding - dilation * (kernel - 1)
+    r = torch.randn(out_rows, n, generator=g).bfloat16() if residual else None
+    pack, conv = kernels.conv_rows()
+    got = conv(x, pack(w), b, r, kernel, dilation, padding, out_rows, slope is not None, slope or 0.0)
+    want = kernels.conv_rows_reference(x, w, b, r, kernel, dilation, padding, out_rows, slope)
+    assert got.dtype == torch.bfloat16 and got.shape == (out_rows, n)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=1e-3 * float(want.float().abs().max()))
+
+
+@needs_conv_rows
+def test_conv_rows_rejects_bad_inputs():
+    pack, conv = kernels.conv_rows()
+    w = pack(torch.randn(3 * 32, 32).bfloat16())
+    x = torch.randn(10, 32).bfloat16()
+    b = torch.zeros(32)
+    with pytest.raises(RuntimeError, match="multiples of 32"):
+        pack(torch.randn(3 * 32, 16).bfloat16())
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        conv(torch.randn(10, 16).bfloat16(), w, b, None, 3, 1, 1, 10, False, 0.0)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        conv(x.float(), w, b, None, 3, 1, 1, 10, False, 0.0)
+    with pytest.raises(RuntimeError, match="packed"):
+        conv(x, w, b, None, 5, 1, 2, 10, False, 0.0)  # a 5-tap convolution with a 3-tap weight
+    with pytest.raises(RuntimeError, match="bias"):
+        conv(x, w, b.bfloat16(), None, 3, 1, 1, 10, False, 0.0)
+    with pytest.raises(RuntimeError, match="residual"):
+        conv(x, w, b, torch.zeros(9, 32).bfloat16(), 3, 1, 1, 10, False, 0.0)
+
+
+@needs_conv_rows
+def test_time_major_vocoder_takes_the_amx_convolution(monkeypatch):
+    """Where the CPU has AMX bf16 tiles the bf16 time-major HiFi-GAN's convolutions with channels in multiples
+    of 32 run on them, and give the audio of the gathered path to bf16's rounding; float32 weights never do."""
+    from hare.models import hifigan
+    from hare.models.configs import HiFiGANConfig
+    from hare.models.hifigan import HiFiGAN
+
+    torch.manual_seed(0)
+    g = HiFiGAN(HiFiGANConfig(initial_channels=64, resblock_kernels=(3, 7), resblock_dilations=((1, 3), (1, 5))))
+    g = g.eval().to(torch.bfloat16)
+    g.time_major = True
+    mel = torch.randn(1, 80, 40) - 5
+    tiled = g.vocode(mel)
+    ops = g._row_ops()
+    up, stacks = ops["stages"][0]
+    assert up.tiles is not None and stacks[0][0][0].tiles is not None  # 64 -> 32 channels, 32-channel stacks
+    assert ops["inp"].tiles is None and ops["out"].tiles is None  # 80 mel bands in, one sample out
+    monkeypatch.setattr(kernels, "conv_rows", lambda: None)
+    g._row_cache = None
+    gathered = g.vocode(mel)
+    assert g._row_ops()["stages"][0][0].tiles is None
+    assert (tiled - gathered).abs().max() <= 0.05 * float(gathered.abs().max())
+    assert (tiled - gathered).abs().mean() <= 0.01 * float(gathered.abs().mean())
+    assert hifigan._Tiles.of(torch.zeros(96, 32), torch.zeros(32)) is None  # float32: never the bf16 tiles

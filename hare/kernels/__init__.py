@@ -19,7 +19,9 @@
   with int8 weights (a scale per output column) and rows quantised on the fly, exact int32 sums (the fast
   path's GPT, `panel_int8.cpp`); variants AMX-int8, AVX-512-VNNI, AVX2 or portable (`panel_int8_variants()`);
 - `row_taps()`: `torch.ops.hare.row_taps`, a convolution's input taps side by side for a block of time-major
-  rows, the leaky ReLU before it fused in (the bf16 time-major HiFi-GAN, `row_taps.cpp`).
+  rows, the leaky ReLU before it fused in (the bf16 time-major HiFi-GAN, `row_taps.cpp`);
+- `conv_rows()`: `torch.ops.hare.conv_rows_pack_bf16` / `conv_rows_bf16`, that convolution on AMX's bf16 tiles
+  reading the taps in place, where the CPU has them (`conv_rows.cpp`; elsewhere `row_taps` and a matrix product).
 
 Each returns None when unavailable. The kernels are one library (`hare_kernels.cpp` includes them all):
 the first call on a machine compiles it with the machine's compiler (`$CXX`, else `c++`/`g++`) against the
@@ -305,6 +307,37 @@ def _check_row_taps() -> None:
                                    f"{(out[:rows].float() - want.float()).abs().max().item()}")
 
 
+def conv_rows_reference(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                        kernel: int, dilation: int, padding: int, out_rows: int, slope: float | None) -> torch.Tensor:
+    """What `conv_rows_bf16` computes, in plain PyTorch (float32 sums of the bf16 values, one rounding to bf16 at
+    the end): x (frames, in), weight_t (kernel x in, N) -> (out_rows, N)."""
+    taps = row_taps_reference(x, 0, out_rows, kernel, dilation, padding, slope)
+    y = taps.float() @ weight_t.float() + bias.float()
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(x.dtype)
+
+
+def _check_conv_rows() -> None:
+    if not torch.ops.hare.conv_rows_bf16_ready():
+        return  # not this CPU's (conv_rows() says so); nothing to check
+    g = torch.Generator().manual_seed(0)
+    for frames, c, n, kernel, dilation, padding, residual, slope in (
+            (40, 32, 32, 11, 5, 25, True, 0.1), (7, 64, 96, 3, 1, 1, False, None), (3, 32, 64, 2, 1, 1, False, 0.1)):
+        x = torch.randn(frames, c, generator=g).bfloat16()
+        w = (torch.randn(kernel * c, n, generator=g) / (kernel * c) ** 0.5).bfloat16()
+        b = torch.randn(n, generator=g)
+        out_rows = frames + 2 * padding - dilation * (kernel - 1)
+        r = torch.randn(out_rows, n, generator=g).bfloat16() if residual else None
+        got = torch.ops.hare.conv_rows_bf16(x, torch.ops.hare.conv_rows_pack_bf16(w), b, r, kernel, dilation,
+                                            padding, out_rows, slope is not None, slope or 0.0)
+        want = conv_rows_reference(x, w, b, r, kernel, dilation, padding, out_rows, slope)
+        # float32 sums in another order, then one bf16 rounding: within two of its steps of the largest value
+        tol = 2 * 2.0 ** -8 * want.float().abs().max().item()
+        if got.shape != want.shape or (got.float() - want.float()).abs().max().item() > tol:
+            raise RuntimeError("kernel check failed: conv_rows_bf16")
+
+
 def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
     if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
         diff = (got - want).abs().max().item() if got.shape == want.shape else f"shape {tuple(got.shape)}"
@@ -313,7 +346,8 @@ def _compare(got: torch.Tensor, want: torch.Tensor) -> None:
 
 _CHECKS = {"decode_attention": _check_decode_attention, "winograd": _check_winograd,
            "group_norm": _check_group_norm, "location_variable_conv": _check_location_variable_conv,
-           "panel_linear": _check_panel_linear, "panel_int8": _check_panel_int8, "row_taps": _check_row_taps}
+           "panel_linear": _check_panel_linear, "panel_int8": _check_panel_int8, "row_taps": _check_row_taps,
+           "conv_rows": _check_conv_rows}
 
 
 def _summary(exc: BaseException) -> str:
@@ -523,6 +557,22 @@ def row_taps():
     if not enabled() or not _load("row_taps"):
         return None
     return torch.ops.hare.row_taps
+
+
+def conv_rows():
+    """(`torch.ops.hare.conv_rows_pack_bf16`, `torch.ops.hare.conv_rows_bf16`), or None where unavailable (no
+    kernels, or a CPU or OS without AMX's bf16 tiles).
+
+    conv_rows_pack_bf16(weight_t): a convolution's weight laid out (kernel x in, N) bf16, in and N multiples of
+    32 -> the tiles' layout. conv_rows_bf16(x, packed, bias, residual, kernel, dilation, padding, out_rows,
+    leaky, slope): x (frames, in) contiguous bf16, bias (N,) float32, residual (out_rows, N) bf16 or None ->
+    (out_rows, N) bf16, out[t] = bias + residual[t] + sum_j f(x[t + j dilation - padding]) W_j, rows of x
+    outside it zero, f the leaky ReLU of `slope` with `leaky` (`conv_rows_reference`, to float rounding): the
+    time-major convolution of `row_taps` and a matrix product, without gathering the taps.
+    """
+    if not enabled() or not _load("conv_rows") or not torch.ops.hare.conv_rows_bf16_ready():
+        return None
+    return torch.ops.hare.conv_rows_pack_bf16, torch.ops.hare.conv_rows_bf16
 
 
 def panel_int8_variants() -> list[str]:

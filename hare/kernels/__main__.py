@@ -26,6 +26,9 @@ for name, ok in ready.items():
                                   else kernels.panel_int8_variants())
         detail = (f" ({variants[0]}: the best variant this CPU reports support for"
                   + (f"; it also runs {', '.join(variants[1:])}" if len(variants) > 1 else "") + ")")
+    if ok and name == "conv_rows":
+        detail = (" (AMX bf16 tiles: the bf16 vocoder's convolutions)" if kernels.conv_rows() is not None else
+                  " (built, but this CPU has no AMX bf16 tiles: the bf16 vocoder gathers its taps, row_taps)")
     print(f"{name}: {'ready' + detail if ok else 'unavailable (PyTorch kernels are used instead)'}")
 if all(ready.values()):
     print(f"library: {kernels._library_path}")

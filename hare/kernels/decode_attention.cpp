@@ -107,6 +107,15 @@ void run_plain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
 // hardware prefetcher does not follow a thread's runs across page boundaries on its own
 constexpr int64_t kAhead = 1;
 
+// how much one pass over the positions takes, in 16-float vectors per lane times lanes (whole groups of 16
+// lanes, at least one): 256 is 64 lanes of head size 64, 16 KB of queries and 16 KB of sums, a quarter of
+// hare-mini's 96 rows x 4 heads (measured on an AMX Xeon: 15-20 % faster than one pass over everything at
+// that batch, a little faster at the official model's 16 x 16); a -D at build time overrides it
+#ifndef HARE_ATTN_CHUNK
+#define HARE_ATTN_CHUNK 256
+#endif
+constexpr int64_t kChunkLanes = HARE_ATTN_CHUNK;
+
 // Head sizes that are multiples of 16 (up to 128), vectorised. Positions outermost: with the cache stored
 // position-major (every row's and head's key of one position side by side, as Hare's KV cache is), each
 // thread reads it in long contiguous runs. A thread takes groups of 16 (row, head) items, row-major, one item
@@ -120,71 +129,79 @@ void run_position_major(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const View<T> K(k), V(v), PK(pk), PV(pv);
   float* const O = out.data_ptr<float>();
   const float s = static_cast<float>(scale);
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    const int64_t first = g0 * 16, lanes = (g1 - g0) * 16;  // this thread's items: first .. first + lanes - 1
-    // per lane: the address offsets of its item (lanes past the last item repeat it and are not written)
-    std::vector<int64_t> q_off(lanes), k_off(lanes), v_off(lanes), p_off(lanes);
-    for (int64_t i = 0; i < lanes; ++i) {
-      const int64_t item = std::min(first + i, items - 1), b = item / heads, h = item % heads;
-      q_off[i] = b * Q.stride[0] + h * Q.stride[1];
-      k_off[i] = b * K.stride[0] + h * K.stride[1];
-      v_off[i] = b * V.stride[0] + h * V.stride[1];
-      p_off[i] = h * PK.stride[0];
-    }
-    std::vector<v16> qs(static_cast<size_t>(lanes * NV)), acc(static_cast<size_t>(lanes * NV), v16{});
-    for (int64_t i = 0; i < lanes; ++i)
-      for (int c = 0; c < NV; ++c) qs[i * NV + c] = load(Q.data + q_off[i] + 16 * c);
-    std::vector<float> wt(static_cast<size_t>(n * lanes));  // weights, position-major: wt[j * lanes + lane]
-    // scores of position j for every lane: rows at base + offsets[lane]
-    auto scores = [&](const T* base, const int64_t* offsets, float* dst, int64_t ahead) {
-      for (int64_t i0 = 0; i0 < lanes; i0 += 16) {
-        v16 dots[16];
-        for (int r = 0; r < 16; ++r) {
-          const T* row = base + offsets[i0 + r];
-          if (ahead) for (int c = 0; c < NV; ++c) __builtin_prefetch(row + ahead + 16 * c, 0, 1);
-          const v16* qv = &qs[(i0 + r) * NV];
-          v16 a = qv[0] * load_kv(row);
-          for (int c = 1; c < NV; ++c) a += qv[c] * load_kv(row + 16 * c);
-          dots[r] = a;
-        }
-        store(dst + i0, transpose_sum(dots) * s);
-      }
-    };
-    for (int64_t j = 0; j < shared; ++j) scores(PK.data + j * PK.stride[1], p_off.data(), &wt[j * lanes], 0);
-    for (int64_t j = 0; j < own; ++j)
-      scores(K.data + j * K.stride[2], k_off.data(), &wt[(shared + j) * lanes], j + kAhead < own ? kAhead * K.stride[2] : 0);
-    // softmax per lane, over the positions
-    for (int64_t i0 = 0; i0 < lanes; i0 += 16) {
-      v16 m = load(&wt[i0]);
-      for (int64_t j = 1; j < n; ++j) {
-        const v16 x = load(&wt[j * lanes + i0]);
-        m = x > m ? x : m;
-      }
-      v16 total{};
-      for (int64_t j = 0; j < n; ++j) {
-        float* w = &wt[j * lanes + i0];
-        const v16 x = load(w) - m;
-        const v16 e = exp_nonpositive(x);
-        store(w, e);
-        total += e;
-      }
-      const v16 inv = 1.0f / total;
-      for (int64_t j = 0; j < n; ++j) store(&wt[j * lanes + i0], load(&wt[j * lanes + i0]) * inv);
-    }
-    // weighted sums of the values, position by position
-    auto accumulate = [&](const T* base, const int64_t* offsets, const float* w, int64_t ahead) {
+  // Each thread walks its groups a chunk at a time, every position for one chunk before the next: the chunk's
+  // queries and sums (lanes x head size floats each) stay in the core's first cache, which a thread's whole share
+  // at a large batch (96 rows x 4 heads: 48 KB each) does not fit. Lanes are independent, so the order of the
+  // chunks changes no result.
+  const int64_t chunk = std::max<int64_t>(1, kChunkLanes / (16 * NV));
+  at::parallel_for(0, groups, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t g0 = t0; g0 < t1; g0 += chunk) {
+      const int64_t g1 = std::min(t1, g0 + chunk);
+      const int64_t first = g0 * 16, lanes = (g1 - g0) * 16;  // this chunk's items: first .. first + lanes - 1
+      // per lane: the address offsets of its item (lanes past the last item repeat it and are not written)
+      std::vector<int64_t> q_off(lanes), k_off(lanes), v_off(lanes), p_off(lanes);
       for (int64_t i = 0; i < lanes; ++i) {
-        const T* row = base + offsets[i];
-        if (ahead) for (int c = 0; c < NV; ++c) __builtin_prefetch(row + ahead + 16 * c, 0, 1);
-        const v16 wi = splat(w[i]);
-        v16* a = &acc[i * NV];
-        for (int c = 0; c < NV; ++c) a[c] += wi * load_kv(row + 16 * c);
+        const int64_t item = std::min(first + i, items - 1), b = item / heads, h = item % heads;
+        q_off[i] = b * Q.stride[0] + h * Q.stride[1];
+        k_off[i] = b * K.stride[0] + h * K.stride[1];
+        v_off[i] = b * V.stride[0] + h * V.stride[1];
+        p_off[i] = h * PK.stride[0];
       }
-    };
-    for (int64_t j = 0; j < shared; ++j) accumulate(PV.data + j * PV.stride[1], p_off.data(), &wt[j * lanes], 0);
-    for (int64_t j = 0; j < own; ++j) accumulate(V.data + j * V.stride[2], v_off.data(), &wt[(shared + j) * lanes], j + kAhead < own ? kAhead * V.stride[2] : 0);
-    for (int64_t i = 0; i < lanes && first + i < items; ++i)
-      for (int c = 0; c < NV; ++c) store(O + (first + i) * d + 16 * c, acc[i * NV + c]);
+      std::vector<v16> qs(static_cast<size_t>(lanes * NV)), acc(static_cast<size_t>(lanes * NV), v16{});
+      for (int64_t i = 0; i < lanes; ++i)
+        for (int c = 0; c < NV; ++c) qs[i * NV + c] = load(Q.data + q_off[i] + 16 * c);
+      std::vector<float> wt(static_cast<size_t>(n * lanes));  // weights, position-major: wt[j * lanes + lane]
+      // scores of position j for every lane: rows at base + offsets[lane]
+      auto scores = [&](const T* base, const int64_t* offsets, float* dst, int64_t ahead) {
+        for (int64_t i0 = 0; i0 < lanes; i0 += 16) {
+          v16 dots[16];
+          for (int r = 0; r < 16; ++r) {
+            const T* row = base + offsets[i0 + r];
+            if (ahead) for (int c = 0; c < NV; ++c) __builtin_prefetch(row + ahead + 16 * c, 0, 1);
+            const v16* qv = &qs[(i0 + r) * NV];
+            v16 a = qv[0] * load_kv(row);
+            for (int c = 1; c < NV; ++c) a += qv[c] * load_kv(row + 16 * c);
+            dots[r] = a;
+          }
+          store(dst + i0, transpose_sum(dots) * s);
+        }
+      };
+      for (int64_t j = 0; j < shared; ++j) scores(PK.data + j * PK.stride[1], p_off.data(), &wt[j * lanes], 0);
+      for (int64_t j = 0; j < own; ++j)
+        scores(K.data + j * K.stride[2], k_off.data(), &wt[(shared + j) * lanes], j + kAhead < own ? kAhead * K.stride[2] : 0);
+      // softmax per lane, over the positions
+      for (int64_t i0 = 0; i0 < lanes; i0 += 16) {
+        v16 m = load(&wt[i0]);
+        for (int64_t j = 1; j < n; ++j) {
+          const v16 x = load(&wt[j * lanes + i0]);
+          m = x > m ? x : m;
+        }
+        v16 total{};
+        for (int64_t j = 0; j < n; ++j) {
+          float* w = &wt[j * lanes + i0];
+          const v16 x = load(w) - m;
+          const v16 e = exp_nonpositive(x);
+          store(w, e);
+          total += e;
+        }
+        const v16 inv = 1.0f / total;
+        for (int64_t j = 0; j < n; ++j) store(&wt[j * lanes + i0], load(&wt[j * lanes + i0]) * inv);
+      }
+      // weighted sums of the values, position by position
+      auto accumulate = [&](const T* base, const int64_t* offsets, const float* w, int64_t ahead) {
+        for (int64_t i = 0; i < lanes; ++i) {
+          const T* row = base + offsets[i];
+          if (ahead) for (int c = 0; c < NV; ++c) __builtin_prefetch(row + ahead + 16 * c, 0, 1);
+          const v16 wi = splat(w[i]);
+          v16* a = &acc[i * NV];
+          for (int c = 0; c < NV; ++c) a[c] += wi * load_kv(row + 16 * c);
+        }
+      };
+      for (int64_t j = 0; j < shared; ++j) accumulate(PV.data + j * PV.stride[1], p_off.data(), &wt[j * lanes], 0);
+      for (int64_t j = 0; j < own; ++j) accumulate(V.data + j * V.stride[2], v_off.data(), &wt[(shared + j) * lanes], j + kAhead < own ? kAhead * V.stride[2] : 0);
+      for (int64_t i = 0; i < lanes && first + i < items; ++i)
+        for (int c = 0; c < NV; ++c) store(O + (first + i) * d + 16 * c, acc[i * NV + c]);
+    }
   });
 }
 

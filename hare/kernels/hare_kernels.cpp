@@ -9,3 +9,4 @@
 #include "panel_int8.cpp"
 #include "gpt_block.cpp"
 #include "row_taps.cpp"
+#include "conv_rows.cpp"

@@ -202,21 +202,27 @@ struct Variant {
   }
 };
 
+#if HARE_X86 && defined(__linux__)
+// AMX's tiles with one of their arithmetic extensions (`feature`: CPUID.7.0:EDX bit 25 AMX-INT8, 22 AMX-BF16):
+// the CPU reports AMX-TILE (bit 24) and it, the OS saves the tile state (XCR0 bits 17 and 18) and grants this
+// process its use (Linux asks for it once: arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA; without it the first
+// tile instruction faults; asking again is harmless).
+bool amx_tiles_ready(unsigned feature) {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << feature))) return false;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE: xgetbv is usable
+  unsigned lo = 0, hi = 0;
+  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+}
+#endif
+
 #if HARE_AMX_INT8
-// AMX's int8 tiles: the CPU reports AMX-TILE and AMX-INT8 (CPUID leaf 7), the OS saves their state (XCR0 bits 17
-// and 18) and grants this process their use (Linux asks for it once: arch_prctl ARCH_REQ_XCOMP_PERM for
-// XTILEDATA; without it the first tile instruction faults). Decided once per process.
+// AMX's int8 tiles (amx_tiles_ready), decided once per process
 bool amx_int8_ready() {
-  static const bool ready = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE: xgetbv is usable
-    unsigned lo = 0, hi = 0;
-    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & (3u << 17)) != (3u << 17)) return false;
-    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
-  }();
+  static const bool ready = amx_tiles_ready(25);
   return ready;
 }
 #endif

@@ -11,7 +11,9 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -50,6 +52,20 @@ void leaky_row<uint16_t>(const uint16_t* src, uint16_t* dst, int64_t c, float sl
 template <typename T>
 void gather(const T* x, T* out, int64_t frames, int64_t c, int64_t start, int64_t rows, int64_t kernel,
             int64_t dilation, int64_t padding, bool leaky, float slope) {
+  // With the leaky ReLU, the input rows the block reads are activated once into a scratch copy first (each
+  // row is read by `kernel` taps: activating it once per tap cost as much again as the copies), then gathered
+  // from there. The activation is elementwise, so the taps are what activating each copy gives.
+  const int64_t lo = std::max<int64_t>(0, start - padding);
+  const int64_t hi = std::min<int64_t>(frames, start + rows - 1 + (kernel - 1) * dilation - padding + 1);
+  std::vector<T> scratch;
+  const T* src = x;
+  if (leaky && hi > lo) {
+    scratch.resize(static_cast<size_t>((hi - lo) * c));
+    at::parallel_for(lo, hi, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) leaky_row<T>(x + s * c, scratch.data() + (s - lo) * c, c, slope);
+    });
+    src = scratch.data() - lo * c;  // row s of the activated input at src + s * c, for lo <= s < hi
+  }
   at::parallel_for(0, rows, 32, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       T* row = out + r * kernel * c;
@@ -58,10 +74,8 @@ void gather(const T* x, T* out, int64_t frames, int64_t c, int64_t start, int64_
         T* dst = row + j * c;
         if (s < 0 || s >= frames) {
           std::memset(dst, 0, sizeof(T) * c);
-        } else if (leaky) {
-          leaky_row<T>(x + s * c, dst, c, slope);
         } else {
-          std::memcpy(dst, x + s * c, sizeof(T) * c);
+          std::memcpy(dst, src + s * c, sizeof(T) * c);
         }
       }
     }

@@ -58,7 +58,7 @@ ROW_BLOCK_ELEMENTS = 1 << 21  # a time-major convolution's gathered taps per mat
 
 def _taps_product(x: torch.Tensor, kernel: int, dilation: int, padding: int, out_rows: int,
                   weight_t: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
-                  slope: float | None) -> torch.Tensor:
+                  slope: float | None, tiles: "_Tiles | None" = None) -> torch.Tensor:
     """out[t] = bias (+ residual[t]) + concat_j f(x[t + j dilation - padding]) @ weight_t for t < out_rows, rows
     of x outside it read as zeros, f the leaky ReLU of `slope` (or nothing): x (frames, in) time-major,
     weight_t (kernel x in, out). Rows go in blocks of one size per weight, whatever the length (the last one
@@ -66,9 +66,12 @@ def _taps_product(x: torch.Tensor, kernel: int, dilation: int, padding: int, out
     oneDNN prepares each new shape on first use (tens of ms), which one warm-up call then pays for all lengths.
     Each block's taps are gathered side by side into one buffer reused for every block (`hare.kernels.row_taps`,
     which applies f on the way; PyTorch copies without it), then one product, the residual already in its
-    accumulator."""
+    accumulator. With `tiles` (a bf16 weight on a CPU with AMX bf16 tiles, `_Tiles.of`) the whole convolution
+    is one call of `hare.kernels.conv_rows` instead, which reads the taps in place."""
     from hare import kernels
 
+    if tiles is not None:
+        return tiles(x, kernel, dilation, padding, out_rows, residual, slope)
     c = x.shape[1]
     width = kernel * c
     rows = max(16, ROW_BLOCK_ELEMENTS // width // 16 * 16)
@@ -100,6 +103,38 @@ def _taps_product(x: torch.Tensor, kernel: int, dilation: int, padding: int, out
     return out[:out_rows]
 
 
+class _Tiles:
+    """A time-major convolution's weight in AMX's bf16 tile layout and its float32 bias, for
+    `hare.kernels.conv_rows` (float32 sums, one rounding to bf16)."""
+
+    def __init__(self, ops, weight_t: torch.Tensor, bias: torch.Tensor):
+        self.pack, self.conv = ops
+        self.packed = self.pack(weight_t)
+        self.bias = bias.float().contiguous()
+
+    @classmethod
+    def of(cls, weight_t: torch.Tensor, bias: torch.Tensor) -> "_Tiles | None":
+        """The tiles for this weight, or None where the kernel does not apply (not bf16 on a CPU, the CPU
+        without AMX bf16 tiles, no kernels, input channels or outputs not multiples of 32)."""
+        if weight_t.dtype != torch.bfloat16 or weight_t.device.type != "cpu" or weight_t.shape[1] % 32:
+            return None
+        from hare import kernels
+
+        ops = kernels.conv_rows()
+        return None if ops is None else cls(ops, weight_t, bias)
+
+    def __call__(self, x, kernel, dilation, padding, out_rows, residual, slope):
+        if x.shape[1] % 32:
+            raise ValueError(f"the AMX convolution needs input channels in multiples of 32, got {x.shape[1]}")
+        return self.conv(x.contiguous(), self.packed, self.bias,
+                         None if residual is None else residual.contiguous(), kernel, dilation, padding, out_rows,
+                         slope is not None, slope or 0.0)
+
+
+def _tiles_for(weight_t: torch.Tensor, bias: torch.Tensor, in_channels: int) -> _Tiles | None:
+    return _Tiles.of(weight_t, bias) if in_channels % 32 == 0 else None
+
+
 class _RowConv:
     """A Conv1d over time-major rows: x (time, in) -> (time, out), as `_taps_product` with the weight laid out
     (kernel x in, out); the leaky ReLU before it (`slope`) and a residual added after it are fused in."""
@@ -112,12 +147,13 @@ class _RowConv:
         self.dilation, self.padding = conv.dilation[0], conv.padding[0]
         self.weight_t = w.permute(2, 1, 0).reshape(self.kernel * self.in_channels, self.out_channels).contiguous()
         self.bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(self.out_channels)
+        self.tiles = _tiles_for(self.weight_t, self.bias, self.in_channels)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                  slope: float | None = None) -> torch.Tensor:
         out_frames = x.shape[0] + 2 * self.padding - self.dilation * (self.kernel - 1)
         return _taps_product(x, self.kernel, self.dilation, self.padding, out_frames, self.weight_t, self.bias,
-                             residual, slope)
+                             residual, slope, self.tiles)
 
 
 class _RowConvTranspose:
@@ -141,12 +177,13 @@ class _RowConvTranspose:
         self.weight_t = big.reshape(self.taps * c_in, self.rate * self.out_channels).contiguous()
         bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(self.out_channels)
         self.bias = bias.repeat(self.rate)
+        self.tiles = _tiles_for(self.weight_t, self.bias, c_in)
 
     def __call__(self, x: torch.Tensor, slope: float | None = None) -> torch.Tensor:
         frames, r = x.shape[0], self.rate
         length = (frames - 1) * r - 2 * self.padding + self.kernel
         q = ((frames - 1) * r + self.kernel - 1) // r + 1
-        y = _taps_product(x, self.taps, 1, self.taps - 1, q, self.weight_t, self.bias, None, slope)
+        y = _taps_product(x, self.taps, 1, self.taps - 1, q, self.weight_t, self.bias, None, slope, self.tiles)
         return y.view(q * r, self.out_channels)[self.padding: self.padding + length]
 
 
