@@ -830,4 +830,5 @@ def test_time_major_vocoder_takes_the_amx_convolution(monkeypatch):
     assert g._row_ops()["stages"][0][0].tiles is None
     assert (tiled - gathered).abs().max() <= 0.05 * float(gathered.abs().max())
     assert (tiled - gathered).abs().mean() <= 0.01 * float(gathered.abs().mean())
-    assert hifigan._Tiles.of(torch.zeros(96, 32), torch.zeros(32)) is None  # float32: never the bf16 tiles
+    assert hifigan._Tiles.of(torch.zeros(96, 32), torch.zeros(32), 32) is None  # float32: never the bf16 tiles
+    assert hifigan._Tiles.of(torch.zeros(96, 32).bfloat16(), torch.zeros(32), 48) is None  # 48 input channels

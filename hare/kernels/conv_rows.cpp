@@ -29,8 +29,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
-#include <vector>
 
 #if HARE_X86 && defined(__AMX_BF16__) && defined(__linux__)
 #define HARE_AMX_BF16 1
@@ -175,12 +175,12 @@ at::Tensor conv_rows_bf16(const at::Tensor& x, const at::Tensor& packed, const a
   const int64_t row_blocks = (out_rows + 31) / 32;
   // the activated input, zero-padded: row r is f(x[r - padding]); enough rows for every tile of the last block
   const int64_t padded = row_blocks * 32 + (kernel - 1) * dilation;
-  std::vector<uint16_t> xa(static_cast<size_t>(padded * c));
+  std::unique_ptr<uint16_t[]> xa(new uint16_t[static_cast<size_t>(padded * c)]);  // every row written below
   const uint16_t* X = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
   const float s = static_cast<float>(slope);
   at::parallel_for(0, padded, 256, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      uint16_t* dst = xa.data() + r * c;
+      uint16_t* dst = xa.get() + r * c;
       const int64_t src = r - padding;
       if (src < 0 || src >= frames) {
         std::memset(dst, 0, sizeof(uint16_t) * c);
@@ -205,7 +205,7 @@ at::Tensor conv_rows_bf16(const at::Tensor& x, const at::Tensor& packed, const a
     for (int64_t rb = b0; rb < b1; ++rb) {
       const int64_t r0 = rb * 32, rows = std::min<int64_t>(32, out_rows - r0);
       for (int64_t pair = 0; pair < pairs; ++pair) {
-        amx_block(xa.data(), c, PW, k_blocks, n_panels, dilation, r0, pair, sums);
+        amx_block(xa.get(), c, PW, k_blocks, n_panels, dilation, r0, pair, sums);
         finish(sums, rows, B + 32 * pair, R ? R + r0 * N + 32 * pair : nullptr, N, O + r0 * N + 32 * pair);
       }
     }

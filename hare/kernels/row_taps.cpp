@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 namespace {
 
@@ -57,14 +57,15 @@ void gather(const T* x, T* out, int64_t frames, int64_t c, int64_t start, int64_
   // from there. The activation is elementwise, so the taps are what activating each copy gives.
   const int64_t lo = std::max<int64_t>(0, start - padding);
   const int64_t hi = std::min<int64_t>(frames, start + rows - 1 + (kernel - 1) * dilation - padding + 1);
-  std::vector<T> scratch;
-  const T* src = x;
+  std::unique_ptr<T[]> scratch;
+  const T* src = x;  // input row s at src + (s - first) * c
+  int64_t first = 0;
   if (leaky && hi > lo) {
-    scratch.resize(static_cast<size_t>((hi - lo) * c));
+    scratch.reset(new T[static_cast<size_t>((hi - lo) * c)]);  // every row written here
     at::parallel_for(lo, hi, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t s = begin; s < end; ++s) leaky_row<T>(x + s * c, scratch.data() + (s - lo) * c, c, slope);
+      for (int64_t s = begin; s < end; ++s) leaky_row<T>(x + s * c, scratch.get() + (s - lo) * c, c, slope);
     });
-    src = scratch.data() - lo * c;  // row s of the activated input at src + s * c, for lo <= s < hi
+    src = scratch.get(), first = lo;  // the activated rows lo .. hi - 1
   }
   at::parallel_for(0, rows, 32, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -75,7 +76,7 @@ void gather(const T* x, T* out, int64_t frames, int64_t c, int64_t start, int64_
         if (s < 0 || s >= frames) {
           std::memset(dst, 0, sizeof(T) * c);
         } else {
-          std::memcpy(dst, src + s * c, sizeof(T) * c);
+          std::memcpy(dst, src + (s - first) * c, sizeof(T) * c);
         }
       }
     }

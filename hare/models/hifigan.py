@@ -113,10 +113,12 @@ class _Tiles:
         self.bias = bias.float().contiguous()
 
     @classmethod
-    def of(cls, weight_t: torch.Tensor, bias: torch.Tensor) -> "_Tiles | None":
-        """The tiles for this weight, or None where the kernel does not apply (not bf16 on a CPU, the CPU
-        without AMX bf16 tiles, no kernels, input channels or outputs not multiples of 32)."""
-        if weight_t.dtype != torch.bfloat16 or weight_t.device.type != "cpu" or weight_t.shape[1] % 32:
+    def of(cls, weight_t: torch.Tensor, bias: torch.Tensor, in_channels: int) -> "_Tiles | None":
+        """The tiles for this (kernel x in_channels, out) weight, or None where the kernel does not apply (not
+        bf16 on a CPU, the CPU without AMX bf16 tiles, no kernels, input channels or outputs not multiples of
+        32)."""
+        if (weight_t.dtype != torch.bfloat16 or weight_t.device.type != "cpu" or weight_t.shape[1] % 32
+                or in_channels % 32):
             return None
         from hare import kernels
 
@@ -131,10 +133,6 @@ class _Tiles:
                          slope is not None, slope or 0.0)
 
 
-def _tiles_for(weight_t: torch.Tensor, bias: torch.Tensor, in_channels: int) -> _Tiles | None:
-    return _Tiles.of(weight_t, bias) if in_channels % 32 == 0 else None
-
-
 class _RowConv:
     """A Conv1d over time-major rows: x (time, in) -> (time, out), as `_taps_product` with the weight laid out
     (kernel x in, out); the leaky ReLU before it (`slope`) and a residual added after it are fused in."""
@@ -147,7 +145,7 @@ class _RowConv:
         self.dilation, self.padding = conv.dilation[0], conv.padding[0]
         self.weight_t = w.permute(2, 1, 0).reshape(self.kernel * self.in_channels, self.out_channels).contiguous()
         self.bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(self.out_channels)
-        self.tiles = _tiles_for(self.weight_t, self.bias, self.in_channels)
+        self.tiles = _Tiles.of(self.weight_t, self.bias, self.in_channels)
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                  slope: float | None = None) -> torch.Tensor:
@@ -177,7 +175,7 @@ class _RowConvTranspose:
         self.weight_t = big.reshape(self.taps * c_in, self.rate * self.out_channels).contiguous()
         bias = conv.bias.detach() if conv.bias is not None else w.new_zeros(self.out_channels)
         self.bias = bias.repeat(self.rate)
-        self.tiles = _tiles_for(self.weight_t, self.bias, c_in)
+        self.tiles = _Tiles.of(self.weight_t, self.bias, c_in)
 
     def __call__(self, x: torch.Tensor, slope: float | None = None) -> torch.Tensor:
         frames, r = x.shape[0], self.rate
