@@ -332,12 +332,18 @@ def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
 
 
+def _slaney_band_edges(n_mels: int, fmax: float) -> np.ndarray:
+    """The Slaney-scale bands' edges in Hz from 0 Hz to `fmax`, evenly spaced in mels: (n_mels + 2,); band i
+    rises from edge i, peaks at edge i + 1 (its centre) and falls to edge i + 2."""
+    return _slaney_mel_to_hz(np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmax)),
+                                         n_mels + 2))
+
+
 def _slaney_filterbank(sample_rate: int, n_mels: int, fmax: float) -> torch.Tensor:
     """Slaney-scale triangles with Slaney normalisation from 0 Hz to `fmax`, rounded as librosa.filters.mel
     rounds them (triangles stored as float32, then scaled): (n_mels, n_freqs)."""
     freqs = np.fft.rfftfreq(N_FFT, 1.0 / sample_rate)
-    mel_edges = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmax)), n_mels + 2)
-    edges = _slaney_mel_to_hz(mel_edges)
+    edges = _slaney_band_edges(n_mels, fmax)
     gaps = np.diff(edges)
     offsets = edges[:, None] - freqs[None, :]  # (n_mels + 2, n_freqs)
     triangles = np.maximum(0.0, np.minimum(-offsets[:-2] / gaps[:-1, None], offsets[2:] / gaps[1:, None]))
@@ -495,8 +501,7 @@ def warp_mel_frequencies(mel: torch.Tensor, factor: float, fmt: MelFormat) -> to
         raise ValueError(f"expected {fmt.n_mels} mel bands for format {fmt.name!r}, got {mel.shape[-2]}")
     if factor == 1.0:
         return mel
-    mels = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmt.fmax)), fmt.n_mels + 2)
-    centres = _slaney_mel_to_hz(mels[1:-1])
+    centres = _slaney_band_edges(fmt.n_mels, fmt.fmax)[1:-1]
     source = np.interp(centres / factor, centres, np.arange(fmt.n_mels, dtype=np.float64))
     low = np.floor(source).astype(np.int64)
     high = np.minimum(low + 1, fmt.n_mels - 1)
@@ -558,8 +563,7 @@ def estimate_voice_warp(source: torch.Tensor, target: torch.Tensor, fmt: MelForm
         raise ValueError(f"factor_range must be positive and hold 1.0, steps >= 2 (got {factor_range}, {steps})")
     if source.shape != target.shape or source.shape[-1] != fmt.n_mels:
         raise ValueError(f"expected two ({fmt.n_mels},) band means, got {tuple(source.shape)} and {tuple(target.shape)}")
-    mels = np.linspace(_slaney_hz_to_mel(np.float64(0.0)), _slaney_hz_to_mel(np.float64(fmt.fmax)), fmt.n_mels + 2)
-    centres = _slaney_mel_to_hz(mels[1:-1])
+    centres = _slaney_band_edges(fmt.n_mels, fmt.fmax)[1:-1]
     keep = torch.from_numpy((centres >= VOICE_WARP_BAND[0]) & (centres <= VOICE_WARP_BAND[1])).to(source.device)
     goal = _formant_shape(target.to(source.device), keep)
     best, best_err = 1.0, float("inf")

@@ -743,17 +743,24 @@ def test_row_taps_rejects_bad_inputs():
         op(x.t(), 0, 4, 3, 1, 1, False, 0.0, torch.empty(4, 30))
 
 
-def test_time_major_vocoder_with_and_without_the_kernel(monkeypatch):
-    """The bf16 time-major HiFi-GAN gives the same audio through row_taps as through PyTorch's copies (the AMX
-    convolution, where this CPU has it, turned off for both)."""
+def _bf16_time_major_hifigan(initial_channels: int):
+    """A small random HiFi-GAN (two residual stacks) in bf16, vocoding time-major."""
     from hare.models.configs import HiFiGANConfig
     from hare.models.hifigan import HiFiGAN
 
-    monkeypatch.setattr(kernels, "conv_rows", lambda: None)
     torch.manual_seed(0)
-    g = HiFiGAN(HiFiGANConfig(initial_channels=32, resblock_kernels=(3, 7), resblock_dilations=((1, 3), (1, 5))))
+    g = HiFiGAN(HiFiGANConfig(initial_channels=initial_channels, resblock_kernels=(3, 7),
+                              resblock_dilations=((1, 3), (1, 5))))
     g = g.eval().to(torch.bfloat16)
     g.time_major = True
+    return g
+
+
+def test_time_major_vocoder_with_and_without_the_kernel(monkeypatch):
+    """The bf16 time-major HiFi-GAN gives the same audio through row_taps as through PyTorch's copies (the AMX
+    convolution, where this CPU has it, turned off for both)."""
+    monkeypatch.setattr(kernels, "conv_rows", lambda: None)
+    g = _bf16_time_major_hifigan(32)
     mel = torch.randn(1, 80, 12) - 5
     with_kernel = g.vocode(mel)
     monkeypatch.setattr(kernels, "row_taps", lambda: None)
@@ -811,13 +818,8 @@ def test_time_major_vocoder_takes_the_amx_convolution(monkeypatch):
     """Where the CPU has AMX bf16 tiles the bf16 time-major HiFi-GAN's convolutions with channels in multiples
     of 32 run on them, and give the audio of the gathered path to bf16's rounding; float32 weights never do."""
     from hare.models import hifigan
-    from hare.models.configs import HiFiGANConfig
-    from hare.models.hifigan import HiFiGAN
 
-    torch.manual_seed(0)
-    g = HiFiGAN(HiFiGANConfig(initial_channels=64, resblock_kernels=(3, 7), resblock_dilations=((1, 3), (1, 5))))
-    g = g.eval().to(torch.bfloat16)
-    g.time_major = True
+    g = _bf16_time_major_hifigan(64)
     mel = torch.randn(1, 80, 40) - 5
     tiled = g.vocode(mel)
     ops = g._row_ops()

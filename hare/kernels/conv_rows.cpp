@@ -43,17 +43,12 @@
 namespace {
 
 #if HARE_AMX_BF16
-// AMX's bf16 tiles (panel_linear.cpp's amx_tiles_ready: CPUID.7.0:EDX bit 22), decided once per process
+// AMX's bf16 tiles (panel_linear.cpp's amx_tiles_ready: CPUID.7.0:EDX bit 22), decided once per process; the
+// tile configuration is panel_linear.cpp's AmxConfig
 bool amx_bf16_ready() {
   static const bool ready = amx_tiles_ready(22);
   return ready;
 }
-
-struct TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 
 // The float32 sums of output rows r0 .. r0 + 31 and the 32 columns of panel pair `pair` into sums (32 x 32):
 // XA the activated, padded input (row stride c; every tile load in bounds), PW the packed weight
@@ -200,7 +195,7 @@ at::Tensor conv_rows_bf16(const at::Tensor& x, const at::Tensor& packed, const a
   uint16_t* O = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int64_t k_blocks = kernel * c / 32, pairs = n_panels / 2;
   at::parallel_for(0, row_blocks, 1, [&](int64_t b0, int64_t b1) {
-    TileConfig cfg;
+    AmxConfig cfg;
     for (int t = 0; t < 8; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
     _tile_loadconfig(&cfg);
     alignas(64) float sums[32 * 32];

@@ -162,12 +162,7 @@ using VnniFewRowTables = Int8Tables<VnniTile, kVnniFewRows, 1>;
 // panel's 16 quads x 16 columns (a panel's 1 KB block is a tile of 16 rows of 64 bytes as it is stored), tdpbusd
 // adding into an MR x 16 int32 tile per panel: the same unsigned x signed byte products as vpdpbusd, so the same
 // sums. Tiles 0-2: the sums, 3: the rows, 4-6: the panels. The tile shapes are set per call (a block of fewer
-// than 16 quads at the end of K gets its own).
-struct AmxConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
+// than 16 quads at the end of K gets its own (AmxConfig: panel_linear.cpp).
 
 template <int MR, int NP, bool PF>
 struct AmxTile {

@@ -217,6 +217,13 @@ bool amx_tiles_ready(unsigned feature) {
   constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
   return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
 }
+
+// the 64-byte tile configuration ldtilecfg reads (palette 1): each tile's rows and bytes per row
+struct AmxConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
 #endif
 
 #if HARE_AMX_INT8

@@ -126,8 +126,6 @@ class _Tiles:
         return None if ops is None else cls(ops, weight_t, bias)
 
     def __call__(self, x, kernel, dilation, padding, out_rows, residual, slope):
-        if x.shape[1] % 32:
-            raise ValueError(f"the AMX convolution needs input channels in multiples of 32, got {x.shape[1]}")
         return self.conv(x.contiguous(), self.packed, self.bias,
                          None if residual is None else residual.contiguous(), kernel, dilation, padding, out_rows,
                          slope is not None, slope or 0.0)
