@@ -103,6 +103,10 @@ class ChunkTokens(NamedTuple):
 
 
 DTYPES = {name: getattr(torch, dtype) for name, dtype in LOAD_DTYPES.items()}  # "fp32" -> torch.float32, ...
+# the most memory the sampling pass's kept latents may take (`TextToSpeech._harvests_latents`): ultra_fast's 16
+# candidates of the official GPT at full length (500 codes x 1024 floats) take 31 MiB; more falls back on a
+# teacher-forced pass over the picked candidates
+HARVEST_BYTES = 64 << 20
 STAGES = ("conditioning", "autoregressive", "rerank", "listen", "latents", "diffusion", "vocoder", "hifigan")
 
 
@@ -573,26 +577,39 @@ class TextToSpeech:
         ar_latent, diff_latent = cond.ar, cond.diffusion
         text = self._text_tensor(tokens.gpt)
         rerank_text = text if tokens.rerank is tokens.gpt else self._text_tensor(tokens.rerank)
+        gc = self.gpt.config
+        needs_latents = settings.decoder == "hifigan" or self.diffusion.config.conditioning_input != "codes"
+        harvest = needs_latents and self._harvests_latents(settings)
         with timer("autoregressive"), self._autocast("autoregressive"):
             codes = sample_codes(self.gpt, ar_latent, text, settings.num_candidates, settings.ar_batch_size,
                                  _sampling(settings), generator,
-                                 progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates))
+                                 progress=_bar(progress, f"{desc}: autoregressive", settings.num_candidates),
+                                 latents=harvest)
+            codes, sampled = codes if harvest else (codes, None)
             _return_freed_memory(dev)  # the KV caches
-        gc = self.gpt.config
         listen = settings.num_candidates > 1 and self._listens(settings)
         if settings.num_candidates == 1:  # nothing to rank: the fix-up alone (api_fast does the same)
-            best = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
-        else:
+            picked = torch.zeros(1, dtype=torch.long, device=codes.device)
+            fixed = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
+        else:  # `rerank`, keeping which candidates it picks
             with timer("rerank"), self._autocast("rerank"):
-                best = self.rerank(rerank_text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent,
-                                   k=max(settings.k, settings.listen_candidates) if listen else settings.k,
-                                   gpt_text=text)
+                reranker = self.reranker(settings)
+                candidates = reranker.candidates(rerank_text, codes, ar_latent=ar_latent, cond_mels=cond.cvvp_mels,
+                                                 gpt_text=text)
+                k = max(settings.k, settings.listen_candidates) if listen else settings.k
+                picked = reranker.pick_indices(candidates, k, min_k=settings.k)
+                fixed = candidates.fixed
+        best = fixed[picked]
+        if sampled is not None:  # the sampling pass's own latents, where they are those of the fixed codes
+            valid = sampled.valid(codes, fixed, gc.stop_mel_token, gc.calm_code)[picked]
+            keeps = torch.tensor([calm_cut(c, calm_code=gc.calm_code) for c in best], device=valid.device)
+            sampled = sampled.latents[picked] if bool((keeps <= valid).all()) else None
         if settings.decoder == "hifigan":
-            return self._hifigan_audio(text, best, ar_latent, settings, timer)
+            return self._hifigan_audio(text, best, ar_latent, settings, timer, sampled)
         if self.diffusion.config.conditioning_input == "codes":  # a decoder that reads the codes themselves
             latents = best
         else:
-            latents = self._picked_latents(text, best, ar_latent, settings, timer)
+            latents = sampled if sampled is not None else self._picked_latents(text, best, ar_latent, settings, timer)
         if listen and len(best) > settings.k:
             with timer("listen"):
                 order = self._listen(rerank_text, best, latents, diff_latent)[: settings.k]
@@ -665,17 +682,30 @@ class TextToSpeech:
         """`text` (one chunk) as the GPT reads it: (1, n + 1) ids of `gpt_tokenizer`, ending with its stop token."""
         return self._text_tensor(self.gpt_tokenizer.encode(text))
 
+    def _harvests_latents(self, settings: Settings) -> bool:
+        """Whether the sampling pass keeps its latents for the picked candidates' decoder, instead of a second,
+        teacher-forced GPT pass over them (`_picked_latents`; the same latents to float rounding: the same
+        network, weights and precision over the same codes, as the streaming path reads them): where its KV
+        cache holds what the teacher-forced pass computes (not the bfloat16 cache beside int8 weights, whose
+        states differ by more than rounding) and every candidate's latents fit in `HARVEST_BYTES`."""
+        if self.gpt.kv_cache_dtype not in (None, self.gpt.ln_f.weight.dtype):
+            return False
+        width = min(settings.max_codes, self.gpt.max_codes)
+        return settings.num_candidates * width * self.gpt.config.dim * 4 <= HARVEST_BYTES
+
     def _picked_latents(self, text, best, ar_latent, settings, timer) -> torch.Tensor:
         """The picked candidates' GPT latents, teacher-forced on their codes (float32): (k, length, width)."""
         with timer("latents"), self._autocast("latents"):
             return self.gpt.speech_latents(ar_latent.expand(len(best), -1), text.expand(len(best), -1),
                                            best).float()
 
-    def _hifigan_audio(self, text, best, ar_latent, settings, timer) -> list[torch.Tensor]:
-        """The picked candidates' GPT latents (teacher-forced, cut at their trailing silence as for the
-        diffusion decoder) through the HiFi-GAN latent decoder: api_fast's `tts`."""
+    def _hifigan_audio(self, text, best, ar_latent, settings, timer, latents=None) -> list[torch.Tensor]:
+        """The picked candidates' GPT latents (teacher-forced, or the sampling pass's own `latents` where given;
+        cut at their trailing silence as for the diffusion decoder) through the HiFi-GAN latent decoder:
+        api_fast's `tts`."""
         hifi = self.hifi_decoder()
-        latents = self._picked_latents(text, best, ar_latent, settings, timer)
+        if latents is None:
+            latents = self._picked_latents(text, best, ar_latent, settings, timer)
         outputs = []
         for j in range(settings.k):
             keep = calm_cut(best[j], calm_code=self.gpt.config.calm_code)

@@ -379,7 +379,11 @@ class Reranker:
     def pick(self, candidates: Candidates, k: int = 1, min_k: int | None = None) -> torch.Tensor:
         """The k best fixed candidates, best first: (k', length). Those the ranking rules out (-inf) come last and
         only to make up `min_k` (default k: always k); k is capped at the number of candidates."""
+        return candidates.fixed[self.pick_indices(candidates, k, min_k)]
+
+    def pick_indices(self, candidates: Candidates, k: int = 1, min_k: int | None = None) -> torch.Tensor:
+        """Which candidates `pick` returns, in its order: (k',) indices into `candidates`."""
         ranking = self.ranking(candidates)
         top = ranking.topk(min(k, len(ranking)))
         keep = max(k if min_k is None else min_k, int(torch.isfinite(top.values).sum()))
-        return candidates.fixed[top.indices[:keep]]
+        return top.indices[:keep]

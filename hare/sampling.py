@@ -23,6 +23,7 @@ Randomness comes only from the `torch.Generator` passed in.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -195,27 +196,66 @@ class Stepper:
         return (code, latent) if self.latents else code
 
 
+class SampledLatents(NamedTuple):
+    """What the sampling pass computed of each candidate's GPT latents (`sample_codes(..., latents=True)`).
+
+    latents: (n, width, dim) float32, `latents[i, j]` the final-normed state that predicted code j of row i, as
+    `GPT.speech_latents` computes it for the codes the pass fed (zeros past `computed`); computed: (n,) how many
+    of them the pass ran. From a row's first stop token on the pass fed the calm code instead (what
+    `hare.rerank.fix_candidates` puts there), so the first latents of a fixed candidate are these, up to the
+    first code where its fixed codes differ from `fed_codes`.
+    """
+
+    latents: torch.Tensor
+    computed: torch.Tensor
+
+    @staticmethod
+    def fed_codes(codes: torch.Tensor, stop: int, calm: int) -> torch.Tensor:
+        """The codes the pass fed for sampled `codes` (n, width): each from the row's first stop on is `calm`."""
+        return codes.masked_fill((codes == stop).cumsum(dim=1) > 0, calm)
+
+    def valid(self, codes: torch.Tensor, fixed: torch.Tensor, stop: int, calm: int) -> torch.Tensor:
+        """(n,) how many leading latents of each row equal those of its `fixed` codes (n, width) taught: latent
+        j reads codes 0 .. j - 1, so up to and including the first code where the fed and fixed codes differ."""
+        same = self.fed_codes(codes, stop, calm) == fixed
+        first_diff = torch.where(same.all(dim=1), torch.full_like(self.computed, codes.shape[1]),
+                                 (~same).int().argmax(dim=1))
+        return torch.minimum(first_diff + 1, self.computed)
+
+
 @torch.no_grad()
 def generate(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, batch: int, settings: SamplingSettings,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, latents: bool = False):
     """One batch of candidates sharing one prompt.
 
     cond_latent: (1, dim); text_tokens: (1, text_len) -> (batch, n <= max_codes) codes; a row that stopped
     holds the stop token from its first one on. The result ends early once every row has stopped.
+    With `latents`, also (batch, n, dim) float32: the latent that predicted each code, a row fed the calm code
+    from its stop on (`SampledLatents`); the codes are the same either way.
     """
-    stepper = Stepper(gpt, cond_latent, text_tokens, batch, settings, generator)
-    codes = []
+    stepper = Stepper(gpt, cond_latent, text_tokens, batch, settings, generator, latents=latents)
+    calm = torch.full((batch,), gpt.config.calm_code, dtype=torch.long, device=stepper.stop.device) if latents else None
+    codes, states = [], []
     while not stepper.full and not (codes and bool(stepper.finished.all())):
-        codes.append(stepper.step())
-    return torch.stack(codes, dim=1)
+        if latents:
+            code, latent = stepper.step()
+            states.append(latent.float())
+            if bool(stepper.finished.any()):  # a stopped row reads the calm code (the other rows never see it)
+                stepper.amend(torch.where(stepper.finished, calm, code))
+        else:
+            code = stepper.step()
+        codes.append(code)
+    out = torch.stack(codes, dim=1)
+    return (out, torch.stack(states, dim=1)) if latents else out
 
 
 def sample_codes(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, num_samples: int, batch_size: int,
-                 settings: SamplingSettings, generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+                 settings: SamplingSettings, generator: torch.Generator | None = None, progress=None,
+                 latents: bool = False):
     """`num_samples` candidates in batches of `batch_size`, each right-padded with the stop token.
 
     cond_latent: (1, dim); text_tokens: (1, text_len), ending with one stop token as the pipeline passes them
-    -> (num_samples, min(settings.max_codes, gpt.max_codes)) long.
+    -> (num_samples, min(settings.max_codes, gpt.max_codes)) long; with `latents`, (codes, `SampledLatents`).
     `progress` (optional, tqdm-like) is advanced by each finished batch's size and closed at the end.
     """
     if num_samples < 1 or batch_size < 1:
@@ -223,15 +263,20 @@ def sample_codes(gpt, cond_latent: torch.Tensor, text_tokens: torch.Tensor, num_
                             f"(got {num_samples} samples, batch size {batch_size})")
     stop = gpt.config.stop_mel_token
     width = code_limit(gpt, settings)
-    results = []
+    results, states, computed = [], [], []
     try:
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            codes = generate(gpt, cond_latent, text_tokens, n, settings, generator)
+            codes = generate(gpt, cond_latent, text_tokens, n, settings, generator, latents=latents)
+            if latents:
+                codes, latent = codes
+                states.append(F.pad(latent, (0, 0, 0, width - latent.shape[1])))
+                computed.append(torch.full((n,), latent.shape[1], dtype=torch.long, device=latent.device))
             results.append(F.pad(codes, (0, width - codes.shape[1]), value=stop))
             if progress is not None:
                 progress.update(n)
     finally:
         if progress is not None:
             progress.close()
-    return torch.cat(results, dim=0)
+    codes = torch.cat(results, dim=0)
+    return (codes, SampledLatents(torch.cat(states, dim=0), torch.cat(computed, dim=0))) if latents else codes

@@ -195,3 +195,27 @@ def test_pipeline_hifigan_in_bf16_runs_time_major(voices, monkeypatch):
     for audio in (got, streamed):  # bf16 rounding: a small noise against the signal, no sample far off
         assert (audio - want).pow(2).mean().sqrt() < 0.05 * rms
         assert (audio - want).abs().max() < 0.1 * want.abs().max()
+
+
+@pytest.mark.parametrize("decoder", ["diffusion", "hifigan"])
+def test_pipeline_reads_the_sampling_pass_latents_for_the_picked_candidates(voices, monkeypatch, decoder):
+    """Where the sampling pass keeps its latents (`_harvests_latents`) and they cover the picked candidates' cut,
+    the pipeline skips the teacher-forced pass over them and makes the same audio (to float rounding); with no
+    room for them, or candidates that all stop at once (the pass ends before the calm codes the cut keeps), it
+    runs that pass."""
+    import hare.pipeline as P
+
+    stops_at_once = tiny_models(2)
+    with torch.no_grad():
+        stops_at_once["autoregressive"].mel_head.bias[8193] += 20.0
+    for models, text, harvested in ((_long_talker(), "Hello there.", True), (stops_at_once, "Hi.", False)):
+        tts = tiny_tts(voices, models=models)
+        kw = dict(voice="alice", preset="ultra_fast", seed=3, max_codes=30, decoder=decoder)
+        kept = tts.tts(text, **kw)
+        monkeypatch.setattr(P, "HARVEST_BYTES", 0)
+        forced = tts.tts(text, **kw)
+        monkeypatch.undo()
+        assert forced.timings.get("latents", 0) > 0
+        assert ("latents" not in kept.timings) == harvested
+        assert kept.audio.shape == forced.audio.shape
+        assert torch.allclose(kept.audio, forced.audio, atol=1e-4), (kept.audio - forced.audio).abs().max()

@@ -170,3 +170,34 @@ def test_top_k_selection_draws_from_the_same_distribution_as_full_filtering():
     freq = torch.bincount(draws, minlength=40).float() / n
     assert set(draws.unique().tolist()) == set(torch.nonzero(expected).flatten().tolist())
     assert torch.allclose(freq, expected, atol=0.012), (freq, expected)
+
+
+def test_sampled_latents_are_the_fixed_candidates_teacher_forced_latents():
+    """`sample_codes(latents=True)`: the same codes; each row's kept latents are `speech_latents` of its fixed
+    codes (a stopped row reads the calm code from its stop on), as far as `valid` says, and no further."""
+    from hare.rerank import MAX_CALM_RUN, calm_cut, fix_candidates
+
+    gpt = _gpt(bias_stop=1.0)  # some rows stop within the limit (one 3 codes before it), some run to it
+    c = gpt.config
+    cond, text = torch.randn(1, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([[3, 4, 5, 0]])
+    s = SamplingSettings(max_codes=24)
+    plain = sample_codes(gpt, cond, text, 6, 4, s, torch.Generator().manual_seed(3))
+    codes, sampled = sample_codes(gpt, cond, text, 6, 4, s, torch.Generator().manual_seed(3), latents=True)
+    assert torch.equal(codes, plain)
+    assert sampled.latents.shape == (6, 24, 16) and sampled.latents.dtype == torch.float32
+    fixed = fix_candidates(codes, c.stop_mel_token, c.calm_code, c.tail_codes)
+    valid = sampled.valid(codes, fixed, c.stop_mel_token, c.calm_code)
+    forced = gpt.speech_latents(cond.expand(6, -1), text.expand(6, -1), fixed)
+    stops = (codes == c.stop_mel_token).any(dim=1)
+    assert bool(stops.any()) and not bool(stops.all())
+    for i in range(6):
+        n = int(valid[i])
+        assert n >= 1 and torch.allclose(sampled.latents[i, :n], forced[i, :n], atol=1e-5)
+        if bool(stops[i]) and n < 24:  # past `valid` the fixed codes' tail differs from what the pass read
+            assert not torch.allclose(sampled.latents[i, n:], forced[i, n:], atol=1e-3)
+        # the calm codes after a stop are fed: a stopped row is valid up to its tail codes (24 - 3 of them, and
+        # the latent that reads the last calm one), so the decoder's cut is covered where it falls before them
+        assert n == (24 - 3 + 1 if bool(stops[i]) else 24)
+        first_stop = int((codes[i] == c.stop_mel_token).int().argmax()) if bool(stops[i]) else 24
+        if first_stop + MAX_CALM_RUN < 24 - 3:
+            assert calm_cut(fixed[i], calm_code=c.calm_code) <= n
