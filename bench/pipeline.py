@@ -113,8 +113,8 @@ def main(argv=None) -> int:
         if base:
             for name, r in results.items():
                 if name != "reference":
-                    ratio = value(base) / value(r) if value(r) > 0 else float("inf")
-                    line += f"{ratio:>18.2f}"
+                    # a stage Hare skips (0 s: the latents the sampling pass kept) has no ratio
+                    line += f"{value(base) / value(r):>18.2f}" if value(r) > 0 else f"{'-':>18}"
         print(line)
     # the machine's bandwidth: the best of the measurements (at the start and after each run), since one taken
     # while something else reads memory is low
