@@ -552,10 +552,15 @@ class TextToSpeech:
         fixed codes, by `reranker(settings)`; candidates under `min_length_ratio` of the median length are
         never picked, so k' is k, or fewer where fewer are long enough (at least `settings.k`). `text`: the
         reranker's (BPE) text tensor; `gpt_text`: the GPT's, where it reads another front end."""
+        fixed, picked = self._rerank_picks(text, codes, settings, cond_mels, ar_latent, k, gpt_text)
+        return fixed[picked]
+
+    def _rerank_picks(self, text, codes, settings: Settings, cond_mels=None, ar_latent=None, k: int | None = None,
+                      gpt_text=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rerank`'s work: ((n, length) every candidate's fixed codes, (k',) the picked ones' indices, best first)."""
         reranker = self.reranker(settings)
-        return reranker.pick(reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels,
-                                                 gpt_text=gpt_text),
-                             settings.k if k is None else k, min_k=settings.k)
+        candidates = reranker.candidates(text, codes, ar_latent=ar_latent, cond_mels=cond_mels, gpt_text=gpt_text)
+        return candidates.fixed, reranker.pick_indices(candidates, settings.k if k is None else k, min_k=settings.k)
 
     @torch.inference_mode()
     def rerank_scores(self, text: torch.Tensor, codes: torch.Tensor, settings: Settings, cond_mels=None,
@@ -593,12 +598,9 @@ class TextToSpeech:
             fixed = fix_candidates(codes, gc.stop_mel_token, gc.calm_code, gc.tail_codes)
         else:  # `rerank`, keeping which candidates it picks
             with timer("rerank"), self._autocast("rerank"):
-                reranker = self.reranker(settings)
-                candidates = reranker.candidates(rerank_text, codes, ar_latent=ar_latent, cond_mels=cond.cvvp_mels,
-                                                 gpt_text=text)
-                k = max(settings.k, settings.listen_candidates) if listen else settings.k
-                picked = reranker.pick_indices(candidates, k, min_k=settings.k)
-                fixed = candidates.fixed
+                fixed, picked = self._rerank_picks(
+                    rerank_text, codes, settings, cond.cvvp_mels, ar_latent=ar_latent,
+                    k=max(settings.k, settings.listen_candidates) if listen else settings.k, gpt_text=text)
         best = fixed[picked]
         if sampled is not None:  # the sampling pass's own latents, where they are those of the fixed codes
             valid = sampled.valid(codes, fixed, gc.stop_mel_token, gc.calm_code)[picked]
